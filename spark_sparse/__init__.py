@@ -1,0 +1,13 @@
+"""spark_sparse: SparK masked image modeling on a true sparse-convolution encoder."""
+from .convert import register_block, register_converter, sparsify
+from .encoder import SparseEncoder
+from .errors import UnsupportedLayerError
+from .features import SparseFeatures
+from .geometry import Geometry
+from .masks import random_visible
+from .reference import MaskedDenseEncoder
+
+__version__ = "0.1.0"
+
+__all__ = ["sparsify", "SparseEncoder", "MaskedDenseEncoder", "random_visible", "SparseFeatures", "Geometry",
+           "UnsupportedLayerError", "register_converter", "register_block", "__version__"]

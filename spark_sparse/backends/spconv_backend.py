@@ -1,0 +1,155 @@
+"""The ``spconv`` backend: spconv's rulebooks (index pairs), and its kernels on CUDA.
+
+spconv 2.3.8 has pitfalls, each guarded here (tests/test_spconv_guards.py shows each one):
+- indices must be int32 and row-major contiguous: it reads raw pointers, and ``nonzero()`` output
+  is column-major (silent garbage otherwise) → ``spconv_indices``;
+- a strided ``SparseConv2d`` creates outputs around visible patches that SparK never computes →
+  ``restrict_pairs`` drops every pair whose output is not an active site of the next stride;
+- on the CPU its scatter-add races across OpenMP threads (wrong results with >1 thread) and its
+  backward calls ``torch.cuda.current_stream()`` (fails without a GPU) → on the CPU the rulebook
+  is turned into our gather tables and computed by the ``torch`` backend;
+- no bf16 kernels (its autocast wrapper casts to fp16) → bf16 also goes the gather-table way;
+- no ``groups`` → depthwise convs are not its job (``unsupported``); 1×1 convs compute a wrong
+  reshape (upstream issues 450/772) and no bias on the CPU → 1×1 convs never reach a backend
+  (they are matmuls in the layer) and bias is added by the layer, never passed to spconv.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..geometry import ConvTable, Geometry
+from .base import ConvBackend, ConvSpec, compute_dtype
+from .rulebook import table_conv
+
+
+def spconv_indices(coords: torch.Tensor) -> torch.Tensor:
+    """(N, 3) (b, y, x) coordinates in the layout spconv reads: int32, row-major contiguous."""
+    return coords.to(torch.int32).contiguous()
+
+
+@dataclass(frozen=True)
+class SpconvRulebook:
+    """spconv's index pairs for one conv geometry, in its native format.
+
+    ``pairs`` is (2, K, M): input rows, output rows; ``counts`` (K,) valid pairs per offset. For a
+    submanifold conv spconv stores only the first half of the counts and handles the centre
+    offset as the identity; ``subm`` says which format this is.
+    """
+    pairs: torch.Tensor
+    counts: torch.Tensor
+    num_out: int
+    num_in: int
+    subm: bool
+
+    def full_counts(self) -> torch.Tensor:
+        counts = self.counts.long().clone()
+        if self.subm:
+            k = counts.shape[0]
+            centre = k // 2
+            counts[centre] = self.num_in
+            counts[centre + 1:] = counts[:centre].flip(0)
+        return counts
+
+    def to_table(self, kernel) -> ConvTable:
+        """Our (N_out, K) gather table holding exactly the same pairs."""
+        k = self.pairs.shape[1]
+        counts = self.full_counts()
+        slot = torch.arange(self.pairs.shape[2], device=self.pairs.device).view(1, -1)
+        valid = slot < counts.view(-1, 1)
+        offsets = torch.arange(k, device=self.pairs.device).view(-1, 1).expand_as(valid)
+        gather = torch.full((self.num_out, k), self.num_in, dtype=torch.long, device=self.pairs.device)
+        gather[self.pairs[1].long()[valid], offsets[valid]] = self.pairs[0].long()[valid]
+        return ConvTable.from_gather(gather, self.num_in, self.num_out, kernel)
+
+
+def restrict_pairs(pairs: torch.Tensor, counts: torch.Tensor, out_rows: torch.Tensor, num_out: int):
+    """Keep the pairs whose output is one of our sites; renumber outputs to our rows.
+
+    ``out_rows[j]`` is our row of spconv's output j, or ``num_out`` for a site SparK never computes.
+    """
+    k, m = pairs.shape[1:]
+    slot = torch.arange(m, device=pairs.device).view(1, -1)
+    mapped = out_rows[pairs[1].long().clamp(min=0)]
+    keep = (slot < counts.view(-1, 1).long()) & (mapped < num_out)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept pairs first, in order
+    new_counts = keep.sum(1)
+    filled = slot < new_counts.view(-1, 1)
+    p_in = torch.where(filled, pairs[0].long().gather(1, order), -1)
+    p_out = torch.where(filled, mapped.gather(1, order), -1)
+    return torch.stack([p_in, p_out]).to(torch.int32).contiguous(), new_counts.to(torch.int32)
+
+
+def build_rulebook(geometry: Geometry, in_stride: int, spec: ConvSpec) -> SpconvRulebook:
+    from spconv.pytorch import ops
+    from spconv.pytorch.core import ConvAlgo
+
+    src = geometry.level(in_stride)
+    subm = spec.stride == (1, 1)
+    out_inds, pairs, counts = ops.get_indice_pairs(
+        spconv_indices(src.coords), geometry.batch, [src.height, src.width], ConvAlgo.Native,
+        list(spec.kernel), list(spec.stride), list(spec.padding), list(spec.dilation), [0, 0], subm=subm)
+    if subm:
+        return SpconvRulebook(pairs, counts, src.num_sites, src.num_sites, True)
+    dst = geometry.level(in_stride * spec.stride[0])
+    o = out_inds.long()
+    out_rows = dst.grid[o[:, 0], o[:, 1], o[:, 2]]
+    pairs, counts = restrict_pairs(pairs, counts, out_rows, dst.num_sites)
+    return SpconvRulebook(pairs, counts, dst.num_sites, src.num_sites, False)
+
+
+class _SpconvNativeConv(torch.autograd.Function):
+    """spconv's own gather-GEMM-scatter kernels (CUDA, fp32/fp16) on a rulebook."""
+
+    @staticmethod
+    def forward(ctx, x, filters, rulebook: SpconvRulebook):
+        from spconv.pytorch import ops
+        from spconv.pytorch.core import ConvAlgo
+        ctx.rulebook = rulebook
+        ctx.save_for_backward(x, filters)
+        return ops.indice_conv(x, filters, rulebook.pairs, rulebook.counts, rulebook.num_out,
+                               False, rulebook.subm, algo=ConvAlgo.Native)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from spconv.pytorch import ops
+        from spconv.pytorch.core import ConvAlgo
+        x, filters = ctx.saved_tensors
+        rb: SpconvRulebook = ctx.rulebook
+        grad_x, grad_f = ops.indice_conv_backward(x, filters, grad_out.contiguous(), rb.pairs, rb.counts,
+                                                  False, rb.subm, algo=ConvAlgo.Native)
+        return grad_x, grad_f, None
+
+
+def native_kernels_usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether spconv's own kernels are safe here: CUDA, fp32 or fp16 (CPU ones race; no bf16)."""
+    return device.type == "cuda" and dtype in (torch.float32, torch.float16)
+
+
+class SpconvBackend(ConvBackend):
+    name = "spconv"
+
+    def unsupported(self, spec: ConvSpec, x: torch.Tensor):
+        if spec.groups != 1:
+            return "spconv has no grouped (depthwise) convolution"
+        if spec.kernel == (1, 1):
+            return "spconv computes 1x1 convolutions wrongly (upstream issues 450/772)"
+        return None
+
+    def rulebook(self, geometry: Geometry, in_stride: int, spec: ConvSpec) -> SpconvRulebook:
+        key = ("spconv", in_stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
+        return geometry.cached(key, lambda: build_rulebook(geometry, in_stride, spec))
+
+    def conv(self, x, weight, geometry: Geometry, in_stride: int, spec: ConvSpec, native=None):
+        rulebook = self.rulebook(geometry, in_stride, spec)
+        dtype = compute_dtype(x)
+        if native is None:
+            native = native_kernels_usable(x.device, dtype)
+        if native:
+            filters = weight.to(dtype).permute(0, 2, 3, 1).contiguous()  # spconv's KRSC layout
+            with torch.autocast(x.device.type, enabled=False):
+                return _SpconvNativeConv.apply(x.to(dtype).contiguous(), filters, rulebook)
+        key = ("spconv-table", in_stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
+        table = geometry.cached(key, lambda: rulebook.to_table(spec.kernel))
+        return table_conv(x, weight, table)

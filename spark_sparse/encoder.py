@@ -1,0 +1,79 @@
+"""SparseEncoder: a backbone that runs on the visible patches only."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from .backends import check_backend_name
+from .features import SparseFeatures
+from .geometry import Geometry
+from .layers.base import SparseModule, run_layer
+from .layers.conv import SparseConv2d
+from .masks import check_visible
+from .plan import EncoderPlan
+
+
+class SparseEncoder(nn.Module):
+    """``encoder(images, visible)`` → one dense map per stage (B, C, H/s, W/s), zeros at masked sites.
+
+    Built by :func:`spark_sparse.sparsify`. Its ``state_dict()`` has the keys, shapes and layouts of
+    the dense backbone without its classifier head.
+    """
+
+    def __init__(self, children: Dict[str, nn.Module], plan: EncoderPlan, arch: str = ""):
+        super().__init__()
+        for name, module in children.items():
+            self.add_module(name, module)
+        self.plan = plan
+        self.arch = arch
+
+    @property
+    def strides(self) -> List[int]:
+        return list(self.plan.strides)
+
+    @property
+    def channels(self) -> List[int]:
+        return list(self.plan.channels)
+
+    @property
+    def patch_size(self) -> int:
+        """The total stride: masks live on a grid of patches this many pixels wide."""
+        return self.plan.patch_size
+
+    def set_backend(self, backend: str) -> "SparseEncoder":
+        """Run every k×k convolution on ``backend`` ('auto', 'torch', 'spconv')."""
+        check_backend_name(backend)
+        for module in self.modules():
+            if isinstance(module, SparseConv2d):
+                module.backend = backend
+        return self
+
+    def geometry(self, images: torch.Tensor, visible: torch.Tensor) -> Geometry:
+        return Geometry(check_visible(visible, images, self.patch_size), self.patch_size)
+
+    def forward_sparse(self, images: torch.Tensor, visible: torch.Tensor) -> List[SparseFeatures]:
+        """Per-stage SparseFeatures (no densify copy), for heads that work on active sites."""
+        geometry = self.geometry(images, visible)
+        x = SparseFeatures.from_dense(images, geometry, 1)
+        outputs = []
+        for path in self.plan.run:
+            x = run_layer(self.get_submodule(path), x)
+            if path in self.plan.features:
+                outputs.append(x)
+        for out, stride in zip(outputs, self.plan.strides):
+            assert out.stride == stride, f"stage output at stride {out.stride}, expected {stride}"
+        return outputs
+
+    def forward(self, images: torch.Tensor, visible: torch.Tensor) -> List[torch.Tensor]:
+        return [f.dense() for f in self.forward_sparse(images, visible)]
+
+    def macs(self, visible: torch.Tensor, image_size=None) -> int:
+        """Multiply-accumulates of one forward pass on this mask (see :mod:`spark_sparse.flops`)."""
+        from .flops import sparse_macs
+        return sparse_macs(self, visible)["total"]
+
+
+def sparse_layers(encoder: nn.Module):
+    return [(name, m) for name, m in encoder.named_modules() if isinstance(m, SparseModule)]

@@ -1,0 +1,88 @@
+"""Patch masks: which patches of the backbone's stride-32 grid an image keeps visible.
+
+A mask is a bool tensor ``visible`` of shape (B, h, w), True = visible. Every layer of the encoder
+reads its active set from this one tensor (repeated 32/s times per axis at stride s), never from
+non-zero feature values, so a visible pixel that happens to be exactly zero stays active.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+Grid = Union[int, Sequence[int]]
+
+
+def _grid_hw(grid: Grid) -> Tuple[int, int]:
+    if isinstance(grid, int):
+        h = w = grid
+    else:
+        if len(grid) != 2:
+            raise ValueError(f"grid must be an int or (h, w), got {tuple(grid)!r}")
+        h, w = (int(v) for v in grid)
+    if h < 1 or w < 1:
+        raise ValueError(f"grid must be positive, got ({h}, {w})")
+    return h, w
+
+
+def check_mask_ratio(mask_ratio: float) -> float:
+    """Return ``mask_ratio`` as a float, or raise if it is not in [0, 1)."""
+    ratio = float(mask_ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1) (the fraction of patches hidden), got {mask_ratio!r}")
+    return ratio
+
+
+def num_visible(num_patches: int, mask_ratio: float) -> int:
+    """SparK's count of kept patches: ``round(L * (1 - ratio))`` (Python rounding, as in SparK)."""
+    return round(num_patches * (1.0 - check_mask_ratio(mask_ratio)))
+
+
+def random_visible(batch: int, grid: Grid, mask_ratio: float, *, generator: Optional[torch.Generator] = None,
+                   device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+    """Draw a SparK mask: each image independently keeps exactly ``round(h*w*(1-mask_ratio))`` patches.
+
+    Uniform noise per patch, argsort, keep the first k (as SparK does). The noise is drawn on the
+    generator's device (the CPU by default), so a seeded generator gives the same mask on any device.
+    Returns a bool tensor (batch, h, w) on ``device``, True = visible.
+    """
+    if int(batch) < 1:
+        raise ValueError(f"batch must be >= 1, got {batch!r}")
+    h, w = _grid_hw(grid)
+    keep = num_visible(h * w, mask_ratio)
+    noise_device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.rand(int(batch), h * w, generator=generator, device=noise_device)
+    order = noise.argsort(dim=1)
+    visible = torch.zeros(int(batch), h * w, dtype=torch.bool, device=noise_device)
+    visible.scatter_(1, order[:, :keep], True)
+    return visible.view(int(batch), h, w).to(device or noise_device)
+
+
+def check_visible(visible: torch.Tensor, images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Validate ``visible`` against a batch of images; return it on the images' device."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor, got dtype {images.dtype}")
+    b, _, height, width = images.shape
+    if height % patch_size or width % patch_size or height == 0 or width == 0:
+        raise ValueError(
+            f"image size {height}x{width} is not a multiple of the backbone stride {patch_size}: "
+            f"height and width must be positive multiples of {patch_size} (e.g. 224, 256, 320)")
+    expected = (b, height // patch_size, width // patch_size)
+    if not isinstance(visible, torch.Tensor):
+        raise TypeError(f"visible must be a bool tensor of shape {expected}, got {type(visible).__name__}")
+    if visible.dtype != torch.bool:
+        raise TypeError(f"visible must be a bool tensor (True = visible patch) of shape {expected}, "
+                        f"got dtype {visible.dtype}")
+    if tuple(visible.shape) != expected:
+        raise ValueError(f"visible must have shape (B, H/{patch_size}, W/{patch_size}) = {expected} for images "
+                         f"of shape {tuple(images.shape)}, got {tuple(visible.shape)}")
+    return visible.to(images.device)
+
+
+def dense_mask(visible: torch.Tensor, stride: int, patch_size: int) -> torch.Tensor:
+    """The active set at ``stride`` as a dense (B, 1, H/stride, W/stride) bool map."""
+    r = patch_size // stride
+    return visible.repeat_interleave(r, 1).repeat_interleave(r, 2).unsqueeze(1)
