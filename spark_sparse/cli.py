@@ -1,0 +1,46 @@
+"""The ``spark-sparse`` command line: one sub-command per module in ``spark_sparse.commands``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
+COMMANDS = [
+    "spark_sparse.commands.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-sparse",
+        description="SparK masked image modeling on a sparse encoder: the encoder computes only the "
+                    "visible patches, with the same numbers as SparK's masked-dense reference.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"spark-sparse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(name)
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

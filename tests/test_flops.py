@@ -1,0 +1,37 @@
+"""MAC counts are exact: equal to torch's flop counter unmasked, and scale with the visible fraction."""
+import pytest
+import timm
+import torch
+
+import spark_sparse as ss
+from spark_sparse.flops import dense_macs, sparse_macs
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnet26d"])
+def test_unmasked_equals_torch_flop_counter(arch):
+    model = timm.create_model(arch)
+    enc = ss.sparsify(model)
+    visible = torch.ones(2, 7, 7, dtype=torch.bool)
+    assert enc.macs(visible) == dense_macs(model, 2, (224, 224))
+
+
+@pytest.mark.parametrize("ratio", [0.6, 0.9])
+def test_masked_scales_with_visible_fraction(ratio):
+    model = timm.create_model("resnet50")
+    enc = ss.sparsify(model)
+    visible = ss.random_visible(3, (7, 8), ratio, generator=torch.Generator().manual_seed(0))
+    kept = int(visible.sum())
+    # every layer's active sites are exactly the visible fraction of its dense sites
+    assert enc.macs(visible) * (3 * 56) == dense_macs(model, 3, (224, 256)) * kept
+    counts = sparse_macs(enc, visible)
+    assert counts["total"] == sum(counts["layers"].values())
+    assert counts["layers"]["conv1"] == kept * 16 * 16 * 49 * 3 * 64
+
+
+def test_counting_leaves_no_trace():
+    enc = ss.sparsify(timm.create_model("resnet18")).train()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    enc.macs(torch.ones(1, 7, 7, dtype=torch.bool))
+    assert enc.training
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, before[k]), k
