@@ -5,9 +5,10 @@ from .errors import UnsupportedLayerError
 from .features import SparseFeatures
 from .geometry import Geometry
 from .masks import random_visible
-from .reference import MaskedDenseEncoder
+from .reference import MaskedDenseEncoder, register_reference_rule
 
 __version__ = "0.1.0"
 
 __all__ = ["sparsify", "SparseEncoder", "MaskedDenseEncoder", "random_visible", "SparseFeatures", "Geometry",
-           "UnsupportedLayerError", "register_converter", "register_block", "__version__"]
+           "UnsupportedLayerError", "register_converter", "register_block", "register_reference_rule",
+           "__version__"]

@@ -8,12 +8,13 @@ The mask is passed down explicitly (a ``MaskPyramid``), never kept in a global.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
+from timm.layers import DropPath
 from torch import nn
 
-from .convert import BLOCK_PROGRAMS, PER_SITE_TYPES
+from .convert import BLOCK_PROGRAMS
 from .errors import UnsupportedLayerError
 from .masks import check_visible, dense_mask
 from .plan import EncoderPlan
@@ -71,27 +72,55 @@ def masked_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mask
 ZERO_PRESERVING = (nn.Identity, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh,
                    nn.Dropout)
 
+ReferenceRule = Callable[[nn.Module, torch.Tensor, MaskPyramid, str], torch.Tensor]
+_RULES: List[Tuple[Tuple[type, ...], ReferenceRule]] = []
+
+
+def register_reference_rule(types, rule: ReferenceRule) -> None:
+    """Teach the reference how a layer type runs masked-dense; later registrations take precedence."""
+    _RULES.insert(0, (tuple(types) if isinstance(types, (tuple, list)) else (types,), rule))
+
 
 def masked_forward(module: nn.Module, x: torch.Tensor, masks: MaskPyramid, path: str = "") -> torch.Tensor:
     """Run one dense module with SparK's masking (dispatch on the module type)."""
-    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-        y = module(x)
-        return y * masks.like(y)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return masked_batch_norm(module, x, masks.like(x))
-    if isinstance(module, nn.Sequential):
-        for name, child in module.named_children():
-            x = masked_forward(child, x, masks, f"{path}.{name}" if path else name)
-        return x
+    for types, rule in _RULES:
+        if isinstance(module, types):
+            return rule(module, x, masks, path)
     for block_type, program in BLOCK_PROGRAMS.items():
         if isinstance(module, block_type):
             return _masked_block(module, program, x, masks, path)
-    if isinstance(module, ZERO_PRESERVING) or type(module).__name__ == "DropPath":
-        return module(x)  # maps zeros to zeros: masked sites stay zero
-    if isinstance(module, PER_SITE_TYPES) and not isinstance(module, (nn.Linear, nn.LayerNorm)):
-        y = module(x)
-        return y * masks.like(y)
     raise UnsupportedLayerError(path, module, "the masked-dense reference has no rule for it either")
+
+
+def _spatial(module, x, masks, path):
+    y = module(x)
+    return y * masks.like(y)
+
+
+def _batch_norm(module, x, masks, path):
+    return masked_batch_norm(module, x, masks.like(x))
+
+
+def _sequential(module, x, masks, path):
+    for name, child in module.named_children():
+        x = masked_forward(child, x, masks, f"{path}.{name}" if path else name)
+    return x
+
+
+def _zero_preserving(module, x, masks, path):
+    return module(x)  # maps zeros to zeros: masked sites stay zero
+
+
+def _pointwise(module, x, masks, path):
+    y = module(x)
+    return y * masks.like(y)
+
+
+register_reference_rule((nn.Sigmoid,), _pointwise)
+register_reference_rule(ZERO_PRESERVING + (DropPath,), _zero_preserving)
+register_reference_rule(nn.Sequential, _sequential)
+register_reference_rule(nn.modules.batchnorm._BatchNorm, _batch_norm)
+register_reference_rule((nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d), _spatial)
 
 
 def _masked_block(block, program, x, masks, path):
