@@ -1,0 +1,1 @@
+"""Sparse twins of dense layers: each takes and returns SparseFeatures (see base.SparseModule)."""
