@@ -7,8 +7,9 @@ as zero (CONTRACT.md, "Conv2d stride 1"). Bias is not applied here (the layer ad
   table, in plain PyTorch; backward through the inverse table (no scatter-add). Any stride.
 - ``tiles``  — gather each visible patch with a k//2 halo (kernels/tiles.py) and run the dense
   depthwise conv (oneDNN / cuDNN, channels-last, no padding) on the batch of tiles.
-- ``dense``  — scatter to the dense (B, C, H, W) map (zeros at masked sites), dense depthwise conv,
-  gather the active sites. Costs the full map, which at strides 16 and 32 is smaller than the
+- ``dense``  — scatter to the dense (B, C, H, W) map (zeros at masked sites; channels-last memory,
+  as oneDNN's depthwise backward is many times slower on NCHW), dense depthwise conv, gather the
+  active sites. Costs the full map, which at strides 16 and 32 is smaller than the
   tiles' halos.
 - ``triton`` — Triton kernels on the neighbour table (kernels/depthwise_triton.py), for GPUs; on
   CPU tensors they run in Triton's interpreter (tests only).
@@ -36,14 +37,16 @@ class TableDepthwiseConv(torch.autograd.Function):
 
     ``w`` is (K, C). The input gradient reads the output gradient through the inverse table
     (``grad_x[i, c] = Σ_k w[k, c] · grad_out[scatter[i, k], c]``), so no scatter-add; the weight
-    gradient recomputes the gathered inputs instead of keeping them (less memory).
+    gradient recomputes the gathered inputs instead of keeping them (less memory). fp16 / bf16
+    products and sums are taken in fp32, as the other implementations accumulate.
+    (A multiply-and-sum: ``einsum`` lowers this contraction to a batched GEMV, 3-6x slower on CPU.)
     """
 
     @staticmethod
     def forward(ctx, x, w, table: ConvTable):
         ctx.table = table
         ctx.save_for_backward(x, w)
-        return torch.einsum("nkc,kc->nc", gather_rows(x, table.gather), w)
+        return _weighted_sum(gather_rows(x, table.gather), w)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -52,10 +55,22 @@ class TableDepthwiseConv(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.einsum("nkc,kc->nc", gather_rows(grad_out, table.scatter), w)
+            grad_x = _weighted_sum(gather_rows(grad_out, table.scatter), w)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.einsum("nkc,nc->kc", gather_rows(x, table.gather), grad_out)
+            acc = _accumulate_dtype(x.dtype)
+            cols = gather_rows(x, table.gather).to(acc)
+            grad_w = (cols * grad_out.to(acc).unsqueeze(1)).sum(0).to(w.dtype)
         return grad_x, grad_w, None
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _weighted_sum(cols: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(M, K, C) gathered rows · (K, C) weights, summed over K → (M, C)."""
+    acc = _accumulate_dtype(cols.dtype)
+    return (cols.to(acc) * w.to(acc)).sum(1).to(cols.dtype)
 
 
 def depthwise_weight_kc(weight: torch.Tensor) -> torch.Tensor:
@@ -83,8 +98,13 @@ def _via_tiles(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch
 
 
 def _via_dense(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    y = F.conv2d(x.dense(), weight, None, 1, spec.padding, spec.dilation, spec.groups)
-    return SparseFeatures.from_dense(y, x.geometry, x.stride).features
+    g, r, c = x.geometry, x.level.r, x.channels
+    (h, w), p = g.grid_hw, g.patches
+    canvas = x.features.new_zeros(g.batch, h, w, r, r, c).index_put((p[:, 0], p[:, 1], p[:, 2]), x.tiles())
+    dense = canvas.permute(0, 1, 3, 2, 4, 5).reshape(g.batch, h * r, w * r, c).permute(0, 3, 1, 2)
+    y = F.conv2d(dense, weight, None, 1, spec.padding, spec.dilation, spec.groups)  # channels-last in and out
+    blocks = y.permute(0, 2, 3, 1).reshape(g.batch, h, r, w, r, c).permute(0, 1, 3, 2, 4, 5)
+    return blocks[p[:, 0], p[:, 1], p[:, 2]].reshape(-1, c)
 
 
 def _via_triton(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
@@ -118,18 +138,19 @@ def why_unsupported(impl: str, spec: ConvSpec) -> str | None:
     return None
 
 
-# Measured on this project's CPU (2 threads, 40 % visible, fwd+bwd, median of 7): see choose_impl.
+# oneDNN / cuDNN have fast depthwise kernels for these; fp64 falls back to a per-channel slow conv.
+FAST_CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CPU_TILES_MIN_R = 4
 
 
-def choose_impl(spec: ConvSpec, r: int, device: torch.device) -> str:
+def choose_impl(spec: ConvSpec, r: int, device: torch.device, dtype: torch.dtype) -> str:
     """The implementation ``auto`` runs for one layer, from its patch block size ``r`` = patch/stride.
 
     CPU (benchmarks/depthwise_select.py, ConvNeXt-T widths at 224², batch 8, ratio 0.6, 2 threads,
     fwd+bwd, median of 7, ms):  r=8 (stride 4, C=96):  ... ; r=4 (stride 8, C=192): ... ;
     r=2 (stride 16, C=384): ... ; r=1 (stride 32, C=768): ... .
     """
-    if why_unsupported("tiles", spec) is not None:
+    if why_unsupported("tiles", spec) is not None or dtype not in FAST_CONV_DTYPES:
         return "table"
     if r >= CPU_TILES_MIN_R:
         return "tiles"
@@ -145,7 +166,7 @@ def sparse_depthwise_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpe
     if impl not in IMPLS:
         raise ValueError(f"unknown depthwise implementation {impl!r}; choose one of {', '.join(IMPLS)}")
     if impl == "auto":
-        impl = choose_impl(spec, x.level.r, x.features.device)
+        impl = choose_impl(spec, x.level.r, x.features.device, compute_dtype(x.features))
     reason = why_unsupported(impl, spec)
     if reason is not None:
         raise ValueError(f"depthwise implementation {impl!r} cannot run this layer: {reason}")
