@@ -152,21 +152,37 @@ def why_unsupported(impl: str, spec: ConvSpec) -> str | None:
 
 # oneDNN / cuDNN have fast depthwise kernels for these; fp64 falls back to a per-channel slow conv.
 FAST_CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-CPU_TILES_MIN_R = 4
+# Halo tiles pay (r + 2h)² / r² sites per site: 3.1x at r = 8, 6.3x at r = 4, 16x at r = 2, 49x at r = 1
+# for a 7×7 kernel. Below this block size the dense map (which at 60 % masking is 2.5x the active
+# sites) is cheaper.
+TILES_MIN_R = 8
 
 
 def choose_impl(spec: ConvSpec, r: int, device: torch.device, dtype: torch.dtype) -> str:
     """The implementation ``auto`` runs for one layer, from its patch block size ``r`` = patch/stride.
 
-    CPU (benchmarks/depthwise_select.py, ConvNeXt-T widths at 224², batch 8, ratio 0.6, 2 threads,
-    fwd+bwd, median of 7, ms):  r=8 (stride 4, C=96):  ... ; r=4 (stride 8, C=192): ... ;
-    r=2 (stride 16, C=384): ... ; r=1 (stride 32, C=768): ... .
+    Measured on this project's CPU with benchmarks/depthwise_select.py (ConvNeXt-T widths, 224²,
+    batch 8, mask ratio 0.6, fwd+bwd, median of 15, CPU time of 1 thread — the 2 cores were shared
+    with other jobs, so wall-clock figures swung by 2-3x between runs; ms):
+
+        stride (r)  C    masked-dense  table  tiles  dense
+        4 (8)       96   109           405    94     104     → tiles
+        8 (4)       192  40            111    52     44      → dense
+        16 (2)      384  30            78     50     44      → dense
+        32 (1)      768  20            35     168    27      → dense
+
+    Two more runs (7 repeats) agreed on tiles at stride 4 and dense at 16 and 32; at stride 8 dense
+    and tiles swapped places within 10 %. So: tiles for r >= 8, the dense map below. Tiles beat
+    channels-last masked-dense at stride 4 only by ~10-15 % here (the "~4x" of ARCHITECTURE.md was
+    against NCHW masked-dense, whose depthwise backward is slow on CPU).
+
+    CUDA: not measured yet (no GPU in this project so far); the same rule runs cuDNN's depthwise
+    kernels. The Triton kernels are opt-in (``impl='triton'`` / ``encoder.set_depthwise('triton')``)
+    until ``depthwise_select --device cuda`` says where they win. fp64 runs the table twin.
     """
     if why_unsupported("tiles", spec) is not None or dtype not in FAST_CONV_DTYPES:
         return "table"
-    if r >= CPU_TILES_MIN_R:
-        return "tiles"
-    return "dense"
+    return "tiles" if r >= TILES_MIN_R else "dense"
 
 
 def sparse_depthwise_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec, impl: str = "auto") -> torch.Tensor:
