@@ -6,11 +6,15 @@ convolution on each block grown by a halo of h = k//2 sites on every side, where
 the visible neighbours' sites and zeros where the neighbour is masked or outside the image. The
 dense convolution then runs as one batched cuDNN / oneDNN call on (P, C, r+2h, r+2h) tiles.
 
-This module is that gather, usable by any tile-based kernel (depthwise now, dense k×k later):
+This module is that gather, usable by any tile-based kernel (depthwise, dense k×k, max-pool):
 
     tiles = gather_tiles(x, halo)          # (P, C, T, T), T = r + 2·halo, channels-last memory
     y = F.conv2d(tiles, w, groups=...)     # no padding: (P, C', r, r)
     out = tiles_to_features(y)             # (N, C'), the geometry's site order
+
+A strided window reads a border of different widths before and after the block (a 3×3/2 conv
+with padding 1 reads one site above and left of its patch, none below and right): ``halo`` may be
+a pair (before, after), see ``window_halo``.
 
 The gather is differentiable. Its backward reads every site's copies through the inverse table
 (a gather and a sum, no scatter-add), so the gradient does not depend on thread count or device.
@@ -19,6 +23,7 @@ One table per (stride, halo) is built per batch and cached in the Geometry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple, Union
 
 import torch
 
@@ -31,7 +36,7 @@ from .gather import gather_rows
 class HaloTileTable:
     """Where each pixel of every halo tile reads from, and the inverse.
 
-    ``index[p, i, j]`` is the feature row at pixel (i, j) of tile p (pixel (h, h) is the patch's
+    ``index[p, i, j]`` is the feature row at pixel (i, j) of tile p (pixel (lo, lo) is the patch's
     top-left site), or ``num_sites`` where that pixel is masked or outside the image.
     ``inverse[n, m]`` lists the flat tile pixels (p·T·T + i·T + j) that read row n, padded with
     ``num_pixels``; every row has at least one (its own place in its own tile).
@@ -39,13 +44,14 @@ class HaloTileTable:
     index: torch.Tensor
     inverse: torch.Tensor
     r: int
-    halo: int
+    lo: int
+    hi: int
     num_sites: int
 
     @property
     def size(self) -> int:
-        """Tile side T = r + 2·halo."""
-        return self.r + 2 * self.halo
+        """Tile side T = lo + r + hi."""
+        return self.r + self.lo + self.hi
 
     @property
     def num_tiles(self) -> int:
@@ -56,24 +62,37 @@ class HaloTileTable:
         return self.index.numel()
 
 
-def halo_tile_table(geometry: Geometry, stride: int, halo: int) -> HaloTileTable:
-    """The (cached) halo tile table of ``geometry`` at ``stride``."""
-    if halo < 0:
-        raise ValueError(f"halo must be >= 0, got {halo}")
-    return geometry.cached(("halo_tiles", stride, halo), lambda: _build_table(geometry, stride, halo))
+def window_halo(kernel: int, stride: int, padding: int, dilation: int = 1) -> Tuple[int, int]:
+    """The border (before, after) a patch's block needs so that an unpadded conv/pool with these
+    settings yields exactly the patch's r/stride outputs: it reads input sites
+    ``stride·o − padding + dilation·k`` for outputs o in [0, r/stride)."""
+    return padding, dilation * (kernel - 1) - padding - stride + 1
 
 
-def _build_table(geometry: Geometry, stride: int, halo: int) -> HaloTileTable:
+def _pair(halo: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    lo, hi = (halo, halo) if isinstance(halo, int) else (int(halo[0]), int(halo[1]))
+    if lo < 0 or hi < 0:
+        raise ValueError(f"halo must be >= 0 on both sides, got {halo}")
+    return lo, hi
+
+
+def halo_tile_table(geometry: Geometry, stride: int, halo: Union[int, Tuple[int, int]]) -> HaloTileTable:
+    """The (cached) halo tile table of ``geometry`` at ``stride``; ``halo`` = h or (before, after)."""
+    lo, hi = _pair(halo)
+    return geometry.cached(("halo_tiles", stride, lo, hi), lambda: _build_table(geometry, stride, lo, hi))
+
+
+def _build_table(geometry: Geometry, stride: int, lo: int, hi: int) -> HaloTileTable:
     level = geometry.level(stride)
-    r, n, size = level.r, level.num_sites, level.r + 2 * halo
-    padded = level.grid.new_full((geometry.batch, level.height + 2 * halo, level.width + 2 * halo), n)
-    padded[:, halo:halo + level.height, halo:halo + level.width] = level.grid
+    r, n, size = level.r, level.num_sites, level.r + lo + hi
+    padded = level.grid.new_full((geometry.batch, level.height + lo + hi, level.width + lo + hi), n)
+    padded[:, lo:lo + level.height, lo:lo + level.width] = level.grid
     p = geometry.patches
     offs = torch.arange(size, device=geometry.device)
     ys = (p[:, 1] * r).view(-1, 1, 1) + offs.view(1, size, 1)
     xs = (p[:, 2] * r).view(-1, 1, 1) + offs.view(1, 1, size)
     index = padded[p[:, 0].view(-1, 1, 1), ys, xs].contiguous()
-    return HaloTileTable(index, _inverse(index.view(-1), n), r, halo, n)
+    return HaloTileTable(index, _inverse(index.view(-1), n), r, lo, hi, n)
 
 
 def _inverse(flat: torch.Tensor, num_sites: int) -> torch.Tensor:
@@ -95,25 +114,27 @@ class _GatherTiles(torch.autograd.Function):
     """(N, C) features → (P, T, T, C) tiles; backward sums each row's copies via the inverse table."""
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, table: HaloTileTable):
+    def forward(ctx, features: torch.Tensor, table: HaloTileTable, fill: float):
         ctx.table = table
-        return gather_rows(features, table.index)
+        return gather_rows(features, table.index, fill)
 
     @staticmethod
     def backward(ctx, grad_tiles):
         table: HaloTileTable = ctx.table
         flat = grad_tiles.reshape(table.num_pixels, -1)
-        return gather_rows(flat, table.inverse).sum(1), None
+        return gather_rows(flat, table.inverse).sum(1), None, None
 
 
-def gather_tiles(x: SparseFeatures, halo: int, channels_last_shape: bool = False) -> torch.Tensor:
-    """Every visible patch's block with a ``halo`` of neighbour sites (zeros where masked or outside).
+def gather_tiles(x: SparseFeatures, halo: Union[int, Tuple[int, int]], channels_last_shape: bool = False,
+                 fill: float = 0.0) -> torch.Tensor:
+    """Every visible patch's block with a ``halo`` of neighbour sites (``fill`` where masked or outside).
 
-    Returns (P, C, T, T) in ``torch.channels_last`` memory format (what a dense conv wants), or
-    with ``channels_last_shape=True`` the same memory as a (P, T, T, C) tensor. Differentiable.
+    ``halo`` is h on every side or (before, after). Returns (P, C, T, T) in ``torch.channels_last``
+    memory format (what a dense conv wants), or with ``channels_last_shape=True`` the same memory
+    as a (P, T, T, C) tensor. Differentiable. ``fill=-inf`` makes a max-pool ignore those pixels.
     """
     table = halo_tile_table(x.geometry, x.stride, halo)
-    tiles = _GatherTiles.apply(x.features.contiguous(), table)
+    tiles = _GatherTiles.apply(x.features.contiguous(), table, fill)
     return tiles if channels_last_shape else tiles.permute(0, 3, 1, 2)
 
 

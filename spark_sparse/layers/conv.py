@@ -79,7 +79,7 @@ class SparseConv2d(SparseModule):
             if self.bias is not None:
                 out = out + self.bias.to(out.dtype)
         else:
-            backend = resolve_backend(self.backend, s, x.features)
+            backend = resolve_backend(self.backend, s, x.features, x.level.r)
             out = backend.conv(x.features, self.weight, x.geometry, x.stride, s)
             if self.bias is not None:
                 out = out + self.bias.to(out.dtype)
