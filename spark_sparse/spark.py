@@ -202,3 +202,33 @@ class SparK(nn.Module):
         if return_reconstruction:
             return loss, self.to_pixels(images, reconstruction)
         return loss
+
+
+def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto", drop_path: float = 0.0,
+                decoder_width: int = 768, mask_ratio: float = 0.6, densify_norm: str = "auto",
+                pretrained: bool = False, **ignored) -> SparK:
+    """A SparK model around a fresh timm backbone; the keyword names are a checkpoint's ``model_config``.
+
+    ``encoder_kind``: 'sparse' (SparseEncoder) or 'masked_dense' (SparK's reference encoder).
+    Keys of ``model_config`` that do not shape the model (input size, channels, …) are ignored.
+    """
+    import timm
+
+    from .convert import sparsify
+    from .reference import MaskedDenseEncoder
+
+    kind = encoder_kind.replace("-", "_")
+    if kind not in ("sparse", "masked_dense"):
+        raise ValueError(f"encoder_kind must be 'sparse' or 'masked_dense', got {encoder_kind!r}")
+    backbone = timm.create_model(arch, pretrained=pretrained, drop_path_rate=drop_path)
+    encoder = sparsify(backbone, backend=backend) if kind == "sparse" else MaskedDenseEncoder(backbone)
+    return SparK(encoder, decoder_width=decoder_width, mask_ratio=mask_ratio, densify_norm=densify_norm)
+
+
+def model_config(model: SparK, arch: str, *, backend: str, drop_path: float, input_size: int) -> dict:
+    """Everything :func:`build_spark` needs to rebuild ``model`` (stored in checkpoints)."""
+    return {"arch": arch, "encoder_kind": model.encoder_kind, "backend": backend, "drop_path": float(drop_path),
+            "decoder_width": int(model.decoder.widths[0]), "densify_norm": model.densify_norm,
+            "mask_ratio": float(model.mask_ratio), "input_size": int(input_size),
+            "patch_size": int(model.patch_size), "channels": [int(c) for c in model.encoder.channels],
+            "strides": [int(s) for s in model.encoder.strides]}
