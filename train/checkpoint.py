@@ -6,6 +6,8 @@ Files
 written to a temporary file in the same folder, flushed and fsync'ed, then renamed over the final
 name (and the folder fsync'ed), so a reader only ever sees a complete file: a run killed while
 saving leaves a stray ``*.tmp`` (removed on the next start) and the previous checkpoints intact.
+Reading checks the zip container's CRC-32 of every record first, so a truncated or bit-flipped
+file is refused (and ``--resume auto`` falls back to the next older one with a warning).
 
 Format (``format == "spark_sparse.pretrain"``, ``version == 1``)
 ----------------------------------------------------------------
@@ -61,6 +63,7 @@ import os
 import re
 import tempfile
 import warnings
+import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -113,8 +116,21 @@ def save_atomic(payload: Dict[str, Any], path: str) -> None:
     _fsync_dir(folder)
 
 
+def verify_integrity(path: str) -> None:
+    """Check every record's CRC-32: a ``torch.save`` file is a zip archive, but ``torch.load`` does not
+    check them, so a flipped bit inside a tensor would otherwise load silently."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e}); truncated or corrupt?") from e
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupt (checksum mismatch in record {bad})")
+
+
 def load(path: str, map_location="cpu") -> Dict[str, Any]:
     """Load and validate one checkpoint; raise CheckpointError saying what is wrong with it."""
+    verify_integrity(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
