@@ -98,6 +98,12 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, rename: all or nothing."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -108,6 +114,7 @@ def save_atomic(payload: Dict[str, Any], path: str) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
