@@ -49,7 +49,8 @@ epoch, step        the next epoch to run and the number of optimiser steps done;
                    ``rng["sampler"]`` is the next batch within ``epoch``
 world_size         processes of the run that wrote it
 args               the run's command-line arguments (a dict of plain values)
-metrics            ``{"loss": last logged loss, "images_seen": …}``
+metrics            ``{"loss": last step's loss (mean over processes), "images_seen",
+                   "skipped_images": unreadable files skipped so far}``
 versions           ``{"spark_sparse", "torch", "timm"}``
 created            UNIX time of the save
 =================  ==========================================================================

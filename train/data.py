@@ -12,7 +12,6 @@ log them.
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 from dataclasses import dataclass
@@ -259,12 +258,4 @@ def build_loader(cfg: DataConfig):
         generator=torch.Generator(),  # its base-seed draw must not consume the global RNG (drop-path draws)
     )
     return loader, sampler, source
-
-
-def steps_per_epoch(num_images: int, global_batch: int) -> int:
-    return num_images // global_batch
-
-
-def total_steps(epochs: float, per_epoch: int) -> int:
-    return int(math.ceil(epochs * per_epoch))
 

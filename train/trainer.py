@@ -190,6 +190,7 @@ class Trainer:
         self.mask_generator.set_state(rng["mask_generator"])
         self.epoch, self.batch, self.step = payload["epoch"], rng["sampler"]["batch"], payload["step"]
         self.last_loss = payload.get("metrics", {}).get("loss", float("nan"))
+        self.skipped_images = int(payload.get("metrics", {}).get("skipped_images", 0))
         changed = {k: (v, getattr(self.args, k, None)) for k, v in payload["args"].items()
                    if k not in ("out", "resume", "progress", "workers", "device", "log_every", "vis_every",
                                 "vis_images", "keep_ckpts", "ckpt_every")
@@ -287,7 +288,6 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self) -> int:
-        a = self.args
         if self.resumed_from:
             self._log(f"resumed from {self.resumed_from}: step {self.step}, epoch {self.epoch}, batch {self.batch}")
         if self.step >= self.total_steps:
@@ -381,7 +381,8 @@ class Trainer:
                 f"  {self.procs.world} process(es) on {self.device}, global batch {self.global_batch} "
                 f"({self.local_batch} per process), {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
                 f"warm-up {self.schedule.warmup_steps} steps, peak lr {self.schedule.peak_lr:.3e}, {a.opt}, "
-                f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}\n  output: {os.path.abspath(self.out)}")
+                f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}\n"
+                f"  output: {os.path.abspath(self.out)}")
 
     def _log(self, text: str) -> None:
         if self.procs.is_main:
