@@ -36,7 +36,7 @@ def test_resume_after_sigkill_is_exact(data, tmp_path):
     """SIGKILL a run part-way; resuming from what it left ends with the uninterrupted run's weights."""
     args = ["--data", data, *TINY, "--epochs", "2", "--ckpt-every", "2", "--drop-path", "0.1"]  # 8 steps
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    victim = cli(args + ["--out", killed])
+    victim = cli(args + ["--out", killed, "--workers", "1"])  # resumed below with none: order must not care
     deadline = time.time() + 240
     target = ckpt.checkpoint_path(killed, 4)
     while not os.path.exists(target):
