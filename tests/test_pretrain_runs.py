@@ -139,3 +139,21 @@ def test_sigterm_saves_a_checkpoint_then_stops(data, tmp_path):
     assert sorted(os.listdir(os.path.join(out, "vis"))) == ["reconstruction-00000001.png",
                                                             "reconstruction-00000002.png"]
     assert os.listdir(os.path.join(out, "tensorboard"))
+
+
+def test_checkpoint_weights_load_into_timm_and_rebuild_the_model(data, tmp_path):
+    """The documented contract for export/import: ``encoder.*`` are timm's keys; model_config rebuilds."""
+    import timm
+
+    from spark_sparse.spark import build_spark
+    out = str(tmp_path / "fmt")
+    train(["--data", data, *TINY, "--steps", "1", "--out", out])
+    payload = final_checkpoint(out)
+    backbone = timm.create_model(payload["arch"])
+    encoder = {k[len("encoder."):]: v for k, v in payload["model"].items() if k.startswith("encoder.")}
+    result = backbone.load_state_dict(encoder, strict=False)
+    assert set(result.missing_keys) == {"fc.weight", "fc.bias"} and not result.unexpected_keys
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in encoder.items())
+    model = build_spark(**payload["model_config"])
+    model.load_state_dict(payload["model"])  # strict: every key, nothing else
+    assert payload["encoder_kind"] == model.encoder_kind == "sparse" and payload["version"] == ckpt.VERSION
