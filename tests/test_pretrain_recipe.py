@@ -32,10 +32,12 @@ def test_weight_decay_cosine_from_004_to_02():
     assert all(a < b for a, b in zip(wds, wds[1:]))
 
 
-def test_peak_lr_scales_with_the_global_batch():
-    args = parse([])
+def test_peak_lr_scales_with_the_global_batch(tmp_path):
+    args = parse(["--data", str(tmp_path)])
     assert peak_lr(args, 4096) == pytest.approx(2e-4 * 16)
+    assert peak_lr(args, 256) == pytest.approx(2e-4)
     assert peak_lr(parse(["--lr", "0.01"]), 4096) == 0.01
+    assert peak_lr(parse([]), 16) == pytest.approx(3.2e-3)  # the embedded demo run
 
 
 def test_no_decay_groups_and_schedule_application():
