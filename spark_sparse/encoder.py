@@ -9,7 +9,7 @@ from torch import nn
 from .backends import check_backend_name
 from .features import SparseFeatures
 from .geometry import Geometry
-from .layers.base import SparseModule, run_layer
+from .layers.base import run_layer
 from .layers.conv import SparseConv2d
 from .masks import check_visible
 from .plan import EncoderPlan
@@ -69,11 +69,7 @@ class SparseEncoder(nn.Module):
     def forward(self, images: torch.Tensor, visible: torch.Tensor) -> List[torch.Tensor]:
         return [f.dense() for f in self.forward_sparse(images, visible)]
 
-    def macs(self, visible: torch.Tensor, image_size=None) -> int:
+    def macs(self, visible: torch.Tensor) -> int:
         """Multiply-accumulates of one forward pass on this mask (see :mod:`spark_sparse.flops`)."""
         from .flops import sparse_macs
         return sparse_macs(self, visible)["total"]
-
-
-def sparse_layers(encoder: nn.Module):
-    return [(name, m) for name, m in encoder.named_modules() if isinstance(m, SparseModule)]
