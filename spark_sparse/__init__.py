@@ -6,6 +6,7 @@ from .features import SparseFeatures
 from .geometry import Geometry
 from .masks import random_visible
 from .reference import MaskedDenseEncoder, register_reference_rule
+from . import models  # noqa: F401  (registers ConvNeXt's layers)
 
 __version__ = "0.1.0"
 

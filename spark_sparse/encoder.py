@@ -43,11 +43,23 @@ class SparseEncoder(nn.Module):
         return self.plan.patch_size
 
     def set_backend(self, backend: str) -> "SparseEncoder":
-        """Run every k×k convolution on ``backend`` ('auto', 'torch', 'spconv')."""
+        """Run every k×k convolution on ``backend`` ('auto', 'torch', 'spconv'); depthwise convs
+        always run on our kernels (see ``set_depthwise``)."""
         check_backend_name(backend)
         for module in self.modules():
             if isinstance(module, SparseConv2d):
                 module.backend = backend
+        return self
+
+    def set_depthwise(self, impl: str) -> "SparseEncoder":
+        """Run every depthwise convolution with ``impl``: 'auto' (fastest for each layer's resolution),
+        'table' (the plain-PyTorch twin), 'tiles', 'dense' or 'triton' (see kernels/depthwise.py)."""
+        from .kernels.depthwise import IMPLS
+        if impl not in IMPLS:
+            raise ValueError(f"unknown depthwise implementation {impl!r}; choose one of {', '.join(IMPLS)}")
+        for module in self.modules():
+            if isinstance(module, SparseConv2d):
+                module.depthwise = impl
         return self
 
     def geometry(self, images: torch.Tensor, visible: torch.Tensor) -> Geometry:
