@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .masks import check_mask_ratio
 from .spark import SparK, build_spark, model_config
 from .spark_format import Imported, recorded_arch, spark_head_config
 from .weights import WeightsError, check_encoder_state, compare, head_keys, recognise
@@ -106,7 +107,6 @@ def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, de
     "withdecoder" file, else freshly initialised (SparK's initialisation, seeded by ``seed``).
     Options left None take the file's record, else ``spark-sparse pretrain``'s defaults.
     """
-    from . import __version__
     from .train.config import default_drop_path
 
     arch = choose_arch(imported, arch)
@@ -127,10 +127,14 @@ def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, de
     mask_ratio = mask_ratio if mask_ratio is not None else float(rec.get("mask_ratio", 0.6))
     input_size = input_size or int(rec.get("input_size", 224))
 
-    torch.manual_seed(seed)
+    check_mask_ratio(mask_ratio)
+    if input_size <= 0 or input_size % 32:
+        raise WeightsError(f"input size must be a positive multiple of 32, got {input_size}")
     drop_path = default_drop_path(arch)
-    model = build_spark(arch, encoder_kind="sparse", backend="auto", drop_path=drop_path, decoder_width=decoder_width,
-                        mask_ratio=mask_ratio, densify_norm=densify_norm)
+    with torch.random.fork_rng(devices=[]):  # a seeded fresh head, the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = build_spark(arch, encoder_kind="sparse", backend="auto", drop_path=drop_path,
+                            decoder_width=decoder_width, mask_ratio=mask_ratio, densify_norm=densify_norm)
     state = model.state_dict()
     state.update({ENCODER_PREFIX + k: v for k, v in encoder.items()})
     if imported.spark_head:
@@ -142,18 +146,28 @@ def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, de
         state.update({k: v.float() if v.is_floating_point() else v for k, v in imported.spark_head.items()})
     model.load_state_dict(state)
 
+    return weights_checkpoint(model, arch, input_size=input_size, drop_path=drop_path, imported_from={
+        "path": imported.source, "kind": imported.kind,
+        "decoder": "from the file" if imported.spark_head else f"fresh (seed {seed})",
+        "dropped": list(imported.dropped) + dropped,
+        "recorded": {k: v for k, v in rec.items() if isinstance(v, (str, int, float, bool))}})
+
+
+def weights_checkpoint(model: SparK, arch: str, *, input_size: int, drop_path: float = 0.0,
+                       imported_from: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A weights-only checkpoint of ``model`` in the trainer's format (no optimizer, RNG or run state)."""
     import timm
+
+    from . import __version__
+    from .train import checkpoint as ckpt
     return {
-        "format": "spark_sparse.pretrain", "version": 1,
+        "format": ckpt.FORMAT, "version": ckpt.VERSION,
         "arch": arch, "encoder_kind": model.encoder_kind,
         "model_config": model_config(model, arch, backend="auto", drop_path=drop_path, input_size=input_size),
         "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "optimizer": None, "optimizer_name": None, "schedule": None, "scaler": None, "rng": None,
         "epoch": 0, "step": 0, "world_size": 1, "args": {}, "metrics": {},
-        "imported_from": {"path": imported.source, "kind": imported.kind,
-                          "decoder": "from the file" if imported.spark_head else f"fresh (seed {seed})",
-                          "dropped": list(imported.dropped) + dropped,
-                          "recorded": {k: v for k, v in rec.items() if isinstance(v, (str, int, float, bool))}},
+        "imported_from": imported_from or {},
         "versions": {"spark_sparse": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__)},
         "created": time.time(),
     }

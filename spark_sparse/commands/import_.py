@@ -52,7 +52,7 @@ def run(args) -> int:
         payload = checkpoint_from_import(imported, args.arch, decoder_width=args.decoder_width,
                                          mask_ratio=args.mask_ratio, densify_norm=args.densify_norm,
                                          input_size=args.input_size, seed=args.seed)
-    except WeightsError as e:
+    except (WeightsError, ValueError) as e:  # WeightsError: the file; ValueError: an option
         print(f"error: {e}", file=sys.stderr)
         return 2
     save_atomic(payload, args.out)
