@@ -84,3 +84,14 @@ def test_a_supervised_timm_checkpoint_continues_pretraining(tmp_path):
         if not key.startswith("fc."):
             assert torch.equal(got[key], value), key
     assert trainer.fit() == 0 and trainer.step == 1
+
+    # the trainer's own checkpoint exports, with the running statistics it accumulated, and verifies
+    from spark_sparse.train import checkpoint as ckpt
+    from spark_sparse.weights import read_file
+    (_, path), = ckpt.list_checkpoints(str(tmp_path / "run"))
+    rc, stdout, stderr = cli("export", path, "--out", tmp_path / "enc.safetensors", "--verify")
+    assert rc == 0 and "verify passed" in stdout, stdout + stderr
+    exported, _ = read_file(str(tmp_path / "enc.safetensors"))
+    trained = ckpt.load(path)["model"]
+    assert int(exported["bn1.num_batches_tracked"]) == 1
+    assert all(torch.equal(v, trained["encoder." + k]) for k, v in exported.items())
