@@ -59,6 +59,8 @@ def run(args) -> int:
     info, cfg = payload["imported_from"], payload["model_config"]
     encoder_tensors = sum(1 for k in payload["model"] if k.startswith("encoder."))
     print(f"read {args.file}: {info['kind']}")
+    if args.arch is None and "arch" not in info["recorded"]:
+        print(f"  architecture recognised from the weights: {payload['arch']}")
     print(f"wrote {args.out}: {payload['arch']} encoder ({encoder_tensors} tensors), decoder {info['decoder']} "
           f"(width {cfg['decoder_width']}, densify norm {cfg['densify_norm']}), mask ratio {cfg['mask_ratio']}, "
           f"input size {cfg['input_size']}")
