@@ -26,20 +26,20 @@ from spark_sparse.masks import dense_mask
 STAGES = ((4, 96), (8, 192), (16, 384), (32, 768))  # (stride, channels) of ConvNeXt-T
 
 
-def _time(fn, repeats: int, sync) -> float:
+def _time(fn, repeats: int, sync, clock=time.perf_counter) -> float:
     fn()  # warm-up: index tables, oneDNN primitives, Triton compilation
     times = []
     for _ in range(repeats):
         sync()
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
 def measure(batch: int, size: int, ratio: float, repeats: int, device: torch.device, dtype: torch.dtype,
-            impls) -> list:
+            impls, clock=time.perf_counter) -> list:
     g = torch.Generator().manual_seed(0)
     visible = ss.random_visible(batch, (size // 32, size // 32), ratio, generator=g).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -58,10 +58,11 @@ def measure(batch: int, size: int, ratio: float, repeats: int, device: torch.dev
         def masked_dense():
             (F.conv2d(dense, weight, None, 1, 3, 1, c) * mask).sum().backward()
 
-        row["masked-dense"] = _time(masked_dense, repeats, sync)
+        row["masked-dense"] = _time(masked_dense, repeats, sync, clock)
         for impl in impls:
             if why_unsupported(impl, spec) is None:
-                row[impl] = _time(lambda: sparse_depthwise_conv(x, weight, spec, impl).sum().backward(), repeats, sync)
+                row[impl] = _time(lambda: sparse_depthwise_conv(x, weight, spec, impl).sum().backward(), repeats,
+                                  sync, clock)
         rows.append(row)
     return rows
 
@@ -76,14 +77,21 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     p.add_argument("--impls", nargs="+", default=None, help="default: table tiles dense (+ triton on CUDA)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall: elapsed time; cpu: this process's CPU time (use with --threads 1 on a machine "
+                        "shared with other jobs: their load then does not enter the figures)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     impls = args.impls or (["table", "tiles", "dense"] + (["triton"] if device.type == "cuda" else []))
-    rows = measure(args.batch, args.size, args.mask_ratio, args.repeats, device, getattr(torch, args.dtype), impls)
+    if args.clock == "cpu" and device.type == "cuda":
+        p.error("--clock cpu measures the CPU; use wall on CUDA")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    rows = measure(args.batch, args.size, args.mask_ratio, args.repeats, device, getattr(torch, args.dtype), impls,
+                   clock)
     cols = ["masked-dense"] + impls
     print(f"depthwise 7x7 fwd+bwd, {device} {args.dtype}, {args.threads} threads, batch {args.batch}, "
-          f"{args.size}², mask ratio {args.mask_ratio}, median of {args.repeats} (ms)")
+          f"{args.size}², mask ratio {args.mask_ratio}, median of {args.repeats} ({args.clock} ms)")
     print(f"{'stride':>6} {'C':>4} {'sites':>6} " + " ".join(f"{c:>12}" for c in cols) + "   fastest")
     for row in rows:
         times = {c: row[c] for c in cols if c in row}

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from ..backends.base import ConvSpec, compute_dtype
 from ..features import SparseFeatures
 from ..geometry import ConvTable
-from .gather import gather_rows
 from .tiles import gather_tiles, tiles_to_features
 
 IMPLS = ("auto", "table", "tiles", "dense", "triton")
@@ -36,17 +35,17 @@ class TableDepthwiseConv(torch.autograd.Function):
     """Depthwise conv on a ConvTable: ``out[n, c] = Σ_k w[k, c] · x[gather[n, k], c]``.
 
     ``w`` is (K, C). The input gradient reads the output gradient through the inverse table
-    (``grad_x[i, c] = Σ_k w[k, c] · grad_out[scatter[i, k], c]``), so no scatter-add; the weight
-    gradient recomputes the gathered inputs instead of keeping them (less memory). fp16 / bf16
-    products and sums are taken in fp32, as the other implementations accumulate.
-    (A multiply-and-sum: ``einsum`` lowers this contraction to a batched GEMV, 3-6x slower on CPU.)
+    (``grad_x[i, c] = Σ_k w[k, c] · grad_out[scatter[i, k], c]``), so no scatter-add. One kernel
+    offset at a time: an (N, K, C) gathered tensor would be K times the features (200 MB for one
+    ConvNeXt-T stride-4 layer at batch 8), and the loop measured 2.5-10x faster than building it
+    and reducing (and ``einsum`` on it slower still). fp16 / bf16 accumulate in fp32.
     """
 
     @staticmethod
     def forward(ctx, x, w, table: ConvTable):
         ctx.table = table
         ctx.save_for_backward(x, w)
-        return _weighted_sum(gather_rows(x, table.gather), w)
+        return _offset_sum(x, table.gather, w)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -55,11 +54,9 @@ class TableDepthwiseConv(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _weighted_sum(gather_rows(grad_out, table.scatter), w)
+            grad_x = _offset_sum(grad_out, table.scatter, w)
         if ctx.needs_input_grad[1]:
-            acc = _accumulate_dtype(x.dtype)
-            cols = gather_rows(x, table.gather).to(acc)
-            grad_w = (cols * grad_out.to(acc).unsqueeze(1)).sum(0).to(w.dtype)
+            grad_w = _offset_weight_grad(x, table.gather, grad_out).to(w.dtype)
         return grad_x, grad_w, None
 
 
@@ -67,10 +64,25 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _weighted_sum(cols: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """(M, K, C) gathered rows · (K, C) weights, summed over K → (M, C)."""
-    acc = _accumulate_dtype(cols.dtype)
-    return (cols.to(acc) * w.to(acc)).sum(1).to(cols.dtype)
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with a zero row appended: where a table's sentinel index points."""
+    return torch.cat([x, x.new_zeros(1, x.shape[1])])
+
+
+def _offset_sum(x: torch.Tensor, index: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Σ_k w[k] · x[index[:, k]] → (M, C), one offset at a time, accumulated in ≥ fp32."""
+    rows, per_offset = _padded(x), index.t().contiguous()
+    out = x.new_zeros(index.shape[0], x.shape[1], dtype=_accumulate_dtype(x.dtype))
+    for k in range(per_offset.shape[0]):
+        out.addcmul_(rows.index_select(0, per_offset[k]), w[k])
+    return out.to(x.dtype)
+
+
+def _offset_weight_grad(x: torch.Tensor, index: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """grad_w[k] = Σ_n x[index[n, k]] · grad_out[n] → (K, C) in ≥ fp32."""
+    acc = _accumulate_dtype(x.dtype)
+    rows, per_offset, g = _padded(x), index.t().contiguous(), grad_out.to(acc)
+    return torch.stack([(rows.index_select(0, per_offset[k]).to(acc) * g).sum(0) for k in range(per_offset.shape[0])])
 
 
 def depthwise_weight_kc(weight: torch.Tensor) -> torch.Tensor:
@@ -140,21 +152,37 @@ def why_unsupported(impl: str, spec: ConvSpec) -> str | None:
 
 # oneDNN / cuDNN have fast depthwise kernels for these; fp64 falls back to a per-channel slow conv.
 FAST_CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-CPU_TILES_MIN_R = 4
+# Halo tiles pay (r + 2h)² / r² sites per site: 3.1x at r = 8, 6.3x at r = 4, 16x at r = 2, 49x at r = 1
+# for a 7×7 kernel. Below this block size the dense map (which at 60 % masking is 2.5x the active
+# sites) is cheaper.
+TILES_MIN_R = 8
 
 
 def choose_impl(spec: ConvSpec, r: int, device: torch.device, dtype: torch.dtype) -> str:
     """The implementation ``auto`` runs for one layer, from its patch block size ``r`` = patch/stride.
 
-    CPU (benchmarks/depthwise_select.py, ConvNeXt-T widths at 224², batch 8, ratio 0.6, 2 threads,
-    fwd+bwd, median of 7, ms):  r=8 (stride 4, C=96):  ... ; r=4 (stride 8, C=192): ... ;
-    r=2 (stride 16, C=384): ... ; r=1 (stride 32, C=768): ... .
+    Measured on this project's CPU with benchmarks/depthwise_select.py (ConvNeXt-T widths, 224²,
+    batch 8, mask ratio 0.6, fwd+bwd, median of 15, CPU time of 1 thread — the 2 cores were shared
+    with other jobs, so wall-clock figures swung by 2-3x between runs; ms):
+
+        stride (r)  C    masked-dense  table  tiles  dense
+        4 (8)       96   109           405    94     104     → tiles
+        8 (4)       192  40            111    52     44      → dense
+        16 (2)      384  30            78     50     44      → dense
+        32 (1)      768  20            35     168    27      → dense
+
+    Two more runs (7 repeats) agreed on tiles at stride 4 and dense at 16 and 32; at stride 8 dense
+    and tiles swapped places within 10 %. So: tiles for r >= 8, the dense map below. Tiles beat
+    channels-last masked-dense at stride 4 only by ~10-15 % here (the "~4x" of ARCHITECTURE.md was
+    against NCHW masked-dense, whose depthwise backward is slow on CPU).
+
+    CUDA: not measured yet (no GPU in this project so far); the same rule runs cuDNN's depthwise
+    kernels. The Triton kernels are opt-in (``impl='triton'`` / ``encoder.set_depthwise('triton')``)
+    until ``depthwise_select --device cuda`` says where they win. fp64 runs the table twin.
     """
     if why_unsupported("tiles", spec) is not None or dtype not in FAST_CONV_DTYPES:
         return "table"
-    if r >= CPU_TILES_MIN_R:
-        return "tiles"
-    return "dense"
+    return "tiles" if r >= TILES_MIN_R else "dense"
 
 
 def sparse_depthwise_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec, impl: str = "auto") -> torch.Tensor:

@@ -7,13 +7,13 @@
   by PyTorch afterwards (deterministic again).
 Accumulation is in fp32 for fp32, fp16 and bf16 inputs; outputs have the input dtype.
 
-CPU tensors run the kernels in Triton's interpreter (what ``TRITON_INTERPRET=1`` does), which is
-how the tests check them against ``kernels.depthwise.TableDepthwiseConv`` without a GPU. The kernels
-are built on first use, per mode, so importing this module never needs a GPU.
+Without a GPU, the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before
+triton is first imported (tests/conftest.py does so on machines without CUDA): that is how the
+tests check them against ``kernels.depthwise.TableDepthwiseConv`` on the CPU.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 import triton
@@ -24,6 +24,7 @@ from ..geometry import ConvTable
 from .depthwise import depthwise_weight_kc
 
 
+@triton.jit
 def _gather_conv_kernel(x_ptr, w_ptr, index_ptr, out_ptr, n_rows, sentinel, C, K,
                         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[n, c] = Σ_k w[k, c] · x[index[n, k], c]; rows n < n_rows; index == sentinel reads 0."""
@@ -43,6 +44,7 @@ def _gather_conv_kernel(x_ptr, w_ptr, index_ptr, out_ptr, n_rows, sentinel, C, K
              mask=row_ok[:, None] & chan_ok[None, :])
 
 
+@triton.jit
 def _weight_grad_kernel(x_ptr, g_ptr, index_ptr, part_ptr, n_rows, sentinel, C, K,
                         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """part[block, k, c] = Σ_{n in block} x[index[n, k], c] · g[n, c]."""
@@ -62,16 +64,10 @@ def _weight_grad_kernel(x_ptr, g_ptr, index_ptr, part_ptr, n_rows, sentinel, C, 
         tl.store(part_ptr + (block.to(tl.int64) * K + k) * C + chans, part, mask=chan_ok)
 
 
-_BUILT: Dict[bool, Tuple[object, object]] = {}
-
-
-def _kernels(interpret: bool):
-    """The two kernels, jitted for the GPU or built for the interpreter (cached per mode)."""
-    if interpret not in _BUILT:
-        with knobs.runtime.scope():
-            knobs.runtime.interpret = interpret
-            _BUILT[interpret] = (triton.jit(_gather_conv_kernel), triton.jit(_weight_grad_kernel))
-    return _BUILT[interpret]
+def _check_device(x: torch.Tensor) -> None:
+    if x.device.type == "cpu" and not knobs.runtime.interpret:
+        raise RuntimeError("the Triton depthwise kernels need a GPU; on the CPU they run only in Triton's interpreter: "
+                           "set TRITON_INTERPRET=1 before triton is first imported (use impl 'tiles' or 'table' instead)")
 
 
 def _blocks(c: int) -> Tuple[int, int]:
@@ -83,9 +79,9 @@ def _gather_conv(x: torch.Tensor, w: torch.Tensor, index: torch.Tensor, n_rows: 
     out = torch.empty(n_rows, c, dtype=x.dtype, device=x.device)
     if n_rows == 0 or c == 0:
         return out
-    conv, _ = _kernels(x.device.type == "cpu")
+    _check_device(x)
     bn, bc = _blocks(c)
-    conv[(triton.cdiv(n_rows, bn), triton.cdiv(c, bc))](x, w, index, out, n_rows, sentinel, c, k,
+    _gather_conv_kernel[(triton.cdiv(n_rows, bn), triton.cdiv(c, bc))](x, w, index, out, n_rows, sentinel, c, k,
                                                         BLOCK_N=bn, BLOCK_C=bc)
     return out
 
@@ -96,8 +92,8 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, index: torch.Tensor, n_in: in
     blocks = triton.cdiv(n_out, bn)
     part = torch.zeros(max(blocks, 1), k, c, dtype=torch.float32, device=g.device)
     if n_out and c:
-        _, wgrad = _kernels(g.device.type == "cpu")
-        wgrad[(blocks, triton.cdiv(c, bc))](x, g, index, part, n_out, n_in, c, k, BLOCK_N=bn, BLOCK_C=bc)
+        _check_device(g)
+        _weight_grad_kernel[(blocks, triton.cdiv(c, bc))](x, g, index, part, n_out, n_in, c, k, BLOCK_N=bn, BLOCK_C=bc)
     return part.sum(0)
 
 
