@@ -1,7 +1,7 @@
 """The ``spark-sparse pretrain`` options, their defaults, and the values derived from them.
 
 Defaults make the no-argument run a few-minute CPU job on the embedded photographs (a ResNet-18
-at 128 px, batch 16, 10 short epochs). The optimisation recipe itself (LAMB, lr scaling, schedules,
+at 96 px, batch 16, 4 epochs of 18 steps). The optimisation recipe itself (LAMB, lr scaling, schedules,
 weight decay, clipping, drop path, augmentation, decoder) is SparK's at every setting; for
 ImageNet pass SparK's scale: ``--arch resnet50 --input-size 224 --batch-size 4096 --epochs 1600
 --warmup-epochs 40`` (see the README).
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--data", default=None, metavar="DIR",
                       help="folder of images, flat or in class sub-folders (ImageNet's train/); omitted: the "
                            "embedded data set, real photographs shipped with scikit-image cut into 288 crops")
-    data.add_argument("--input-size", type=int, default=128,
+    data.add_argument("--input-size", type=int, default=96,
                       help="training crop size in pixels, a multiple of 32 (SparK on ImageNet: 224)")
     data.add_argument("--workers", type=int, default=None,
                       help="data-loading processes per training process (default: min(8, CPUs per process))")
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt = p.add_argument_group("optimisation (SparK's recipe)")
     opt.add_argument("--batch-size", type=int, default=16,
                      help="global batch size, split evenly over the processes (SparK on ImageNet: 4096)")
-    opt.add_argument("--epochs", type=float, default=10, help="training epochs (SparK on ImageNet: 1600)")
+    opt.add_argument("--epochs", type=float, default=4, help="training epochs (SparK on ImageNet: 1600)")
     opt.add_argument("--steps", type=int, default=None,
                      help="stop after this many optimiser steps in all (default: epochs × steps per epoch); "
                           "the schedules span these steps")
@@ -77,8 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="also save every N steps (0: only at the end of each epoch and of the run)")
     run.add_argument("--keep-ckpts", type=int, default=3, help="checkpoints kept (the newest; <= 0: all)")
     run.add_argument("--log-every", type=int, default=10, help="print a log line every N steps")
-    run.add_argument("--vis-every", type=int, default=100,
-                     help="save a reconstruction grid every N steps (0: only at the end)")
+    run.add_argument("--vis-every", type=int, default=0,
+                     help="also save a reconstruction grid every N steps (always: after the first step, at the "
+                          "end of each epoch and of the run)")
     run.add_argument("--vis-images", type=int, default=8, help="images in a reconstruction grid")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (under torchrun: the local rank's GPU)")

@@ -312,7 +312,7 @@ class Trainer:
                 self._report_skipped(skipped)
                 images = images.to(self.device, non_blocking=True)
                 visible = self.next_visible()
-                want_vis = self._vis_due(self.step + 1)
+                want_vis = self._vis_due(self.step + 1, self.batch + 1 >= self.steps_per_epoch)
                 metrics, reconstruction = self.train_step(images, visible, want_vis, len(skipped))
                 self.step += 1
                 self.batch += 1
@@ -339,9 +339,10 @@ class Trainer:
         self._log(f"done: {self.step} steps, last loss {self.last_loss:.4f}, {self.skipped_images} unreadable "
                   f"images skipped; checkpoints in {ckpt.checkpoint_dir(self.out)}")
 
-    def _vis_due(self, step: int) -> bool:
+    def _vis_due(self, step: int, ends_epoch: bool) -> bool:
         every = self.args.vis_every
-        return self.procs.is_main and (step == self.total_steps or step == 1 or (every > 0 and step % every == 0))
+        return self.procs.is_main and (step == 1 or ends_epoch or step == self.total_steps
+                                       or (every > 0 and step % every == 0))
 
     def _save_grid(self, images: torch.Tensor, visible: torch.Tensor, reconstruction: torch.Tensor) -> None:
         n = min(self.args.vis_images, images.shape[0])

@@ -1,5 +1,5 @@
 """SparK pre-training of a timm backbone with a sparse encoder (the encoder computes only the visible
-patches). With no arguments: a ResNet-18 at 128 px on the embedded photographs, a few minutes on a
+patches). With no arguments: a ResNet-18 at 96 px on the embedded photographs, a few minutes on a
 CPU, leaving checkpoints, TensorBoard logs and reconstruction PNGs in runs/pretrain/.
 
 SparK's ImageNet recipe: --data /path/to/imagenet/train --arch resnet50 --input-size 224
