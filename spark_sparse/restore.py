@@ -87,7 +87,8 @@ def _same_pointwise(a, b) -> bool:
 
 
 def _adapt(encoder: Dict[str, torch.Tensor], arch: str) -> Dict[str, torch.Tensor]:
-    """Linear ↔ 1×1 conv layouts of the same weights (ConvNeXt's ``conv_mlp``), floats to fp32."""
+    """What PyTorch itself would accept: Linear ↔ 1×1 conv layouts of the same weights (ConvNeXt's
+    ``conv_mlp``), BatchNorm's ``num_batches_tracked`` absent from old files (0), floats to fp32."""
     from .weights import encoder_shapes
     shapes = encoder_shapes(arch)
     out = {}
@@ -95,6 +96,9 @@ def _adapt(encoder: Dict[str, torch.Tensor], arch: str) -> Dict[str, torch.Tenso
         if k in shapes and _same_pointwise(v.shape, shapes[k]):
             v = v.reshape(shapes[k])
         out[k] = v.float() if v.is_floating_point() else v
+    for k in shapes:
+        if k.endswith(".num_batches_tracked") and k not in out and k[:-len("num_batches_tracked")] + "running_mean" in out:
+            out[k] = torch.tensor(0, dtype=torch.long)
     return out
 
 
