@@ -1,13 +1,12 @@
 """Weight files: reading any state-dict file safely, and checking its tensors against a timm architecture.
 
-Every path into or out of spark_sparse (``import``, ``export``, ``reconstruct``) goes through here, so
-a wrong file is refused in one way everywhere: the file named, what differs (the first few missing
-and unexpected keys and shape mismatches) and, when the tensors fit another known architecture,
-which one they look like.
+``import``, ``export`` and ``reconstruct`` all check weights here, so a wrong file is refused in one
+way everywhere: the file named, what differs (the first few missing and unexpected keys and shape
+mismatches) and, when the tensors fit another known architecture, which one they look like.
 
-Architectures are described by a timm model built on the ``meta`` device (shapes, no memory, no
-initialisation cost worth speaking of); its *encoder* keys are those of the modules a SparseEncoder
-keeps (:class:`~spark_sparse.plan.EncoderPlan`), the rest (``fc.*``, ``head.*``) is the classifier head.
+Architectures are described by a timm model built on the ``meta`` device (shapes only, no memory);
+its *encoder* keys are those of the modules a SparseEncoder keeps
+(:class:`~spark_sparse.plan.EncoderPlan`), the rest (``fc.*``, ``head.*``) is the classifier head.
 """
 from __future__ import annotations
 
