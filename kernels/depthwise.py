@@ -9,8 +9,7 @@ as zero (CONTRACT.md, "Conv2d stride 1"). Bias is not applied here (the layer ad
   depthwise conv (oneDNN / cuDNN, channels-last, no padding) on the batch of tiles.
 - ``dense``  — scatter to the dense (B, C, H, W) map (zeros at masked sites; channels-last memory,
   as oneDNN's depthwise backward is many times slower on NCHW), dense depthwise conv, gather the
-  active sites. Costs the full map, which at strides 16 and 32 is smaller than the
-  tiles' halos.
+  active sites. Costs the full map, which at strides 8 to 32 is smaller than the tiles' halos.
 - ``triton`` — Triton kernels on the neighbour table (kernels/depthwise_triton.py), for GPUs; on
   CPU tensors they run in Triton's interpreter (tests only).
 

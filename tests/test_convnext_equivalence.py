@@ -75,3 +75,18 @@ def test_unsupported_norm_is_refused_with_its_path():
     import timm
     with pytest.raises(ss.UnsupportedLayerError, match=r"stem\.1.*RmsNorm2d"):
         ss.sparsify(timm.create_model("convnext_atto_rms"))
+
+
+def test_set_depthwise_switches_every_layer():
+    """Every depthwise implementation gives the same encoder outputs; a wrong name is refused."""
+    encoder = ss.sparsify(model("convnextv2_atto")).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 3, 64, 96, generator=g)
+    visible = ss.random_visible(3, (2, 3), 0.5, generator=g)
+    with torch.no_grad():
+        outs = {impl: encoder.set_depthwise(impl)(images, visible) for impl in ("table", "tiles", "dense", "auto")}
+    for impl, maps in outs.items():
+        for a, b in zip(maps, outs["table"]):
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max(), impl
+    with pytest.raises(ValueError, match="choose one of"):
+        encoder.set_depthwise("cudnn")

@@ -21,8 +21,8 @@ class SparseLayerNorm(nn.LayerNorm, SparseModule):
 
     @classmethod
     def from_dense(cls, norm: nn.LayerNorm) -> "SparseLayerNorm":
-        like = norm.weight if norm.weight is not None else None
-        factory = {"device": like.device, "dtype": like.dtype} if like is not None else {}
+        w = norm.weight
+        factory = {"device": w.device, "dtype": w.dtype} if w is not None else {}
         sparse = cls(norm.normalized_shape, eps=norm.eps, elementwise_affine=norm.elementwise_affine,
                      bias=norm.bias is not None, **factory)
         sparse.load_state_dict(norm.state_dict())
