@@ -49,7 +49,8 @@ epoch, step        the next epoch to run and the number of optimiser steps done;
                    ``rng["sampler"]`` is the next batch within ``epoch``
 world_size         processes of the run that wrote it
 args               the run's command-line arguments (a dict of plain values)
-metrics            ``{"loss": last logged loss, "images_seen": …}``
+metrics            ``{"loss": last step's loss (mean over processes), "images_seen",
+                   "skipped_images": unreadable files skipped so far}``
 versions           ``{"spark_sparse", "torch", "timm"}``
 created            UNIX time of the save
 =================  ==========================================================================
@@ -106,6 +107,12 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, rename: all or nothing."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -116,6 +123,7 @@ def save_atomic(payload: Dict[str, Any], path: str) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,7 +1,7 @@
 """The ``spark-sparse pretrain`` options, their defaults, and the values derived from them.
 
 Defaults make the no-argument run a few-minute CPU job on the embedded photographs (a ResNet-18
-at 96 px, batch 16, 4 epochs of 18 steps). The optimisation recipe itself (LAMB, lr scaling, schedules,
+at 96 px, batch 16, 2 epochs of 18 steps). The optimisation recipe itself (LAMB, lr scaling, schedules,
 weight decay, clipping, drop path, augmentation, decoder) is SparK's at every setting; for
 ImageNet pass SparK's scale: ``--arch resnet50 --input-size 224 --batch-size 4096 --epochs 1600
 --warmup-epochs 40`` (see the README).
@@ -52,11 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt = p.add_argument_group("optimisation (SparK's recipe)")
     opt.add_argument("--batch-size", type=int, default=16,
                      help="global batch size, split evenly over the processes (SparK on ImageNet: 4096)")
-    opt.add_argument("--epochs", type=float, default=4, help="training epochs (SparK on ImageNet: 1600)")
+    opt.add_argument("--epochs", type=float, default=2, help="training epochs (SparK on ImageNet: 1600)")
     opt.add_argument("--steps", type=int, default=None,
                      help="stop after this many optimiser steps in all (default: epochs × steps per epoch); "
                           "the schedules span these steps")
-    opt.add_argument("--warmup-epochs", type=float, default=1, help="linear lr warm-up (SparK on ImageNet: 40)")
+    opt.add_argument("--warmup-epochs", type=float, default=0.5, help="linear lr warm-up (SparK on ImageNet: 40)")
     opt.add_argument("--base-lr", type=float, default=2e-4, help="peak lr = base-lr × batch-size / 256")
     opt.add_argument("--lr", type=float, default=None, help="peak lr, overriding --base-lr scaling")
     opt.add_argument("--wd", type=float, default=0.04, help="weight decay at the start (cosine to --wd-end)")

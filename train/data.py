@@ -12,8 +12,8 @@ log them.
 """
 from __future__ import annotations
 
-import math
 import os
+import signal
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, List, Optional, Tuple
@@ -181,6 +181,13 @@ class PretrainDataset(Dataset):
                            f"{skipped[0][0]} ({skipped[0][1]}): is the data folder right?")
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Data workers leave SIGTERM / SIGINT to the main process, which saves a checkpoint and then ends
+    them; a scheduler that signals the whole process group must not kill them mid-step."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def collate(batch):
     images = torch.stack([item[0] for item in batch])
     skipped = [s for item in batch for s in item[1]]
@@ -247,16 +254,8 @@ def build_loader(cfg: DataConfig):
     sampler = ResumableBatchSampler(dataset, cfg.batch_size, cfg.rank, cfg.world, cfg.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate, pin_memory=cfg.pin_memory,
-        persistent_workers=cfg.workers > 0,
+        persistent_workers=cfg.workers > 0, worker_init_fn=ignore_stop_signals,
         generator=torch.Generator(),  # its base-seed draw must not consume the global RNG (drop-path draws)
     )
     return loader, sampler, source
-
-
-def steps_per_epoch(num_images: int, global_batch: int) -> int:
-    return num_images // global_batch
-
-
-def total_steps(epochs: float, per_epoch: int) -> int:
-    return int(math.ceil(epochs * per_epoch))
 

@@ -84,6 +84,15 @@ def gather_objects(obj: Any, procs: Processes) -> List[Any]:
     return out
 
 
+def broadcast_object(obj: Any, procs: Processes) -> Any:
+    """Rank 0's ``obj`` on every process (all processes must call it)."""
+    if not procs.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(procs: Processes) -> None:
     if procs.distributed:
         dist.barrier()

@@ -53,7 +53,9 @@ class Monitor:
             return
         os.makedirs(os.path.join(out_dir, "vis"), exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start_step or None)
+        # a resumed run redoes the steps after its checkpoint: drop what the interrupted run logged for them
+        self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"),
+                                    purge_step=start_step + 1 if start_step else None)
         self.metrics_file = self._open_metrics(os.path.join(out_dir, "metrics.jsonl"), start_step)
         if progress is None:
             progress = sys.stderr.isatty()

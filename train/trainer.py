@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from typing import Dict, Optional, Tuple
@@ -28,7 +29,7 @@ from ..spark import SparK, build_spark, model_config
 from . import checkpoint as ckpt
 from .config import amp_dtype, check_args, default_workers, drop_path, peak_lr, plain_args
 from .data import DataConfig, build_loader
-from .distributed import Processes, all_reduce_sum, barrier, gather_objects, init_processes
+from .distributed import Processes, all_reduce_sum, barrier, broadcast_object, gather_objects, init_processes
 from .monitor import Monitor, reconstruction_grid
 from .schedule import Schedule, build_optimizer, lamb_betas
 from .sync_batchnorm import convert_sync_batchnorm
@@ -111,7 +112,8 @@ class Trainer:
         self.epoch, self.batch, self.step = 0, 0, 0
         self.skipped_images = 0
         self.last_loss = float("nan")
-        self._stop_signal = None
+        self._stop_signal = None  # set by the signal handler
+        self._stop_now = False    # the processes' joint decision, taken once per step
         self.resumed_from = self._resume()
         self.monitor = Monitor(self.out, self.procs.is_main, self.total_steps, self.step, args.log_every,
                                args.progress)
@@ -138,22 +140,33 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _resume(self) -> Optional[str]:
+        """Rank 0 picks the checkpoint (so every process resumes from the same one); all load it."""
         choice = self.args.resume
+        decision = {"path": None, "error": None}
         if self.procs.is_main:
             ckpt.remove_stale_temporaries(self.out)
-        barrier(self.procs)
-        if choice == "none":
-            if ckpt.list_checkpoints(self.out):
-                raise FileExistsError(f"{ckpt.checkpoint_dir(self.out)} already holds checkpoints: continue them with "
-                                      f"--resume auto, or choose another --out")
+            if choice == "none":
+                if ckpt.list_checkpoints(self.out):
+                    decision["error"] = (f"{ckpt.checkpoint_dir(self.out)} already holds checkpoints: continue them "
+                                         f"with --resume auto, or choose another --out")
+            elif choice == "auto":
+                found = ckpt.latest_valid(self.out)
+                decision["path"] = found[0] if found else None
+            else:
+                decision["path"] = choice
+        decision = broadcast_object(decision, self.procs)  # every process stops, or resumes from the same file
+        if decision["error"]:
+            raise FileExistsError(decision["error"])
+        path = decision["path"]
+        if path is None:
             return None
-        if choice == "auto":
-            found = ckpt.latest_valid(self.out)
-            if found is None:
-                return None
-            path, payload = found
-        else:
-            path, payload = choice, ckpt.load(choice)
+        try:
+            payload = ckpt.load(path)
+        except ckpt.CheckpointError:
+            if self.procs.is_main:
+                raise
+            raise ckpt.CheckpointError(f"process {self.procs.rank} cannot read {path}, which rank 0 resumes from: "
+                                       f"with several nodes --out must be on a shared file system")
         self.load_state(payload)
         return path
 
@@ -183,6 +196,7 @@ class Trainer:
         self.mask_generator.set_state(rng["mask_generator"])
         self.epoch, self.batch, self.step = payload["epoch"], rng["sampler"]["batch"], payload["step"]
         self.last_loss = payload.get("metrics", {}).get("loss", float("nan"))
+        self.skipped_images = int(payload.get("metrics", {}).get("skipped_images", 0))
         changed = {k: (v, getattr(self.args, k, None)) for k, v in payload["args"].items()
                    if k not in ("out", "resume", "progress", "workers", "device", "log_every", "vis_every",
                                 "vis_images", "keep_ckpts", "ckpt_every")
@@ -270,14 +284,16 @@ class Trainer:
                 raise NonFiniteError(f"the gradient norm is {grad_norm} at step {self.step + 1} (epoch {self.epoch}, "
                                      f"loss {loss_value:.4f}); training stopped before updating the weights")
             self.optimizer.step()
-        if stop_all > 0:
-            self._stop_signal = self._stop_signal or "a signal on another process"
+        # decided together (a signal that arrives after this all-reduce is acted on at the next step),
+        # so that every process takes part in the checkpoint's collectives
+        self._stop_now = stop_all > 0
+        if self._stop_now:
+            self._stop_signal = self._stop_signal or "SIGTERM on another process"
         self.skipped_images += int(skipped_all)
         return {"loss": loss_value, "lr": lr, "wd": wd, "grad_norm": grad_norm}, reconstruction
 
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self) -> int:
-        a = self.args
         if self.resumed_from:
             self._log(f"resumed from {self.resumed_from}: step {self.step}, epoch {self.epoch}, batch {self.batch}")
         if self.step >= self.total_steps:
@@ -327,12 +343,12 @@ class Trainer:
                 if reconstruction is not None:
                     self._save_grid(images, visible, reconstruction)
                 finished = self.step >= self.total_steps
-                if epoch_done or finished or self._stop_signal or (a.ckpt_every > 0 and self.step % a.ckpt_every == 0):
+                if epoch_done or finished or self._stop_now or (a.ckpt_every > 0 and self.step % a.ckpt_every == 0):
                     path = self.save_checkpoint()
-                    if self._stop_signal:
+                    if self._stop_now:
                         self._log(f"stopped by {self._stop_signal} after step {self.step}; checkpoint {path} "
                                   f"(rerun with --resume auto to continue)")
-                        raise SystemExit(128 + 15)
+                        raise SystemExit(130 if self._stop_signal == "SIGINT" else 143)
                 if finished or epoch_done:
                     break
                 tick = time.perf_counter()
@@ -356,7 +372,9 @@ class Trainer:
             print(f"{prefix}WARNING: skipped unreadable image {name}: {reason}", flush=True)
 
     def _on_signal(self, signum, frame) -> None:
-        self._stop_signal = signal.Signals(signum).name
+        if self._stop_signal and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
+        self._stop_signal = signal.Signals(signum).name  # no printing here: a handler may interrupt a print
 
     def describe(self) -> str:
         a = self.args
@@ -366,7 +384,8 @@ class Trainer:
                 f"  {self.procs.world} process(es) on {self.device}, global batch {self.global_batch} "
                 f"({self.local_batch} per process), {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
                 f"warm-up {self.schedule.warmup_steps} steps, peak lr {self.schedule.peak_lr:.3e}, {a.opt}, "
-                f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}\n  output: {os.path.abspath(self.out)}")
+                f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}\n"
+                f"  output: {os.path.abspath(self.out)}")
 
     def _log(self, text: str) -> None:
         if self.procs.is_main:
@@ -384,10 +403,19 @@ def _timm_version() -> str:
     return timm.__version__
 
 
+EXIT_BAD_INPUT = 2
+
+
 def pretrain(args) -> int:
     """Entry point of ``spark-sparse pretrain`` (also under torchrun)."""
     from .distributed import shutdown
     try:
-        return Trainer(args).fit()
+        try:
+            trainer = Trainer(args)
+        except (ValueError, FileNotFoundError, FileExistsError, ckpt.CheckpointError) as e:
+            # what the user asked for cannot work: say so plainly (a traceback would bury it)
+            print(f"spark-sparse pretrain: error: {e}", file=sys.stderr, flush=True)
+            return EXIT_BAD_INPUT
+        return trainer.fit()
     finally:
         shutdown()
