@@ -76,9 +76,10 @@ def test_a_supervised_timm_checkpoint_continues_pretraining(tmp_path):
     payload, out = import_file(tmp_path, obj, "--decoder-width", "32", "--input-size", str(SIZE))
     assert "left out: fc.weight, fc.bias" in out and payload["arch"] == "resnet18"
 
-    args = parse(TINY + ["--arch", "resnet18", "--steps", "1", "--resume", str(tmp_path / "imported.pt"),
-                         "--out", str(tmp_path / "run")])
-    trainer = Trainer(args)
+    resume = ["--arch", "resnet18", "--steps", "1", "--resume", str(tmp_path / "imported.pt")]
+    with pytest.raises(ValueError, match=r"built with --decoder-width 32 \(this run: 64\)"):
+        Trainer(parse(TINY + resume + ["--decoder-width", "64", "--out", str(tmp_path / "other")]))
+    trainer = Trainer(parse(TINY + resume + ["--out", str(tmp_path / "run")]))
     assert trainer.step == 0 and trainer.resumed_from
     got = trainer.model.encoder.state_dict()
     for key, value in old_style.items():

@@ -175,6 +175,12 @@ class Trainer:
             raise ValueError(f"the checkpoint is a {payload['arch']} ({payload['encoder_kind']} encoder), this run a "
                              f"{self.args.arch} ({self.model.encoder_kind}): pass the same --arch/--encoder, or "
                              f"another --out")
+        saved, mine = payload.get("model_config") or {}, self.model_config()
+        differs = [f"--{k.replace('_', '-')} {saved[k]!r} (this run: {mine[k]!r})"
+                   for k in ("decoder_width", "densify_norm") if k in saved and saved[k] != mine[k]]
+        if differs:
+            raise ValueError(f"the checkpoint's model was built with {', '.join(differs)}: pass the same to resume "
+                             f"from it")
         self.model.load_state_dict(payload["model"])
         if payload["optimizer"] is None:  # imported weights (spark-sparse import): a fresh optimiser
             self._log("the checkpoint has no optimizer state (imported weights): the optimizer starts fresh")
