@@ -36,7 +36,7 @@ def test_resume_after_sigkill_is_exact(data, tmp_path):
     """SIGKILL a run part-way; resuming from what it left ends with the uninterrupted run's weights."""
     args = ["--data", data, *TINY, "--epochs", "2", "--ckpt-every", "2", "--drop-path", "0.1"]  # 8 steps
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    victim = cli(args + ["--out", killed])
+    victim = cli(args + ["--out", killed, "--workers", "1"])  # resumed below with none: order must not care
     deadline = time.time() + 240
     target = ckpt.checkpoint_path(killed, 4)
     while not os.path.exists(target):
@@ -139,3 +139,21 @@ def test_sigterm_saves_a_checkpoint_then_stops(data, tmp_path):
     assert sorted(os.listdir(os.path.join(out, "vis"))) == ["reconstruction-00000001.png",
                                                             "reconstruction-00000002.png"]
     assert os.listdir(os.path.join(out, "tensorboard"))
+
+
+def test_checkpoint_weights_load_into_timm_and_rebuild_the_model(data, tmp_path):
+    """The documented contract for export/import: ``encoder.*`` are timm's keys; model_config rebuilds."""
+    import timm
+
+    from spark_sparse.spark import build_spark
+    out = str(tmp_path / "fmt")
+    train(["--data", data, *TINY, "--steps", "1", "--out", out])
+    payload = final_checkpoint(out)
+    backbone = timm.create_model(payload["arch"])
+    encoder = {k[len("encoder."):]: v for k, v in payload["model"].items() if k.startswith("encoder.")}
+    result = backbone.load_state_dict(encoder, strict=False)
+    assert set(result.missing_keys) == {"fc.weight", "fc.bias"} and not result.unexpected_keys
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in encoder.items())
+    model = build_spark(**payload["model_config"])
+    model.load_state_dict(payload["model"])  # strict: every key, nothing else
+    assert payload["encoder_kind"] == model.encoder_kind == "sparse" and payload["version"] == ckpt.VERSION
