@@ -6,8 +6,8 @@ from .features import SparseFeatures
 from .geometry import Geometry
 from .masks import random_visible
 from .reference import MaskedDenseEncoder, register_reference_rule
-from . import models  # noqa: F401  (registers ConvNeXt's layers)
 from .spark import SparK, build_spark
+from . import models  # noqa: F401  (registers ConvNeXt's layers)
 
 __version__ = "0.1.0"
 

@@ -10,6 +10,9 @@ from typing import List, Optional
 COMMANDS = [
     "spark_sparse.commands.demo",
     "spark_sparse.commands.pretrain",
+    "spark_sparse.commands.export",
+    "spark_sparse.commands.import_",
+    "spark_sparse.commands.reconstruct",
 ]
 
 

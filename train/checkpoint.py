@@ -55,6 +55,14 @@ versions           ``{"spark_sparse", "torch", "timm"}``
 created            UNIX time of the save
 =================  ==========================================================================
 
+Imported checkpoints (``spark-sparse import``, :mod:`spark_sparse.spark_format`) hold weights only:
+``model`` (the encoder from the imported file; decoder, densify layers and mask tokens from a SparK
+"withdecoder" file, else freshly initialised), ``model_config``, ``arch``, ``encoder_kind``,
+``epoch = step = 0``, ``args = {}``, ``versions``, ``created`` and ``imported_from`` (the source
+file, its kind and what it recorded, e.g. SparK's epoch); ``optimizer``, ``optimizer_name``,
+``schedule``, ``scaler`` and ``rng`` are ``None``. Resuming from one starts the optimiser, the
+schedule and the data order fresh (from ``--seed``) on those weights.
+
 Version history: 1 — first format.
 """
 from __future__ import annotations

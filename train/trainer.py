@@ -25,12 +25,12 @@ from torch import nn
 
 from .. import __version__
 from ..masks import random_visible
-from ..spark import SparK, build_spark, model_config, paste_visible
+from ..spark import SparK, build_spark, model_config
 from . import checkpoint as ckpt
 from .config import amp_dtype, check_args, default_workers, drop_path, peak_lr, plain_args
-from .data import DataConfig, build_loader, denormalize
+from .data import DataConfig, build_loader
 from .distributed import Processes, all_reduce_sum, barrier, broadcast_object, gather_objects, init_processes
-from .monitor import Monitor
+from .monitor import Monitor, reconstruction_grid
 from .schedule import Schedule, build_optimizer, lamb_betas
 from .sync_batchnorm import convert_sync_batchnorm
 
@@ -175,11 +175,23 @@ class Trainer:
             raise ValueError(f"the checkpoint is a {payload['arch']} ({payload['encoder_kind']} encoder), this run a "
                              f"{self.args.arch} ({self.model.encoder_kind}): pass the same --arch/--encoder, or "
                              f"another --out")
+        saved, mine = payload.get("model_config") or {}, self.model_config()
+        differs = [f"--{k.replace('_', '-')} {saved[k]!r} (this run: {mine[k]!r})"
+                   for k in ("decoder_width", "densify_norm") if k in saved and saved[k] != mine[k]]
+        if differs:
+            raise ValueError(f"the checkpoint's model was built with {', '.join(differs)}: pass the same to resume "
+                             f"from it")
         self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        if payload["optimizer"] is None:  # imported weights (spark-sparse import): a fresh optimiser
+            self._log("the checkpoint has no optimizer state (imported weights): the optimizer starts fresh")
+        else:
+            self.optimizer.load_state_dict(payload["optimizer"])
         if self.scaler is not None and payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         rng = payload["rng"]
+        if rng is None:  # imported weights: no run to continue, start at the checkpoint's step with --seed
+            self.epoch, self.batch, self.step = payload["epoch"], 0, payload["step"]
+            return
         if payload.get("world_size", 1) == self.procs.world:
             restore_rng({k: rng[k][self.procs.rank] if isinstance(rng[k], list) and k != "sampler" else rng[k]
                          for k in ("torch", "cuda", "numpy", "python")}, self.device)
@@ -355,12 +367,9 @@ class Trainer:
                                        or (every > 0 and step % every == 0))
 
     def _save_grid(self, images: torch.Tensor, visible: torch.Tensor, reconstruction: torch.Tensor) -> None:
-        from torchvision.utils import make_grid
         n = min(self.args.vis_images, images.shape[0])
-        x, v = images[:n].detach().float(), visible[:n]
-        keep = torch.nn.functional.interpolate(v[:, None].float(), scale_factor=self.model.patch_size)
-        rows = torch.cat([denormalize(x), denormalize(x) * keep, denormalize(paste_visible(x, reconstruction[:n], v))])
-        path = self.monitor.images(self.step, make_grid(rows.cpu(), nrow=n, padding=2, pad_value=1.0))
+        grid = reconstruction_grid(images[:n], visible[:n], reconstruction[:n], self.model.patch_size)
+        path = self.monitor.images(self.step, grid)
         self._log(f"reconstructions (input / masked / reconstruction) → {path}")
 
     def _report_skipped(self, skipped) -> None:
