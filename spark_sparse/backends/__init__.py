@@ -62,9 +62,19 @@ def choose_backend(spec: ConvSpec, r: int, x: torch.Tensor) -> str:
     return "tiles" if r >= TILES_MIN_R else "torch"
 
 
-# CPU, fp32/bf16: below this block size the halo and small-image inefficiency of the dense kernels
-# cost more than the gather-GEMM rulebook (measured: see benchmarks/results and choose_backend).
-TILES_MIN_R = 8
+# CPU, fp32/bf16: below this patch block size the halo and the small-image inefficiency of the dense
+# kernels cost more than the gather-GEMM rulebook. Measured (ResNet-50 shapes, batch 16, 224², mask
+# ratio 0.6, 2 threads, fwd+bwd, median of 5, ms; /tmp/perf/backends_micro.py on a quiet machine):
+#   layer (input stride, r)         dense(channels-last)  torch  tiles
+#   3×3/1   stride 4  (r 8)   C 64     146                  191     75   → tiles
+#   3×3/1   stride 8  (r 4)   C 128    123                   89     69   → tiles
+#   3×3/1   stride 16 (r 2)   C 256    118                   49     92   → torch
+#   3×3/1   stride 32 (r 1)   C 512    183                   76    207   → torch
+#   3×3/2   stride 4  (r 8)   C 128    163                  210    109   → tiles
+#   3×3/2   stride 8  (r 4)   C 256    157                  141    102   → tiles
+#   3×3/2   stride 16 (r 2)   C 512    196                   96    184   → torch
+#   7×7/2 stem, stride 1, no input grad: dense 351, torch 322, tiles 123   → tiles
+TILES_MIN_R = 4
 
 
 def resolve_backend(name: str, spec: ConvSpec, x: torch.Tensor, r: int = 0) -> ConvBackend:
