@@ -60,7 +60,7 @@ def test_group_norm_is_refused():
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown backend 'cudnn'; choose one of auto, torch, spconv"):
+    with pytest.raises(ValueError, match="unknown backend 'cudnn'; choose one of auto, torch, tiles, spconv"):
         ss.sparsify(timm.create_model("resnet18"), backend="cudnn")
 
 
