@@ -9,6 +9,7 @@ from typing import List, Optional
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = [
     "spark_sparse.commands.demo",
+    "spark_sparse.commands.bench",
 ]
 
 
