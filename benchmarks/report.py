@@ -277,10 +277,19 @@ def markdown(doc: dict, plots: Iterable[str] = ()) -> str:
     return "\n".join(out)
 
 
+def write_partial(doc: dict, out_dir: str) -> str:
+    """Write results.json of a run still in progress (marked ``"partial": true``)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.json")
+    _atomic_write(path, to_json(dict(doc, partial=True)))
+    return path
+
+
 def write_outputs(doc: dict, out_dir: str, plots: bool = True) -> List[str]:
     """Write results.json, results.md and the plots into ``out_dir``; returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     validate(doc)
+    doc["partial"] = False
     written = []
     images: List[str] = []
     if plots:

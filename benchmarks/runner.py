@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -181,8 +181,12 @@ def summary_line(rec: dict) -> str:
     return " | ".join(parts)
 
 
-def run(cfg: BenchConfig, progress: bool = True) -> dict:
-    """Run the whole benchmark described by ``cfg``; returns the results document (see report.py)."""
+def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[dict], None]] = None) -> dict:
+    """Run the whole benchmark described by ``cfg``; returns the results document (see report.py).
+
+    ``checkpoint(doc)`` is called after every case, so a long run that is stopped keeps what it
+    measured so far.
+    """
     cfg.validate()
     settle_gc()
     if cfg.threads:
@@ -212,6 +216,8 @@ def run(cfg: BenchConfig, progress: bool = True) -> dict:
             bar.update(len(cfg.mask_ratios) * len(cfg.modes))
             continue
         doc["results"].extend(run_case(case, cfg, bar))
+        if checkpoint is not None:
+            checkpoint(doc)
         del case
         gc.collect()
         if device == "cuda":

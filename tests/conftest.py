@@ -15,3 +15,8 @@ def _exact_fp32():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one); run them alone with "
+                                       "`python -m pytest -m gpu` (benchmarks/gpu.sh does)")

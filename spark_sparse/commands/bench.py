@@ -116,7 +116,7 @@ def run(args) -> int:
     except (ValueError, ImportError) as e:
         print(f"spark-sparse bench: {e}", file=sys.stderr)
         return 2
-    doc = runner.run(cfg, progress=not args.no_progress)
+    doc = runner.run(cfg, progress=not args.no_progress, checkpoint=lambda d: report.write_partial(d, args.out))
     written = report.write_outputs(doc, args.out, plots=not args.no_plots)
     if args.readme:
         report.update_readme(args.readme, doc, args.out)
