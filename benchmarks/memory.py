@@ -95,7 +95,7 @@ def child_main() -> None:
         images, visible = case.inputs(ratio)
         per_mode = result.setdefault(str(ratio), {})
         for mode in spec["modes"]:
-            calls, unavailable = case.calls(mode, images, visible)
+            calls, unavailable = case.calls(mode, images, visible, skip=spec.get("aliases", {}).get(str(ratio), {}))
             out = per_mode.setdefault(mode, {})
             for name, call in calls.items():
                 try:

@@ -143,7 +143,9 @@ def times_tables(doc: dict) -> str:
     for (model, device, dtype, batch, size), recs in _group(doc["results"]).items():
         names = list(recs[0]["contenders"])
         fmts = {n: recs[0]["contenders"][n]["memory_format"] for n in names}
-        header = ["mode", "mask ratio"] + [f"{n} ({fmts[n]})" if fmts[n] != "sites x channels" else n for n in names]
+        aliases = recs[0].get("aliases", {})
+        header = ["mode", "mask ratio"] + [f"{n} ({fmts[n]})" if fmts[n] != "sites x channels" else
+                                           (f"{n} (= {aliases[n]})" if n in aliases else n) for n in names]
         rows = []
         for mode in doc["config"]["modes"]:
             for rec in recs:
@@ -153,7 +155,12 @@ def times_tables(doc: dict) -> str:
                 rows.append([mode, f"{rec['mask_ratio']:.2f}"] + [
                     _fmt(per[n]["median"], ".1f") if n in per else ("error" if n in err else
                                                                     ("n/a" if n in una else "–")) for n in names])
-        parts.append(f"### {model}, {device} {dtype}, batch {batch}, {size[0]}×{size[1]}: median ms\n\n"
+        convs = "; ".join(f"{n}: " + ", ".join(f"{k} {v}" for k, v in c["convs"].items())
+                          for n, c in recs[0]["contenders"].items() if c.get("convs"))
+        note = (f"\n\nConvs by backend ({convs}). " if convs else "\n\n") + "".join(
+            f"{a} ran every conv as {t} does, so it was measured once and is reported under both names. "
+            for a, t in aliases.items())
+        parts.append(f"### {model}, {device} {dtype}, batch {batch}, {size[0]}×{size[1]}: median ms{note}\n\n"
                      + _table(header, rows))
     return "\n\n".join(parts)
 

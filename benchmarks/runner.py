@@ -64,11 +64,34 @@ class Case:
                 self._steps[name] = f"unavailable (SparK({c.kind}) failed: {type(e).__name__}: {e})"
         return self._steps[name]
 
-    def calls(self, mode: str, images: torch.Tensor, visible: torch.Tensor) -> Tuple[Dict[str, Call], Dict[str, str]]:
-        """The call of every contender in ``mode``, and the reason for each contender that has none."""
+    def conv_plans(self, images: torch.Tensor, visible: torch.Tensor) -> Dict[str, List[str]]:
+        """How each sparse contender runs each of its convs on these inputs ('3x3 torch', '1x1 matmul', …)."""
+        from .contenders import autocast
+        from .profile_layers import how
+        from spark_sparse.layers.conv import SparseConv2d
+        plans: Dict[str, List[str]] = {}
+        for name, c in self.contenders.items():
+            if c.kind != "sparse":
+                continue
+            plan = plans.setdefault(name, [])
+            hooks = [m.register_forward_pre_hook(lambda m, args: plan.append(how(m, args[0])))
+                     for m in c.encoder.modules() if isinstance(m, SparseConv2d)]
+            try:
+                with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                    c.encoder.forward_sparse(images, visible)
+            finally:
+                for h in hooks:
+                    h.remove()
+        return plans
+
+    def calls(self, mode: str, images: torch.Tensor, visible: torch.Tensor,
+              skip=()) -> Tuple[Dict[str, Call], Dict[str, str]]:
+        """The call of every contender in ``mode`` (but ``skip``), and why any contender has none."""
         calls: Dict[str, Call] = {}
         unavailable: Dict[str, str] = {}
         for name, c in self.contenders.items():
+            if name in skip:
+                continue
             if mode != "step":
                 calls[name] = encoder_call(c, mode, images, visible, self.amp_dtype)
                 continue
@@ -86,6 +109,27 @@ class Case:
         if isinstance(step, str):
             return None
         return step.forward_macs(self.contenders["masked-dense"].format_input(images), visible) - dense
+
+
+def find_aliases(plans: Dict[str, List[str]]) -> Dict[str, str]:
+    """Sparse contenders that run every conv exactly as an earlier one (e.g. 'auto' choosing 'torch'
+    for every layer on the CPU): measured once, reported under both names."""
+    aliases: Dict[str, str] = {}
+    names = list(plans)
+    for i, name in enumerate(names):
+        same = next((other for other in names[:i] if other not in aliases and plans[other] == plans[name]), None)
+        if same is not None:
+            aliases[name] = same
+    return aliases
+
+
+def plan_summary(plan: List[str]) -> Dict[str, int]:
+    """How many convs ran on each backend ('matmul': pointwise and patchify convs, no backend needed)."""
+    counts: Dict[str, int] = {}
+    for entry in plan:
+        key = entry.rsplit(" ", 1)[-1]
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def skip_reason(error: Exception) -> str:
@@ -116,6 +160,8 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
     for ratio in cfg.mask_ratios:
         images, visible = case.inputs(ratio)
         enc_macs = encoder_macs(first_sparse.encoder, visible, dense)
+        plans = case.conv_plans(images, visible)
+        aliases = find_aliases(plans)
         rec = {
             "model": case.model_name, "device": device.type, "dtype": case.dtype, "batch": case.batch,
             "image_size": list(case.image_size), "mask_ratio": ratio, "threads": torch.get_num_threads(),
@@ -124,18 +170,25 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
             "contenders": {n: {"kind": c.kind, "backend": c.backend, "memory_format": c.memory_format}
                            for n, c in case.contenders.items()},
             "macs": {"encoder": enc_macs, "head": head, "step": step_macs(enc_macs, head)},
-            "time_ms": {}, "unavailable": {}, "errors": {}, "peak_memory_bytes": {},
+            "time_ms": {}, "unavailable": {}, "errors": {}, "peak_memory_bytes": {}, "aliases": aliases,
         }
+        for name, plan in plans.items():
+            rec["contenders"][name]["convs"] = plan_summary(plan)
         for mode in cfg.modes:
-            calls, unavailable = case.calls(mode, images, visible)
+            calls, unavailable = case.calls(mode, images, visible, skip=aliases)
             times, errors = time_interleaved(calls, warmup=cfg.warmup, repeats=cfg.repeats, device=device)
+            for alias, target in aliases.items():  # measured once, reported under both names
+                for got in (times, unavailable, errors):
+                    if target in got:
+                        got[alias] = got[target]
             rec["time_ms"][mode] = {n: {"median": median_ms(t), "repeats": [s * 1e3 for s in t]} for n, t in times.items()}
             if unavailable:
                 rec["unavailable"][mode] = unavailable
             if errors:
                 rec["errors"][mode] = errors
             if cfg.memory and device.type == "cuda":
-                rec["peak_memory_bytes"][mode] = {n: cuda_peak_growth(calls[n], device) for n in times}
+                mem = {n: cuda_peak_growth(calls[n], device) for n in times if n not in aliases}
+                rec["peak_memory_bytes"][mode] = dict(mem, **{a: mem[t] for a, t in aliases.items() if t in mem})
             bar.update(1)
         add_ratios(rec)
         bar.write(summary_line(rec))
@@ -151,7 +204,9 @@ def _cpu_memory(case: Case, cfg: BenchConfig, records: List[dict]) -> None:
     try:
         if reason is not None:
             raise RuntimeError(reason)
-        measured = measure_cpu_in_child(case.spec(cfg.mask_ratios, modes, torch.get_num_threads()))
+        spec = case.spec(cfg.mask_ratios, modes, torch.get_num_threads())
+        spec["aliases"] = {str(rec["mask_ratio"]): rec["aliases"] for rec in records}
+        measured = measure_cpu_in_child(spec)
     except Exception as e:
         print(f"warning: CPU memory not measured: {e}", file=sys.stderr)
         for rec in records:
@@ -159,6 +214,8 @@ def _cpu_memory(case: Case, cfg: BenchConfig, records: List[dict]) -> None:
         return
     for rec in records:
         per_mode = measured[str(rec["mask_ratio"])]
+        for per in per_mode.values():
+            per.update({a: per[t] for a, t in rec["aliases"].items() if t in per})
         rec["peak_memory_bytes"] = {mode: {n: v for n, v in per_mode[mode].items() if isinstance(v, int)}
                                     for mode in modes if mode in per_mode}
         errs = {mode: {n: v for n, v in per_mode[mode].items() if isinstance(v, str) and v.startswith("error")}

@@ -289,3 +289,12 @@ def test_command_line_round_trips_and_rejects_bad_values(tmp_path, capsys):
                          (["--size", "100"], "multiples of 32"), (["--batch", "0"], "batch sizes must be >= 1")):
         assert main(["bench", *bad, "--out", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_contender_that_runs_like_another_is_measured_once():
+    from spark_sparse.benchmarks.runner import find_aliases, plan_summary
+    plans = {"sparse[torch]": ["3x3 torch", "1x1 matmul"], "sparse[spconv]": ["3x3 spconv", "1x1 matmul"],
+             "sparse[auto]": ["3x3 torch", "1x1 matmul"]}
+    assert find_aliases(plans) == {"sparse[auto]": "sparse[torch]"}
+    assert find_aliases(dict(plans, **{"sparse[auto]": ["3x3 spconv", "1x1 torch"]})) == {}
+    assert plan_summary(["3x3 torch", "7x7/2 torch", "1x1/2 matmul"]) == {"torch": 2, "matmul": 1}
