@@ -24,6 +24,8 @@ from .timing import median_ms, settle_gc, time_interleaved
 
 
 class Case:
+    """One model at one batch size on one device and dtype: its contenders, inputs and SparK steps."""
+
     def __init__(self, model_name: str, device: str, dtype: str, batch: int, image_size: Tuple[int, int],
                  backends: List[str], seed: int = 0, formats: Optional[Dict[str, str]] = None):
         self.model_name, self.dtype, self.batch = model_name, dtype, batch
@@ -200,7 +202,7 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
 
 def _cpu_memory(case: Case, cfg: BenchConfig, records: List[dict]) -> None:
     reason = cpu_peak_rss_supported()
-    modes = [m for m in cfg.modes]
+    modes = list(cfg.modes)
     try:
         if reason is not None:
             raise RuntimeError(reason)

@@ -62,6 +62,9 @@ def add_arguments(p):
     p.add_argument("--readme", default=None, metavar="PATH",
                    help="also rewrite the generated headline block of this README (between its bench:headline "
                         "markers)")
+    p.add_argument("--render", default=None, metavar="RESULTS_JSON",
+                   help="measure nothing: regenerate results.md, the plots (and --readme) in --out from an "
+                        "existing results.json")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. the machine's load)")
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -109,14 +112,31 @@ def command_line(args) -> str:
     return shlex.join(words)
 
 
+def load_results(path: str) -> dict:
+    import json
+
+    from spark_sparse.benchmarks import report
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        report.validate(doc)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--render {path}: not a readable results.json of spark-sparse bench ({e})") from e
+    if doc.get("partial"):
+        print(f"warning: {path} is from a run that did not finish", file=sys.stderr)
+    return doc
+
+
 def run(args) -> int:
     from spark_sparse.benchmarks import report, runner
     try:
-        cfg = build_config(args)
+        doc = load_results(args.render) if args.render else None
+        cfg = None if doc else build_config(args)
     except (ValueError, ImportError) as e:
         print(f"spark-sparse bench: {e}", file=sys.stderr)
         return 2
-    doc = runner.run(cfg, progress=not args.no_progress, checkpoint=lambda d: report.write_partial(d, args.out))
+    if doc is None:
+        doc = runner.run(cfg, progress=not args.no_progress, checkpoint=lambda d: report.write_partial(d, args.out))
     written = report.write_outputs(doc, args.out, plots=not args.no_plots)
     if args.readme:
         report.update_readme(args.readme, doc, args.out)
