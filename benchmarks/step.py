@@ -36,11 +36,13 @@ def spark_status() -> Optional[str]:
 class SparkStep:
     """``step(images, visible)``: forward with the loss, backward, optimizer step; ``reset()`` zeroes grads."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype,
+                 device: torch.device):
         self.model = model
         self.optimizer = optimizer
         self.amp_dtype = amp_dtype
-        self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        # fp16 trains with loss scaling (as real fp16 training does); bf16 and fp32 need none
+        self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
     def loss(self, images: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         with autocast(images.device, self.amp_dtype):
@@ -79,4 +81,4 @@ def make_step(encoder_kind: str, model_name: str, encoder: nn.Module, *,
     device = next(encoder.parameters()).device
     model = SparK(encoder).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.04)
-    return SparkStep(model, optimizer, amp_dtype)
+    return SparkStep(model, optimizer, amp_dtype, device)

@@ -278,6 +278,20 @@ def test_plain_dense_encoder_is_the_timm_backbone():
     assert torch.equal(outs[-1], model.forward_features(x))
 
 
+def test_dense_memory_format_is_set_and_reported():
+    from spark_sparse.benchmarks.contenders import build_contenders, choose_dense_format
+    contenders = {c.name: c for c in build_contenders(timm.create_model("resnet18"), ["torch"])}
+    images, visible = make_inputs(1, (64, 64), 0.5, 0, "cpu")
+    masked = contenders["masked-dense"]
+    assert choose_dense_format(masked, images, visible, torch.float32, "fwd", "channels_last") == "channels_last"
+    assert masked.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert masked.format_input(images).is_contiguous(memory_format=torch.channels_last)
+    picked = choose_dense_format(contenders["dense"], images, visible, torch.float32, "fwd", "auto", trials=1)
+    assert picked in ("contiguous", "channels_last") and contenders["dense"].memory_format == picked
+    assert choose_dense_format(contenders["sparse[torch]"], images, visible, torch.float32, "fwd", "auto") == \
+        "sites x channels"
+
+
 def test_command_line_round_trips_and_rejects_bad_values(tmp_path, capsys):
     from spark_sparse.commands.bench import build_config
     parser = build_parser()
