@@ -243,7 +243,7 @@ def profile_table(profile: dict) -> str:
             row += [_fmt(s, ".2f"), _fmt(d, ".2f"), _fmt(m, ".2f"),
                     _fmt(d / s if s and d else None, ".2f", "×")]
         rows.append(row)
-    header = ["layer", "type", "how", "sites sparse/dense"]
+    header = ["layer", "type", "how", "input sites sparse/dense"]
     for mode in profile["modes"]:
         header += [f"{mode} sparse ms", f"{mode} dense ms", f"{mode} masked-dense ms", f"{mode} dense/sparse"]
     totals = []
