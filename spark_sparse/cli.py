@@ -9,6 +9,10 @@ from typing import List, Optional
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = [
     "spark_sparse.commands.demo",
+    "spark_sparse.commands.pretrain",
+    "spark_sparse.commands.export",
+    "spark_sparse.commands.import_",
+    "spark_sparse.commands.reconstruct",
     "spark_sparse.commands.bench",
 ]
 

@@ -86,7 +86,10 @@ def _convert_block(module, path, ctx):
         child = getattr(module, name, None)
         if child is not None and not isinstance(child, nn.Identity):
             raise UnsupportedLayerError(f"{path}.{name}", child, "no sparse meaning is implemented for it")
-    return ctx.convert_children(module, SparseResidualBlock(program), path)
+    sparse = ctx.convert_children(module, SparseResidualBlock(program), path)
+    for name, param in module.named_parameters(recurse=False):  # e.g. ConvNeXt's layer scale
+        sparse.register_parameter(name, param)
+    return sparse
 
 
 register_converter(PER_SITE_TYPES, _keep_per_site)

@@ -9,7 +9,7 @@ from torch import nn
 from .backends import check_backend_name
 from .features import SparseFeatures
 from .geometry import Geometry
-from .layers.base import SparseModule, run_layer
+from .layers.base import run_layer
 from .layers.conv import SparseConv2d
 from .masks import check_visible
 from .plan import EncoderPlan
@@ -43,11 +43,23 @@ class SparseEncoder(nn.Module):
         return self.plan.patch_size
 
     def set_backend(self, backend: str) -> "SparseEncoder":
-        """Run every k×k convolution on ``backend`` ('auto', 'torch', 'spconv')."""
+        """Run every k×k convolution on ``backend`` ('auto', 'torch', 'spconv'); depthwise convs
+        always run on our kernels (see ``set_depthwise``)."""
         check_backend_name(backend)
         for module in self.modules():
             if isinstance(module, SparseConv2d):
                 module.backend = backend
+        return self
+
+    def set_depthwise(self, impl: str) -> "SparseEncoder":
+        """Run every depthwise convolution with ``impl``: 'auto' (fastest for each layer's resolution),
+        'table' (the plain-PyTorch twin), 'tiles', 'dense' or 'triton' (see kernels/depthwise.py)."""
+        from .kernels.depthwise import IMPLS
+        if impl not in IMPLS:
+            raise ValueError(f"unknown depthwise implementation {impl!r}; choose one of {', '.join(IMPLS)}")
+        for module in self.modules():
+            if isinstance(module, SparseConv2d):
+                module.depthwise = impl
         return self
 
     def geometry(self, images: torch.Tensor, visible: torch.Tensor) -> Geometry:
@@ -69,11 +81,7 @@ class SparseEncoder(nn.Module):
     def forward(self, images: torch.Tensor, visible: torch.Tensor) -> List[torch.Tensor]:
         return [f.dense() for f in self.forward_sparse(images, visible)]
 
-    def macs(self, visible: torch.Tensor, image_size=None) -> int:
+    def macs(self, visible: torch.Tensor) -> int:
         """Multiply-accumulates of one forward pass on this mask (see :mod:`spark_sparse.flops`)."""
         from .flops import sparse_macs
         return sparse_macs(self, visible)["total"]
-
-
-def sparse_layers(encoder: nn.Module):
-    return [(name, m) for name, m in encoder.named_modules() if isinstance(m, SparseModule)]

@@ -116,6 +116,13 @@ def _pointwise(module, x, masks, path):
     return y * masks.like(y)
 
 
+def _channels_last(module, x, masks, path):
+    """A per-site layer over the last dim (Linear, LayerNorm): run on NHWC, re-mask (its f(0) may be != 0)."""
+    y = module(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return y * masks.like(y)
+
+
+register_reference_rule((nn.Linear, nn.LayerNorm), _channels_last)
 register_reference_rule((nn.Sigmoid,), _pointwise)
 register_reference_rule(ZERO_PRESERVING + (DropPath,), _zero_preserving)
 register_reference_rule(nn.Sequential, _sequential)
@@ -126,9 +133,11 @@ register_reference_rule((nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d), _spatial)
 def _masked_block(block, program, x, masks, path):
     shortcut = x
     for name in program.main:
-        child = getattr(block, name, None)
-        if child is not None:
-            x = masked_forward(child, x, masks, f"{path}.{name}")
+        step = getattr(block, name, None)
+        if isinstance(step, nn.Parameter):
+            x = x * step.view(1, -1, 1, 1)  # layer scale: per site, keeps zeros
+        elif step is not None:
+            x = masked_forward(step, x, masks, f"{path}.{name}")
     if program.shortcut and getattr(block, program.shortcut, None) is not None:
         shortcut = masked_forward(getattr(block, program.shortcut), shortcut, masks, f"{path}.{program.shortcut}")
     x = x + shortcut

@@ -6,6 +6,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # the shared test helpers (equivalence.py, …)
 
+# Without a GPU, Triton kernels are tested in Triton's interpreter. The switch is read when triton
+# is first imported (importing timm does it), so it is set here, before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True)
 def _exact_fp32():
@@ -15,8 +20,3 @@ def _exact_fp32():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one); run them alone with "
-                                       "`python -m pytest -m gpu` (benchmarks/gpu.sh does)")

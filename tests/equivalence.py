@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import timm
 import torch
@@ -53,6 +53,19 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
         last = getattr(module, "bn3", None) if hasattr(module, "conv3") else getattr(module, "bn2", None)
         if hasattr(module, "downsample") and isinstance(last, nn.BatchNorm2d):
             u(last.weight, 0.1, 0.3)
+    # ConvNeXt: LayerNorm affine, GRN (zero at init: the identity), layer scale (1e-6 at init:
+    # the branches would vanish) and the zero-initialised biases all get non-trivial values.
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm) and module.weight is not None:
+            u(module.weight, 0.5, 1.5)
+            u(module.bias, -0.2, 0.2)
+        elif type(module).__name__ == "GlobalResponseNorm":
+            u(module.weight, -0.5, 0.5)
+            u(module.bias, -0.2, 0.2)
+        elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+            u(module.bias, -0.1, 0.1)
+        if isinstance(getattr(module, "gamma", None), nn.Parameter):
+            u(module.gamma, 0.1, 0.3)
     return model
 
 
@@ -135,13 +148,17 @@ def compare_fp32(sparse: Run, ref: Run, ref64: Run) -> Dict[str, float]:
 
 
 def check_equivalence(model: nn.Module, backend: str, batch: int, size, ratio: float, train: bool,
-                      seed: int = 0) -> Dict[str, float]:
-    """fp32 and fp64, forward, backward and running stats, sparse vs reference on one config."""
+                      seed: int = 0, visible: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """fp32 and fp64, forward, backward and running stats, sparse vs reference on one config.
+
+    ``visible`` replaces the random mask (then ``ratio`` is ignored).
+    """
     height, width = (size, size) if isinstance(size, int) else size
     model = copy.deepcopy(model).train(train)
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, height, width, generator=g)
-    visible = ss.random_visible(batch, (height // 32, width // 32), ratio, generator=g)
+    random_mask = ss.random_visible(batch, (height // 32, width // 32), ratio, generator=g)
+    visible = random_mask if visible is None else visible
     ref32 = ss.MaskedDenseEncoder(model)
     out_grads = [torch.randn(o.shape, generator=g) for o in ref32(images, visible)]
     ref32.load_state_dict(ss.MaskedDenseEncoder(model).state_dict())  # undo that call's running-stat update

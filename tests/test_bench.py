@@ -317,3 +317,33 @@ def test_a_contender_that_runs_like_another_is_measured_once():
     assert find_aliases(plans) == {"sparse[auto]": "sparse[torch]"}
     assert find_aliases(dict(plans, **{"sparse[auto]": ["3x3 spconv", "1x1 torch"]})) == {}
     assert plan_summary(["3x3 torch", "7x7/2 torch", "1x1/2 matmul"]) == {"torch": 2, "matmul": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA paths of the benchmark (benchmarks/gpu.sh runs these; skipped without a GPU)
+
+def needs_cuda(test):
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
+
+
+@needs_cuda
+def test_cuda_peak_growth_sees_an_allocation():
+    from spark_sparse.benchmarks.memory import cuda_peak_growth
+    dev = torch.device("cuda")
+    assert cuda_peak_growth(Call(lambda: torch.ones(2 ** 24, device=dev).sum()), dev) >= 4 * 2 ** 24
+
+
+@needs_cuda
+def test_bench_quick_on_cuda(tmp_path):
+    out = tmp_path / "res"
+    assert main(["bench", "--quick", "--devices", "cuda", "--dtypes", "fp32", "bf16", "--no-progress",
+                 "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    report.validate(doc)
+    assert doc["environment"]["cuda"]["name"] == torch.cuda.get_device_name(0)
+    recs = [r for r in doc["results"] if r["model"] == "resnet18"]
+    assert {r["dtype"] for r in recs} == {"fp32", "bf16"}
+    for rec in recs:
+        assert rec["device"] == "cuda" and not rec["errors"], rec["errors"]
+        mem = rec["peak_memory_bytes"]["fwd_bwd"]
+        assert set(mem) == set(rec["contenders"]) and all(v > 0 for v in mem.values())

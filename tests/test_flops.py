@@ -35,3 +35,37 @@ def test_counting_leaves_no_trace():
     assert enc.training
     for k, v in enc.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+_convnexts = {}
+
+
+def convnext(arch):
+    if arch not in _convnexts:
+        _convnexts[arch] = timm.create_model(arch)
+    return _convnexts[arch]
+
+
+@pytest.mark.parametrize("arch", ["convnext_atto", "convnext_tiny", "convnextv2_atto"])
+def test_convnext_unmasked_equals_torch_flop_counter(arch):
+    """Stem/downsample (patchify), depthwise 7×7 (groups), 1×1-conv MLP (atto) and Linear MLP (tiny)."""
+    model = convnext(arch)
+    enc = ss.sparsify(model)
+    visible = torch.ones(2, 3, 2, dtype=torch.bool)
+    assert enc.macs(visible) == dense_macs(model, 2, (96, 64))
+
+
+@pytest.mark.parametrize("arch,mlp", [("convnext_atto", "conv"), ("convnext_tiny", "linear")])
+def test_convnext_layers_counted_on_active_sites(arch, mlp):
+    model = convnext(arch)
+    enc = ss.sparsify(model)
+    visible = ss.random_visible(3, (3, 4), 0.6, generator=torch.Generator().manual_seed(0))
+    kept = int(visible.sum())
+    layers = sparse_macs(enc, visible)["layers"]
+    c = enc.channels[0]
+    sites = kept * 8 * 8  # stride 4: an 8×8 block per visible patch
+    assert layers["stem.0"] == sites * 4 * 4 * 3 * c
+    assert layers["stages.0.blocks.0.conv_dw"] == sites * 7 * 7 * c   # depthwise: one input channel each
+    assert layers["stages.0.blocks.0.mlp.fc1"] == sites * c * 4 * c   # counted whether it is a 1×1 conv (atto) or a Linear (tiny)
+    assert layers["stages.1.downsample.1"] == kept * 4 * 4 * 2 * 2 * c * enc.channels[1]
+    assert enc.macs(visible) * (3 * 12) == dense_macs(model, 3, (96, 128)) * kept

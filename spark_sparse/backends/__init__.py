@@ -1,8 +1,9 @@
 """Convolution backends, chosen per layer at call time.
 
 ``torch``  — gather → GEMM on index tables; any device, dtype and thread count (the oracle).
+``tiles``  — a dense conv on each visible patch's block plus its halo (kernels/tile_conv.py).
 ``spconv`` — spconv's rulebooks and, on CUDA, its kernels (needs the ``spconv`` package).
-``auto``   — per layer, the best available one for the layer, device and dtype.
+``auto``   — per layer, the best available one for the layer, device and dtype (``choose_backend``).
 A backend that cannot run a given layer (e.g. spconv and depthwise convs) hands it to ``torch``.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from .base import ConvBackend, ConvSpec
 from .rulebook import TorchBackend
 
-BACKEND_NAMES = ("auto", "torch", "spconv")
+BACKEND_NAMES = ("auto", "torch", "tiles", "spconv")
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,7 +30,8 @@ def spconv_available() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _instances() -> Dict[str, ConvBackend]:
-    backends: Dict[str, ConvBackend] = {"torch": TorchBackend()}
+    from ..kernels.tile_conv import TilesBackend
+    backends: Dict[str, ConvBackend] = {"torch": TorchBackend(), "tiles": TilesBackend()}
     if spconv_available():
         from .spconv_backend import SpconvBackend
         backends["spconv"] = SpconvBackend()
@@ -51,11 +53,35 @@ def get_backend(name: str) -> ConvBackend:
     return _instances()[name]
 
 
-def resolve_backend(name: str, spec: ConvSpec, x: torch.Tensor) -> ConvBackend:
+def choose_backend(spec: ConvSpec, r: int, x: torch.Tensor) -> str:
+    """What ``auto`` runs for one k×k layer whose input patch blocks are r×r sites."""
+    if x.is_cuda:
+        return "spconv" if "spconv" in _instances() else "torch"
+    if x.dtype == torch.float64:
+        return "torch"  # oneDNN has no fp64 convolutions; the native fallback is slow
+    return "tiles" if r >= TILES_MIN_R else "torch"
+
+
+# CPU, fp32/bf16: below this patch block size the halo and the small-image inefficiency of the dense
+# kernels cost more than the gather-GEMM rulebook. Measured (ResNet-50 shapes, batch 16, 224², mask
+# ratio 0.6, 2 threads, fwd+bwd, median of 5, ms; /tmp/perf/backends_micro.py on a quiet machine):
+#   layer (input stride, r)         dense(channels-last)  torch  tiles
+#   3×3/1   stride 4  (r 8)   C 64     146                  191     75   → tiles
+#   3×3/1   stride 8  (r 4)   C 128    123                   89     69   → tiles
+#   3×3/1   stride 16 (r 2)   C 256    118                   49     92   → torch
+#   3×3/1   stride 32 (r 1)   C 512    183                   76    207   → torch
+#   3×3/2   stride 4  (r 8)   C 128    163                  210    109   → tiles
+#   3×3/2   stride 8  (r 4)   C 256    157                  141    102   → tiles
+#   3×3/2   stride 16 (r 2)   C 512    196                   96    184   → torch
+#   7×7/2 stem, stride 1, no input grad: dense 351, torch 322, tiles 123   → tiles
+TILES_MIN_R = 4
+
+
+def resolve_backend(name: str, spec: ConvSpec, x: torch.Tensor, r: int = 0) -> ConvBackend:
     """The backend that runs this layer: the requested one if it can, else ``torch``."""
     backends = _instances()
     if name == "auto":
-        name = "spconv" if x.is_cuda and "spconv" in backends else "torch"
+        name = choose_backend(spec, r, x)
     backend = backends.get(name) or get_backend(name)
     if backend.unsupported(spec, x) is not None:
         return backends["torch"]

@@ -11,13 +11,9 @@ from __future__ import annotations
 import torch
 
 from ..geometry import ConvTable, Geometry
+from ..kernels.depthwise import table_depthwise
+from ..kernels.gather import gather_rows  # noqa: F401  (re-exported: layers import it from here)
 from .base import ConvBackend, ConvSpec, compute_dtype
-
-
-def gather_rows(x: torch.Tensor, index: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-    """``x[index]`` for an (M, K) index whose entry ``len(x)`` means "a row of ``fill``"; → (M, K, C)."""
-    pad = x.new_full((1, x.shape[1]), fill)
-    return torch.cat([x, pad]).index_select(0, index.reshape(-1)).view(*index.shape, x.shape[1])
 
 
 class _GatherGemmConv(torch.autograd.Function):
@@ -48,29 +44,6 @@ class _GatherGemmConv(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-class _GatherDepthwiseConv(torch.autograd.Function):
-    """Depthwise (groups = C) convolution on a ConvTable: a K-term weighted sum per channel."""
-
-    @staticmethod
-    def forward(ctx, x, w, table: ConvTable):
-        # w: (K, C)
-        ctx.table = table
-        ctx.save_for_backward(x, w)
-        return torch.einsum("nkc,kc->nc", gather_rows(x, table.gather), w)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, w = ctx.saved_tensors
-        table: ConvTable = ctx.table
-        grad_out = grad_out.contiguous()
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.einsum("nkc,kc->nc", gather_rows(grad_out, table.scatter), w)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.einsum("nkc,nc->kc", gather_rows(x, table.gather), grad_out)
-        return grad_x, grad_w, None
-
-
 def table_conv(x: torch.Tensor, weight: torch.Tensor, table: ConvTable, groups: int = 1) -> torch.Tensor:
     """Convolve (N_in, C_in) features with a dense-layout weight on a neighbour table."""
     dtype = compute_dtype(x)
@@ -80,8 +53,7 @@ def table_conv(x: torch.Tensor, weight: torch.Tensor, table: ConvTable, groups: 
         w = weight.to(dtype).permute(2, 3, 1, 0).reshape(-1, weight.shape[1], c_out)
         return _GatherGemmConv.apply(x.contiguous(), w, table)
     if groups == x.shape[1] == c_out and weight.shape[1] == 1:
-        w = weight.to(dtype).view(c_out, -1).t()
-        return _GatherDepthwiseConv.apply(x.contiguous(), w, table)
+        return table_depthwise(x, weight.to(dtype), table)  # the twin in kernels/depthwise.py
     raise NotImplementedError(f"grouped convolution with groups={groups} (only 1 or depthwise)")
 
 

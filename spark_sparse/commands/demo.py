@@ -11,7 +11,7 @@ HELP = "check a sparse encoder against the masked-dense reference and print its 
 
 
 def add_arguments(p):
-    p.add_argument("--arch", default="resnet50", help="timm model name (resnet18 … resnet200, resnet*d)")
+    p.add_argument("--arch", default="resnet50", help="timm model name: resnet18 … resnet200, resnet*d, convnext_atto … convnext_large, convnextv2_*")
     p.add_argument("--mask-ratio", type=float, default=0.6, help="fraction of 32×32 patches hidden, in [0, 1)")
     p.add_argument("--batch", type=int, default=2, help="images per batch")
     p.add_argument("--size", type=int, nargs="+", default=[224], help="image size: S or H W (multiples of 32)")

@@ -1,7 +1,8 @@
 """Containers: a sequence of layers, and a residual block described by its forward "program".
 
 A residual block's program lists the children its main branch runs, in order, the shortcut child
-and the activation after the addition. The sparse block and the masked-dense reference both read
+and the activation after the addition. A main-branch name may also be a parameter of the block
+itself: a per-channel scale (ConvNeXt's layer scale ``gamma``). The sparse block and the masked-dense reference both read
 the same program, so each block type's wiring is written once (``convert.BLOCK_PROGRAMS``).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ class SparseSequential(nn.Sequential, SparseModule):
 
 @dataclass(frozen=True)
 class BlockProgram:
-    """``out = post(main(x) + shortcut(x))``; names are the block's child attribute names."""
+    """``out = post(main(x) + shortcut(x))``; names are the block's child (or scale parameter) names."""
     main: Tuple[str, ...]
     shortcut: Optional[str]
     post: Optional[str]
@@ -40,9 +41,11 @@ class SparseResidualBlock(SparseModule):
     def forward(self, x: SparseFeatures) -> SparseFeatures:
         shortcut = x
         for name in self.program.main:
-            module = getattr(self, name, None)
-            if module is not None:
-                x = run_layer(module, x)
+            step = getattr(self, name, None)
+            if isinstance(step, nn.Parameter):
+                x = x.replace(x.features * step)  # layer scale
+            elif step is not None:
+                x = run_layer(step, x)
         if self.program.shortcut and getattr(self, self.program.shortcut, None) is not None:
             shortcut = run_layer(getattr(self, self.program.shortcut), shortcut)
         x = x.replace(x.features + shortcut.features)

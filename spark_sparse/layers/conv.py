@@ -4,8 +4,11 @@
   top-left child, which always lies in the same patch.
 - kernel == stride, no padding (ConvNeXt 4×4/4 stem, 2×2/2 downsample): each output's window is a
   block of its own patch tile, so the conv is a reshape of the tiles plus a matmul.
-- any other k×k (3×3, 7×7/2 stem, depthwise 7×7): a backend (``torch``, ``spconv``, …) on the
-  geometry's index tables.
+- depthwise k×k (ConvNeXt's 7×7): our kernels (kernels/depthwise.py), whichever is fastest for
+  the layer's resolution unless ``depthwise`` names one; spconv has no groups, so the
+  ``backend`` choice does not apply to them.
+- any other k×k (3×3, 7×7/2 stem): a backend (``torch``, ``spconv``, …) on the geometry's index
+  tables.
 The weight keeps the dense (C_out, C_in/groups, kh, kw) layout so state dicts move unchanged.
 """
 from __future__ import annotations
@@ -19,14 +22,16 @@ from ..backends.base import ConvSpec
 from ..errors import UnsupportedLayerError
 from ..features import SparseFeatures
 from ..geometry import maps_to_next_level
+from ..kernels.depthwise import sparse_depthwise_conv
 from .base import SparseModule
 
 
 class SparseConv2d(SparseModule):
-    def __init__(self, spec: ConvSpec, bias: bool, backend: str = "auto", path: str = ""):
+    def __init__(self, spec: ConvSpec, bias: bool, backend: str = "auto", path: str = "", depthwise: str = "auto"):
         super().__init__()
         self.spec = spec
         self.backend = backend
+        self.depthwise = depthwise  # implementation of depthwise convs (kernels.depthwise.IMPLS)
         self.path = path
         kh, kw = spec.kernel
         self.weight = nn.Parameter(torch.empty(spec.out_channels, spec.in_channels // spec.groups, kh, kw))
@@ -35,16 +40,19 @@ class SparseConv2d(SparseModule):
     def extra_repr(self) -> str:
         s = self.spec
         return (f"{s.in_channels}, {s.out_channels}, kernel_size={s.kernel}, stride={s.stride}, "
-                f"padding={s.padding}, groups={s.groups}, bias={self.bias is not None}, backend={self.backend!r}")
+                f"padding={s.padding}, groups={s.groups}, bias={self.bias is not None}, "
+                + (f"depthwise={self.depthwise!r}" if self.kind == "depthwise" else f"backend={self.backend!r}"))
 
     @property
     def kind(self) -> str:
-        """Which of the three shapes of conv this is (see the module docstring)."""
+        """Which of the four shapes of conv this is (see the module docstring)."""
         s = self.spec
         if s.kernel == (1, 1) and s.padding == (0, 0) and s.groups == 1:
             return "pointwise"
         if s.kernel == s.stride and s.padding == (0, 0) and s.dilation == (1, 1) and s.groups == 1:
             return "patchify"
+        if s.is_depthwise:
+            return "depthwise"
         return "table"
 
     def forward(self, x: SparseFeatures) -> SparseFeatures:
@@ -66,8 +74,12 @@ class SparseConv2d(SparseModule):
             t = x.tiles().view(-1, r, k, r, k, x.channels).permute(0, 1, 3, 2, 4, 5)
             w = self.weight.permute(0, 2, 3, 1).reshape(s.out_channels, -1)
             out = F.linear(t.reshape(-1, k * k * x.channels), w, self.bias)
+        elif kind == "depthwise":
+            out = sparse_depthwise_conv(x, self.weight, s, self.depthwise)
+            if self.bias is not None:
+                out = out + self.bias.to(out.dtype)
         else:
-            backend = resolve_backend(self.backend, s, x.features)
+            backend = resolve_backend(self.backend, s, x.features, x.level.r)
             out = backend.conv(x.features, self.weight, x.geometry, x.stride, s)
             if self.bias is not None:
                 out = out + self.bias.to(out.dtype)

@@ -1,0 +1,74 @@
+"""Start from existing weights: turn a timm state dict or checkpoint (e.g. a supervised model to
+continue pre-training), or SparK's published files (<arch>_1kpretrained_timm_style.pth,
+<arch>_withdecoder_1kpretrained_spark_style.pth; official ConvNeXt key names are mapped to timm's)
+into a pre-training checkpoint that `pretrain --resume CKPT`, `reconstruct` and `export` accept.
+
+The checkpoint holds weights only: the encoder from FILE; the decoder, densify layers and mask
+tokens from a SparK "withdecoder" file, else freshly initialised (seeded by --seed); step 0, no
+optimizer state and no RNG state, so `pretrain --resume CKPT --out DIR` starts its optimizer,
+schedule and data order fresh on these weights (with the same --arch and --decoder-width).
+A mismatch with the architecture is an error that lists the missing, unexpected and mis-shaped
+keys and names the architecture the weights look like."""
+from __future__ import annotations
+
+import os
+import sys
+
+NAME = "import"
+HELP = "timm or SparK weights in as a pre-training checkpoint"
+
+
+def add_arguments(p):
+    p.add_argument("file", metavar="FILE", help="weights: .safetensors, or a torch.save file (.pth/.pt/.bin)")
+    p.add_argument("--arch", default=None,
+                   help="timm model name (default: the file's own record, else the architecture its weights fit)")
+    p.add_argument("--out", required=True, metavar="CKPT", help="the checkpoint to write")
+    p.add_argument("--decoder-width", type=int, default=None,
+                   help="LightDecoder width of a fresh decoder (default 768; a SparK withdecoder file fixes it)")
+    p.add_argument("--densify-norm", choices=["auto", "bn", "ln", "none"], default=None,
+                   help="densify norm of a fresh head (default auto; a SparK withdecoder file fixes it)")
+    p.add_argument("--mask-ratio", type=float, default=None,
+                   help="recorded mask ratio (default: the file's record, else 0.6)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="recorded input size (default: the file's record, else 224)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fresh decoder / densify / mask-token weights")
+    p.add_argument("--trust-file", action="store_true",
+                   help="allow arbitrary pickled Python objects in FILE (e.g. timm training checkpoints that store "
+                        "their argparse arguments); only for files from a source you trust")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def run(args) -> int:
+    from spark_sparse.restore import checkpoint_from_import
+    from spark_sparse.spark_format import read_weights
+    from spark_sparse.train.checkpoint import save_atomic
+    from spark_sparse.weights import WeightsError
+
+    if os.path.exists(args.out) and not args.force:
+        print(f"error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
+        return 2
+    try:
+        imported = read_weights(args.file, trust=args.trust_file)
+        payload = checkpoint_from_import(imported, args.arch, decoder_width=args.decoder_width,
+                                         mask_ratio=args.mask_ratio, densify_norm=args.densify_norm,
+                                         input_size=args.input_size, seed=args.seed)
+    except (WeightsError, ValueError) as e:  # WeightsError: the file; ValueError: an option
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    save_atomic(payload, args.out)
+    info, cfg = payload["imported_from"], payload["model_config"]
+    encoder_tensors = sum(1 for k in payload["model"] if k.startswith("encoder."))
+    print(f"read {args.file}: {info['kind']}")
+    if args.arch is None and "arch" not in info["recorded"]:
+        print(f"  architecture recognised from the weights: {payload['arch']}")
+    print(f"wrote {args.out}: {payload['arch']} encoder ({encoder_tensors} tensors), decoder {info['decoder']} "
+          f"(width {cfg['decoder_width']}, densify norm {cfg['densify_norm']}), mask ratio {cfg['mask_ratio']}, "
+          f"input size {cfg['input_size']}")
+    if info["dropped"]:
+        shown = ", ".join(info["dropped"][:6]) + (" …" if len(info["dropped"]) > 6 else "")
+        print(f"  left out: {shown} (classifier head / unused buffers)")
+    if info["recorded"]:
+        print("  the file records: " + ", ".join(f"{k}={v}" for k, v in info["recorded"].items()))
+    print(f"  continue pre-training: spark-sparse pretrain --resume {args.out} --arch {payload['arch']} "
+          f"--decoder-width {cfg['decoder_width']} --out DIR   (optimizer and schedule start fresh)")
+    return 0

@@ -1,0 +1,26 @@
+"""SparK pre-training of a timm backbone with a sparse encoder (the encoder computes only the visible
+patches). With no arguments: a ResNet-18 at 96 px on the embedded photographs, a few minutes on a
+CPU, leaving checkpoints, TensorBoard logs and reconstruction PNGs in runs/pretrain/.
+
+SparK's ImageNet recipe: --data /path/to/imagenet/train --arch resnet50 --input-size 224
+--batch-size 4096 --epochs 1600 --warmup-epochs 40 (LAMB, lr 2e-4 × batch/256, cosine schedules and
+clipping are the defaults). Several GPUs or nodes: launch the same command under
+`torchrun --nproc_per_node N -m spark_sparse.cli pretrain ...`.
+
+Re-running the same command continues from the newest valid checkpoint in --out. Exit status: 0 done,
+3 the loss or gradient became NaN/infinite (the last good checkpoint is kept), 143 stopped by a signal
+after saving a checkpoint."""
+from __future__ import annotations
+
+NAME = "pretrain"
+HELP = "SparK pre-training (sparse encoder, LAMB, checkpoints, resume, TensorBoard, torchrun)"
+
+
+def add_arguments(p):
+    from spark_sparse.train.config import add_arguments as add
+    add(p)
+
+
+def run(args) -> int:
+    from spark_sparse.train.trainer import pretrain
+    return pretrain(args)

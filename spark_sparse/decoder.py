@@ -1,0 +1,86 @@
+"""SparK's LightDecoder: a small dense U-Net-style upsampler from stride 32 back to pixels.
+
+Each upsampling step doubles the resolution and halves the width (768 → 384 → … for a stride-32
+backbone: five steps). The densified map of each encoder stage is added to the decoder's input at
+that stage's resolution, deepest first, before the step that upsamples it. A final 1×1 conv maps
+to RGB. Everything here is dense: the decoder must paint masked patches, so it sees every site.
+
+Parameter names (``dec.{i}.up_sample``, ``dec.{i}.conv.{0,1,3,4}``, ``proj``) are those of SparK's
+released checkpoints, so their decoder weights load by a plain prefix rename.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+class UpsampleBlock(nn.Module):
+    """ConvTranspose2d(k4, s2, p1) → Conv3×3 → BN → ReLU6 → Conv3×3 → BN (SparK's ``UNetBlock``)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.up_sample = nn.ConvTranspose2d(in_channels, in_channels, kernel_size=4, stride=2, padding=1, bias=True)
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.up_sample(x))
+
+
+class LightDecoder(nn.Module):
+    """Dense decoder: ``decoder([map_s32, map_s16, map_s8, map_s4])`` → (B, 3, H, W).
+
+    ``width`` is the channel count at the deepest stage (SparK: 768); each step halves it.
+    ``widths`` tells a head which width to project each stage to: (768, 384, 192, 96, ...).
+    """
+
+    def __init__(self, patch_size: int = 32, width: int = 768, out_channels: int = 3):
+        super().__init__()
+        steps = int(round(math.log2(patch_size)))
+        if 2 ** steps != patch_size:
+            raise ValueError(f"patch_size must be a power of 2 (the decoder doubles the resolution per step), "
+                             f"got {patch_size}")
+        if width < 2 ** steps:
+            raise ValueError(f"decoder width {width} is too small to halve {steps} times; use at least {2 ** steps}")
+        channels = [width // 2 ** i for i in range(steps + 1)]
+        self.patch_size = patch_size
+        self.widths = tuple(channels[:-1])
+        self.dec = nn.ModuleList(UpsampleBlock(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.proj = nn.Conv2d(channels[-1], out_channels, kernel_size=1, stride=1, bias=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """SparK's initialisation: convs truncated-normal (std 0.02), transposed convs Kaiming-normal
+        (fan-out), norms weight 1 and bias 0, every bias 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+            elif isinstance(m, nn.ConvTranspose2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, stage_maps: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+        """``stage_maps`` deepest first, each already at this decoder's width for its stage (or None)."""
+        x = 0
+        for i, block in enumerate(self.dec):
+            if i < len(stage_maps) and stage_maps[i] is not None:
+                x = x + stage_maps[i]
+            x = block(x)
+        return self.proj(x)
+
+    def stage_widths(self, num_stages: int) -> List[int]:
+        """Decoder widths of the deepest ``num_stages`` encoder stages, deepest first."""
+        return list(self.widths[:num_stages])

@@ -1,0 +1,128 @@
+"""Pre-trained encoder weights out to a plain dense timm model, and the proof that they arrived intact.
+
+The encoder's state_dict already has timm's keys, shapes and layouts (the classifier head left out),
+so exporting is writing those tensors — BatchNorm running statistics included, as the sparse
+encoder accumulated them over active sites during pre-training. The file loads through timm's
+own path::
+
+    timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=FILE), num_classes=N)
+
+(timm then leaves the new head — and, for ConvNeXt, the head's norm — at their initialisation;
+with ``num_classes`` equal to the original 1000 also pass ``pretrained_strict=False``).
+
+:func:`verify` rebuilds the dense model from the file that way and the sparse encoder from the
+checkpoint, and compares the dense model under SparK's masking (the masked-dense reference) with
+the sparse encoder on random images and masks, in eval mode, per stage on visible sites.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .masks import dense_mask, random_visible
+from .restore import build_model, encoder_state
+from .weights import WeightsError, check_encoder_state, read_file
+
+FORMATS = ("safetensors", "pth")
+DEFAULT_TOLERANCE = 1e-4  # the contract's: max |sparse − reference| ≤ 1e-4 · max |reference| per stage
+
+
+def format_for(path: str, fmt: Optional[str] = None) -> str:
+    """``fmt`` if given, else from the file name: ``.pth``/``.pt``/``.bin`` → pth, anything else safetensors."""
+    if fmt:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        return fmt
+    return "pth" if os.path.splitext(path)[1].lower() in (".pth", ".pt", ".bin") else "safetensors"
+
+
+def timm_state(payload: Dict[str, Any], source: str) -> Dict[str, torch.Tensor]:
+    """The checkpoint's encoder as a timm state dict: contiguous CPU tensors that own their memory."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder_state(payload, source).items()}
+
+
+def write_weights(state: Dict[str, torch.Tensor], path: str, fmt: str, metadata: Dict[str, str]) -> None:
+    """Write ``state`` atomically (temporary file beside ``path``, then rename): never a half file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+            save_file(state, tmp, metadata=metadata)
+        else:
+            torch.save(state, tmp)  # a bare state dict: what timm's loader and load_state_dict expect
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export(payload: Dict[str, Any], source: str, out: str, fmt: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Write the checkpoint's encoder to ``out`` as a timm state dict; return what was written."""
+    state = timm_state(payload, source)
+    metadata = {"arch": str(payload["arch"]), "format": "timm state dict (encoder; no classifier head)",
+                "source": os.path.abspath(source), "step": str(payload.get("step", "")),
+                "producer": "spark_sparse export"}
+    write_weights(state, out, format_for(out, fmt), metadata)
+    return state
+
+
+def load_timm(arch: str, path: str, num_classes: int = 0) -> torch.nn.Module:
+    """The dense timm model with the exported weights, through timm's own loading path.
+
+    Checks the file's keys and shapes first: timm loads non-strictly when the head is replaced, so a
+    missing encoder key would otherwise pass silently.
+    """
+    import timm
+    state, _ = read_file(path)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not a state dict")
+    check_encoder_state(state, arch, path)
+    return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(path)),
+                             num_classes=num_classes)
+
+
+@dataclass
+class StageError:
+    stride: int
+    channels: int
+    error: float  # max |dense − sparse| / max |dense| over visible sites
+
+
+def verify(payload: Dict[str, Any], source: str, exported: str, *, batch: int = 2, size: Optional[int] = None,
+           mask_ratio: Optional[float] = None, seed: int = 0) -> List[StageError]:
+    """Per-stage error between the dense timm model built from ``exported`` (under SparK's masking) and
+    the sparse encoder built from the checkpoint, on random images and masks, eval mode, fp32."""
+    from .reference import MaskedDenseEncoder
+
+    config = payload["model_config"]
+    size = size or int(config.get("input_size", 224))
+    mask_ratio = float(config.get("mask_ratio", 0.6)) if mask_ratio is None else mask_ratio
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        sparse = build_model(payload, source, encoder_kind="sparse").encoder.eval()
+        dense = MaskedDenseEncoder(load_timm(payload["arch"], exported).eval()).eval()
+        patch = sparse.patch_size
+        if size % patch:
+            raise ValueError(f"verification image size must be a multiple of {patch}, got {size}")
+        g = torch.Generator().manual_seed(seed)
+        images = torch.randn(batch, 3, size, size, generator=g)
+        visible = random_visible(batch, (size // patch, size // patch), mask_ratio, generator=g)
+        with torch.no_grad():
+            got, want = sparse(images, visible), dense(images, visible)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    errors = []
+    for s, d, stride, channels in zip(got, want, sparse.strides, sparse.channels):
+        on = dense_mask(visible, stride, patch).expand_as(d)
+        scale = d[on].abs().max().clamp_min(1e-30) if on.any() else torch.tensor(1.0)
+        err = float((s[on] - d[on]).abs().max() / scale) if on.any() else 0.0
+        errors.append(StageError(stride, channels, err))
+    return errors

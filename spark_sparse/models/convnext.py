@@ -1,0 +1,88 @@
+"""timm ConvNeXt V1 (``convnext_atto … convnext_large``) and V2 (``convnextv2_*``, GRN): the
+sparse converters and the masked-dense reference rules of their layer types, in one place.
+
+| dense (timm)                         | sparse                                   | masked-dense reference           |
+|--------------------------------------|------------------------------------------|----------------------------------|
+| stem 4×4/4 conv, downsample 2×2/2    | SparseConv2d, "patchify" (tile reshape)  | conv, re-mask                    |
+| ``LayerNorm2d`` (channels first)     | SparseLayerNorm, per site                | LN, re-mask (LN(0) is the bias)  |
+| ``LayerNorm`` / ``Linear`` (last)    | kept, per site on (N, C)                 | on NHWC, re-mask                 |
+| depthwise 7×7 conv (bias)            | SparseConv2d → kernels/depthwise.py      | conv, re-mask                    |
+| ``GlobalResponseNorm`` (V2)          | per image over its active sites          | timm's GRN (zeros add nothing), re-mask |
+| ``Mlp`` / ``GlobalResponseNormMlp``  | the children in call order               | the children in call order       |
+| ``ConvNeXtBlock``                    | residual block program, ``gamma`` = layer scale, DropPath per image |  same program |
+| ``ConvNeXtStage``                    | downsample, then blocks                  | downsample, then blocks          |
+
+The encoder stops at ``stages.3``: the head (``norm_pre``, ``head.norm``, pooling, classifier) is
+not part of it, so its state_dict is the backbone's minus those.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from timm.layers import GlobalResponseNormMlp, LayerNorm2d, Mlp
+from timm.layers.activations import GELU, GELUTanh
+from timm.layers.grn import GlobalResponseNorm
+from timm.models.convnext import ConvNeXtBlock, ConvNeXtStage
+from torch import nn
+
+from ..convert import register_block, register_converter
+from ..errors import UnsupportedLayerError
+from ..layers.containers import BlockProgram, SparseSequential
+from ..layers.grn import SparseGlobalResponseNorm
+from ..layers.layernorm import SparseLayerNorm
+from ..reference import masked_forward, register_reference_rule
+
+# The order in which each container's forward calls its children (absent names are skipped).
+MLP_ORDER = ("fc1", "act", "drop1", "norm", "grn", "fc2", "drop2")
+STAGE_ORDER = ("downsample", "blocks")
+BLOCK_PROGRAM = BlockProgram(("conv_dw", "norm", "mlp", "gamma", "drop_path"), "shortcut", None)
+
+
+def _children_in_order(module: nn.Module, order: Sequence[str], path: str):
+    names = [name for name, _ in module.named_children()]
+    unknown = [n for n in names if n not in order]
+    if unknown:
+        raise UnsupportedLayerError(path, module, f"unexpected children {unknown}: only {list(order)} are known "
+                                                  f"(in that call order)")
+    return [(name, getattr(module, name)) for name in order if name in names]
+
+
+def register_chain(types, order: Sequence[str]) -> None:
+    """A container whose forward calls its children one after the other, in ``order``."""
+    def convert(module, path, ctx):
+        sparse = SparseSequential()
+        for name, child in _children_in_order(module, order, path):
+            sparse.add_module(name, ctx.convert(child, f"{path}.{name}"))
+        return sparse
+
+    def reference(module, x, masks, path):
+        for name, child in _children_in_order(module, order, path):
+            x = masked_forward(child, x, masks, f"{path}.{name}")
+        return x
+
+    register_converter(types, convert)
+    register_reference_rule(types, reference)
+
+
+def _layer_norm_2d(module, x, masks, path):
+    y = module(x)
+    return y * masks.like(y)
+
+
+def _grn(module, x, masks, path):
+    """timm's GRN on the masked map (zeros add nothing to its norms), then re-masked (bias)."""
+    channels_last = module.channel_dim == -1
+    y = module(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if channels_last else module(x)
+    return y * masks.like(y)
+
+
+# timm's own GELUs (what ``act_layer='gelu'`` builds): per site, and GELU(0) = 0 keeps masked zeros.
+register_converter((GELU, GELUTanh), lambda m, path, ctx: m)
+register_reference_rule((GELU, GELUTanh), lambda m, x, masks, path: m(x))
+register_converter(LayerNorm2d, lambda m, path, ctx: SparseLayerNorm.from_dense(m))
+register_reference_rule(LayerNorm2d, _layer_norm_2d)
+register_converter(GlobalResponseNorm, lambda m, path, ctx: SparseGlobalResponseNorm.from_dense(m))
+register_reference_rule(GlobalResponseNorm, _grn)
+register_chain((Mlp, GlobalResponseNormMlp), MLP_ORDER)
+register_chain(ConvNeXtStage, STAGE_ORDER)
+register_block(ConvNeXtBlock, BLOCK_PROGRAM)  # a shortcut other than Identity (Downsample) is refused

@@ -1,0 +1,234 @@
+"""The SparK model: sparse encoder → densify → LightDecoder → loss on the masked patches.
+
+One method per step, as in the paper: ``mask`` (draw which patches stay visible), ``encode`` (the
+encoder sees the visible patches only), ``densify`` (per stage, deepest first: normalise the active
+sites, fill the masked ones with that stage's mask token, project to the decoder's width),
+``decoder`` (dense upsampling back to pixels) and ``loss`` (per-patch normalised pixels, masked
+patches only).
+
+The encoder is either a :class:`~spark_sparse.SparseEncoder` (the product) or a
+:class:`~spark_sparse.MaskedDenseEncoder` (SparK's reference): both take ``(images, visible)``.
+With a SparseEncoder the densify norm runs on the (N, C) active rows of ``forward_sparse`` and the
+map is made dense once, with the mask token as its fill; with the reference it runs on dense maps
+with statistics over active sites. Both give the same numbers (tests/test_spark_model.py).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .decoder import LightDecoder
+from .features import SparseFeatures
+from .layers.base import SparseModule
+from .layers.norm import SparseBatchNorm2d
+from .masks import check_mask_ratio, check_visible, dense_mask, random_visible
+from .reference import MaskPyramid, masked_forward
+
+DENSIFY_NORMS = ("auto", "bn", "ln", "none")
+
+
+def densify_norm_for(encoder: nn.Module) -> str:
+    """'bn' when the backbone normalises with BatchNorm (ResNets), 'ln' otherwise (ConvNeXts)."""
+    uses_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
+    return "bn" if uses_bn else "ln"
+
+
+def is_sparse_encoder(encoder: nn.Module) -> bool:
+    return callable(getattr(encoder, "forward_sparse", None))
+
+
+def scatter_with_fill(x: SparseFeatures, fill: torch.Tensor) -> torch.Tensor:
+    """Dense (B, C, H/s, W/s) map of ``x`` with ``fill`` (C values) at masked sites, in one copy.
+
+    The map is built channels-last, where each visible patch is one r×r×C block, so the
+    (B, C, H, W) result is a permuted view of it (channels_last memory format), not a second copy.
+    """
+    g, level = x.geometry, x.level
+    h, w = g.grid_hw
+    r, c = level.r, x.channels
+    out = fill.reshape(1, 1, 1, 1, 1, c).to(x.features.dtype).expand(g.batch, h, r, w, r, c).clone()
+    p = g.patches
+    out[p[:, 0], p[:, 1], :, p[:, 2]] = x.tiles()
+    return out.view(g.batch, h * r, w * r, c).permute(0, 3, 1, 2)
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, L, patch·patch·C), patches in row-major order."""
+    b, c, height, width = images.shape
+    h, w = height // patch, width // patch
+    x = images.reshape(b, c, h, patch, w, patch).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, h * w, patch * patch * c)
+
+
+def unpatchify(patches: torch.Tensor, patch: int, grid: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`patchify`."""
+    b, _, n = patches.shape
+    c, (h, w) = n // (patch * patch), grid
+    x = patches.reshape(b, h, w, patch, patch, c).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(b, c, h * patch, w * patch)
+
+
+def paste_visible(images: torch.Tensor, reconstruction: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """The reconstruction with the visible patches replaced by the input's (SparK's visualisation)."""
+    patch = images.shape[-2] // visible.shape[1]
+    keep = dense_mask(visible, 1, patch)
+    return torch.where(keep, images, reconstruction.to(images.dtype))
+
+
+class SparK(nn.Module):
+    """``model(images, visible=None)`` → the reconstruction loss (and, on request, the reconstruction).
+
+    ``images`` are normalised (B, 3, H, W) with H, W multiples of the encoder's patch size; they are
+    passed whole: the encoder reads only the visible patches, the loss reads the masked ones.
+    ``visible`` (B, H/32, W/32) bool, True = visible, is drawn with ``mask_ratio`` when omitted.
+    ``densify_norm``: 'auto' picks 'bn' for BatchNorm backbones and 'ln' otherwise.
+    """
+
+    def __init__(self, encoder: nn.Module, *, decoder_width: int = 768, mask_ratio: float = 0.6,
+                 densify_norm: str = "auto"):
+        super().__init__()
+        if densify_norm not in DENSIFY_NORMS:
+            raise ValueError(f"densify_norm must be one of {DENSIFY_NORMS}, got {densify_norm!r}")
+        self.encoder = encoder
+        self.mask_ratio = check_mask_ratio(mask_ratio)
+        self.patch_size = int(encoder.patch_size)
+        self.densify_norm = densify_norm_for(encoder) if densify_norm == "auto" else densify_norm
+        self.decoder = LightDecoder(self.patch_size, width=decoder_width)
+        encoder_widths = list(reversed(encoder.channels))  # deepest first, as the decoder consumes them
+        decoder_widths = self.decoder.stage_widths(len(encoder_widths))
+        self.mask_tokens = nn.ParameterList()
+        self.densify_norms = nn.ModuleList()
+        self.densify_projs = nn.ModuleList()
+        for i, (e_width, d_width) in enumerate(zip(encoder_widths, decoder_widths)):
+            token = nn.Parameter(torch.zeros(1, e_width, 1, 1))
+            nn.init.trunc_normal_(token, mean=0.0, std=0.02, a=-0.02, b=0.02)
+            self.mask_tokens.append(token)
+            self.densify_norms.append(self._make_norm(e_width))
+            self.densify_projs.append(self._make_proj(i, e_width, d_width))
+
+    def _make_norm(self, channels: int) -> nn.Module:
+        if self.densify_norm == "bn":
+            return SparseBatchNorm2d(channels)  # BatchNorm1d on the active rows
+        if self.densify_norm == "ln":
+            return nn.LayerNorm(channels, eps=1e-6)  # per site, as ConvNeXt's own norms
+        return nn.Identity()
+
+    @staticmethod
+    def _make_proj(i: int, e_width: int, d_width: int) -> nn.Module:
+        """1×1 at the deepest stage (identity when the widths agree), 3×3 elsewhere (as SparK).
+
+        Shallower stages keep their 3×3 even when widths agree: it also spreads the active
+        neighbours' features into the masked sites.
+        """
+        if i == 0 and e_width == d_width:
+            return nn.Identity()
+        k = 1 if i == 0 else 3
+        return nn.Conv2d(e_width, d_width, kernel_size=k, stride=1, padding=k // 2, bias=True)
+
+    # ---- the steps -------------------------------------------------------------------------------
+    @property
+    def encoder_kind(self) -> str:
+        return "sparse" if is_sparse_encoder(self.encoder) else "masked_dense"
+
+    def grid(self, images: torch.Tensor) -> Tuple[int, int]:
+        return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+
+    def mask(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return random_visible(images.shape[0], self.grid(images), self.mask_ratio, generator=generator,
+                              device=images.device)
+
+    def densify(self, images: torch.Tensor, visible: torch.Tensor) -> List[torch.Tensor]:
+        """Encode, then one dense map per stage at the decoder's width, deepest first."""
+        if is_sparse_encoder(self.encoder):
+            stages = list(reversed(self.encoder.forward_sparse(images, visible)))
+            return [proj(scatter_with_fill(self._norm_rows(norm, x), token))
+                    for x, norm, token, proj in zip(stages, self.densify_norms, self.mask_tokens, self.densify_projs)]
+        stages = list(reversed(self.encoder(images, visible)))
+        masks = MaskPyramid(visible, self.patch_size, images.dtype)
+        out = []
+        for x, norm, token, proj in zip(stages, self.densify_norms, self.mask_tokens, self.densify_projs):
+            active = masks.like(x) > 0
+            y = self._norm_dense(norm, x, masks)
+            out.append(proj(torch.where(active, y, token.to(y.dtype))))
+        return out
+
+    @staticmethod
+    def _norm_rows(norm: nn.Module, x: SparseFeatures) -> SparseFeatures:
+        if isinstance(norm, SparseModule):
+            return norm(x)
+        return x.replace(norm(x.features))
+
+    @staticmethod
+    def _norm_dense(norm: nn.Module, x: torch.Tensor, masks: MaskPyramid) -> torch.Tensor:
+        """The same norm on a dense map that is zero at masked sites (statistics over active sites)."""
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            return masked_forward(norm, x, masks, "densify_norm")
+        if isinstance(norm, nn.LayerNorm):
+            return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return norm(x)
+
+    def loss(self, images: torch.Tensor, reconstruction: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """MSE to the per-patch normalised pixels, averaged over the masked patches only."""
+        dtype = torch.promote_types(images.dtype, torch.float32)  # fp32 at least, also under AMP
+        target = patchify(images.to(dtype), self.patch_size)
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()  # unbiased variance, as SparK
+        target = (target - mean) / std
+        per_patch = (patchify(reconstruction.to(dtype), self.patch_size) - target).square().mean(dim=-1)
+        masked = (~visible).flatten(1).to(per_patch.dtype)
+        return (per_patch * masked).sum() / masked.sum().clamp_min(1.0)
+
+    def to_pixels(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """Undo the per-patch normalisation with the input's own patch statistics (for viewing)."""
+        dtype = torch.promote_types(images.dtype, torch.float32)
+        target = patchify(images.detach().to(dtype), self.patch_size)
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        rec = patchify(reconstruction.detach().to(dtype), self.patch_size) * std + mean
+        return unpatchify(rec, self.patch_size, self.grid(images))
+
+    def forward(self, images: torch.Tensor, visible: Optional[torch.Tensor] = None, *,
+                generator: Optional[torch.Generator] = None,
+                return_reconstruction: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Loss; with ``return_reconstruction`` also the (B, 3, H, W) reconstruction in input space
+        (per-patch statistics restored; paste the visible patches back with :func:`paste_visible`)."""
+        if visible is None:
+            visible = self.mask(images, generator)
+        visible = check_visible(visible, images, self.patch_size)
+        reconstruction = self.decoder(self.densify(images, visible))
+        loss = self.loss(images, reconstruction, visible)
+        if return_reconstruction:
+            return loss, self.to_pixels(images, reconstruction)
+        return loss
+
+
+def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto", drop_path: float = 0.0,
+                decoder_width: int = 768, mask_ratio: float = 0.6, densify_norm: str = "auto",
+                pretrained: bool = False, **ignored) -> SparK:
+    """A SparK model around a fresh timm backbone; the keyword names are a checkpoint's ``model_config``.
+
+    ``encoder_kind``: 'sparse' (SparseEncoder) or 'masked_dense' (SparK's reference encoder).
+    Keys of ``model_config`` that do not shape the model (input size, channels, …) are ignored.
+    """
+    import timm
+
+    from .convert import sparsify
+    from .reference import MaskedDenseEncoder
+
+    kind = encoder_kind.replace("-", "_")
+    if kind not in ("sparse", "masked_dense"):
+        raise ValueError(f"encoder_kind must be 'sparse' or 'masked_dense', got {encoder_kind!r}")
+    backbone = timm.create_model(arch, pretrained=pretrained, drop_path_rate=drop_path)
+    encoder = sparsify(backbone, backend=backend) if kind == "sparse" else MaskedDenseEncoder(backbone)
+    return SparK(encoder, decoder_width=decoder_width, mask_ratio=mask_ratio, densify_norm=densify_norm)
+
+
+def model_config(model: SparK, arch: str, *, backend: str, drop_path: float, input_size: int) -> dict:
+    """Everything :func:`build_spark` needs to rebuild ``model`` (stored in checkpoints)."""
+    return {"arch": arch, "encoder_kind": model.encoder_kind, "backend": backend, "drop_path": float(drop_path),
+            "decoder_width": int(model.decoder.widths[0]), "densify_norm": model.densify_norm,
+            "mask_ratio": float(model.mask_ratio), "input_size": int(input_size),
+            "patch_size": int(model.patch_size), "channels": [int(c) for c in model.encoder.channels],
+            "strides": [int(s) for s in model.encoder.strides]}

@@ -1,0 +1,199 @@
+"""Sparse depthwise kernels (kernels/depthwise.py) against their plain-PyTorch twin, and the twin
+against an independent dense computation; the halo-tile gather (kernels/tiles.py) on its own.
+
+Masks include an image with no visible patch (between two others, so row offsets are exercised)
+and patches in image corners (every halo reaches outside the image). Strides 4 to 32 cover halos
+narrower and wider than a patch block (r = 8 … 1 for a 7×7 kernel's halo of 3). The Triton kernels
+run in Triton's interpreter on CPU tensors, on small inputs.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spark_sparse.backends.base import ConvSpec
+from spark_sparse.features import SparseFeatures
+from spark_sparse.geometry import Geometry
+from spark_sparse.kernels.depthwise import choose_impl, sparse_depthwise_conv, why_unsupported
+from spark_sparse.kernels.tiles import gather_tiles, halo_tile_table, tiles_to_features
+
+from equivalence import rel_max, rel_norm
+
+C = 6
+
+
+def make_mask(batch: int) -> torch.Tensor:
+    """(batch, 2, 3): corners only, then (batch 3) an empty image, then a half-visible one."""
+    visible = torch.zeros(batch, 2, 3, dtype=torch.bool)
+    visible[0, 0, 0] = visible[0, 1, 2] = True
+    visible[-1, 0, 1] = visible[-1, 1, 0] = visible[-1, 1, 1] = True
+    if batch == 3:
+        assert not visible[1].any()
+    return visible
+
+
+def spec_for(kernel=7, dilation=1, stride=1):
+    pad = dilation * (kernel - 1) // 2
+    return ConvSpec(C, C, (kernel, kernel), (stride, stride), (pad, pad), (dilation, dilation), C)
+
+
+def run_impl(impl, x: SparseFeatures, weight, spec, dtype=None):
+    """Forward and backward of ``sum(out * g)``: (out, grad_features, grad_weight) in fp64."""
+    dtype = dtype or x.features.dtype
+    feats = x.features.detach().to(dtype).requires_grad_()
+    w = weight.detach().to(dtype).requires_grad_()
+    out = sparse_depthwise_conv(x.replace(feats), w, spec, impl)
+    g = torch.Generator().manual_seed(7)
+    out_grad = torch.randn(out.shape, generator=g).to(dtype)
+    (out * out_grad).sum().backward()
+    return out.detach().double(), feats.grad.double(), w.grad.double()
+
+
+def inputs(batch, stride, spec, seed=0):
+    geometry = Geometry(make_mask(batch))
+    g = torch.Generator().manual_seed(seed)
+    n = geometry.level(stride).num_sites
+    feats = torch.randn(n, C, generator=g)
+    weight = torch.randn(C, 1, *spec.kernel, generator=g)
+    return SparseFeatures(feats, geometry, stride), weight
+
+
+def dense_reference(x: SparseFeatures, weight, spec):
+    """Independent of the kernels: the core's scatter to a dense map, torch's conv, the core's gather."""
+    y = F.conv2d(x.dense(), weight, None, spec.stride, spec.padding, spec.dilation, spec.groups)
+    return SparseFeatures.from_dense(y, x.geometry, x.stride * spec.stride[0]).features
+
+
+@pytest.mark.parametrize("stride", [4, 8, 16, 32])
+@pytest.mark.parametrize("batch", [2, 3])
+def test_twin_equals_dense_conv(batch, stride):
+    spec = spec_for()
+    x, weight = inputs(batch, stride, spec)
+    x64 = x.replace(x.features.double().requires_grad_())
+    w64 = weight.double().requires_grad_()
+    out, gx, gw = run_impl("table", x64, w64, spec)
+    feats = x64.features.detach().requires_grad_()
+    w = w64.detach().requires_grad_()
+    ref = dense_reference(x64.replace(feats), w, spec)
+    g = torch.Generator().manual_seed(7)
+    (ref * torch.randn(ref.shape, generator=g).double()).sum().backward()
+    assert rel_max(out, ref.detach()) < 1e-12
+    assert rel_max(gx, feats.grad) < 1e-12 and rel_max(gw, w.grad) < 1e-12
+
+
+def test_twin_strided_and_dilated_equal_dense_conv():
+    for spec, stride in ((spec_for(3, stride=2), 4), (spec_for(3, dilation=2), 8)):
+        x, weight = inputs(3, stride, spec)
+        x = x.replace(x.features.double())
+        out = sparse_depthwise_conv(x, weight.double(), spec, "table")
+        assert rel_max(out, dense_reference(x, weight.double(), spec)) < 1e-12
+
+
+# The Triton kernels do not depend on the stride (they read the neighbour table); the interpreter
+# is slow, so they get fewer cases: stride 8 still spans several row blocks, stride 32 wide halos.
+FP32_CASES = [(impl, batch, stride) for impl in ("tiles", "dense", "triton") for batch in (2, 3)
+              for stride in ((4, 8, 16, 32) if impl != "triton" else (8, 32))]
+
+
+@pytest.mark.parametrize("impl,batch,stride", FP32_CASES)
+def test_fp32_equals_twin(impl, batch, stride):
+    if impl == "triton":
+        pytest.importorskip("triton")
+    spec = spec_for()
+    x, weight = inputs(batch, stride, spec)
+    out, gx, gw = run_impl(impl, x, weight, spec)
+    t_out, t_gx, t_gw = run_impl("table", x, weight, spec)
+    assert rel_max(out, t_out) < 1e-5
+    assert rel_max(gx, t_gx) < 1e-5
+    assert rel_max(gw, t_gw) < 1e-5
+
+
+@pytest.mark.parametrize("impl", ["table", "tiles", "dense", "triton"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_fp32_twin(impl, dtype):
+    """bf16 / fp16 (loose): against the fp32 twin on the same (half-representable) inputs."""
+    if impl == "triton":
+        pytest.importorskip("triton")
+    spec = spec_for()
+    for batch, stride in ((3, 8), (2, 16))[:1 if impl == "triton" else 2]:
+        x, weight = inputs(batch, stride, spec)
+        x = x.replace(x.features.to(dtype).float())
+        weight = weight.to(dtype).float()
+        out, gx, gw = run_impl(impl, x, weight, spec, dtype=dtype)
+        t_out, t_gx, t_gw = run_impl("table", x, weight, spec)
+        tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+        assert rel_max(out, t_out) < tol
+        assert rel_norm(gx, t_gx) < tol and rel_norm(gw, t_gw) < tol
+
+
+def test_triton_strided_equals_twin():
+    pytest.importorskip("triton")
+    spec = spec_for(3, stride=2)
+    x, weight = inputs(3, 8, spec)
+    for a, b in zip(run_impl("triton", x, weight, spec), run_impl("table", x, weight, spec)):
+        assert rel_max(a, b) < 1e-5
+
+
+def test_auto_choice_and_refusals():
+    spec = spec_for()
+    cpu = torch.device("cpu")
+    assert choose_impl(spec, 8, cpu, torch.float32) == "tiles"
+    assert [choose_impl(spec, r, cpu, torch.bfloat16) for r in (4, 2, 1)] == ["dense"] * 3
+    assert choose_impl(spec, 8, cpu, torch.float64) == "table"   # no fast fp64 depthwise conv on CPU
+    assert choose_impl(spec_for(3, stride=2), 8, cpu, torch.float32) == "table"
+    assert why_unsupported("tiles", spec_for(3, stride=2)) is not None
+    x, weight = inputs(2, 8, spec)
+    with pytest.raises(ValueError, match="cannot run this layer"):
+        sparse_depthwise_conv(x, weight, spec_for(3, stride=2), "tiles")
+    with pytest.raises(ValueError, match="choose one of"):
+        sparse_depthwise_conv(x, weight, spec, "cudnn")
+
+
+def test_autocast_runs_in_bf16():
+    spec = spec_for()
+    x, weight = inputs(3, 8, spec)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sparse_depthwise_conv(x, weight, spec, "auto")
+    assert out.dtype == torch.bfloat16
+    assert rel_max(out.double(), run_impl("table", x, weight, spec)[0]) < 3e-2
+
+
+# ---- the halo-tile gather -------------------------------------------------------------------
+
+def dense_tiles(x: SparseFeatures, halo: int) -> torch.Tensor:
+    """(P, C, T, T) cut from the zero-padded dense map: what the gather must return."""
+    r = x.level.r
+    padded = F.pad(x.dense(), (halo,) * 4)
+    p = x.geometry.patches
+    return torch.stack([padded[b, :, y * r:y * r + r + 2 * halo, xx * r:xx * r + r + 2 * halo]
+                        for b, y, xx in p.tolist()])
+
+
+@pytest.mark.parametrize("stride,halo", [(4, 3), (8, 1), (16, 3), (32, 3), (8, 0)])
+def test_gather_tiles_equals_padded_dense_crops(stride, halo):
+    x, _ = inputs(3, stride, spec_for())
+    feats = x.features.double().requires_grad_()
+    tiles = gather_tiles(x.replace(feats), halo)
+    assert tiles.shape == (x.geometry.num_patches, C, x.level.r + 2 * halo, x.level.r + 2 * halo)
+    assert tiles.is_contiguous(memory_format=torch.channels_last)
+    ref_feats = x.features.double().requires_grad_()
+    ref = dense_tiles(x.replace(ref_feats), halo)
+    assert torch.equal(tiles, ref)
+    g = torch.randn(tiles.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (tiles * g).sum().backward()
+    (ref * g).sum().backward()
+    assert rel_max(feats.grad, ref_feats.grad) < 1e-12  # backward: each site's copies summed
+
+
+def test_tiles_round_trip_and_cache():
+    x, _ = inputs(3, 8, spec_for())
+    for channels_last_shape in (False, True):
+        t = gather_tiles(x, 2, channels_last_shape=channels_last_shape)
+        assert torch.equal(tiles_to_features(t, 2, channels_last_shape=channels_last_shape), x.features)
+    assert torch.equal(gather_tiles(x, 2, channels_last_shape=True), gather_tiles(x, 2).permute(0, 2, 3, 1))
+    assert halo_tile_table(x.geometry, 8, 2) is halo_tile_table(x.geometry, 8, 2)
+    table = halo_tile_table(x.geometry, 32, 3)  # r = 1: a site lies in up to 7×7 tiles
+    assert table.inverse.shape[1] <= 49
+    # every pixel that reads a site is listed exactly once in that site's inverse row
+    assert int((table.inverse < table.num_pixels).sum()) == int((table.index < table.num_sites).sum())
+    listed = table.inverse[table.inverse < table.num_pixels]
+    assert listed.unique().numel() == listed.numel()

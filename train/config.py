@@ -1,0 +1,143 @@
+"""The ``spark-sparse pretrain`` options, their defaults, and the values derived from them.
+
+Defaults make the no-argument run a few-minute CPU job on the embedded photographs (a ResNet-18
+at 96 px, batch 16, 2 epochs of 18 steps). The optimisation recipe itself (LAMB, lr scaling, schedules,
+weight decay, clipping, drop path, augmentation, decoder) is SparK's at every setting; for
+ImageNet pass SparK's scale: ``--arch resnet50 --input-size 224 --batch-size 4096 --epochs 1600
+--warmup-epochs 40`` (see the README).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+# SparK's drop-path rates per backbone; other backbones train without drop path.
+DROP_PATH = {"resnet50": 0.05, "resnet101": 0.08, "resnet152": 0.1, "resnet200": 0.15,
+             "convnext_small": 0.2, "convnext_base": 0.3, "convnext_large": 0.4}
+
+
+# Peak lr of the no-argument demo run: SparK's on ImageNet (2e-4 × 4096 / 256).
+DEMO_PEAK_LR = 3.2e-3
+
+
+def default_drop_path(arch: str) -> float:
+    return DROP_PATH.get(arch.split(".")[0], 0.0)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--data", default=None, metavar="DIR",
+                      help="folder of images, flat or in class sub-folders (ImageNet's train/); omitted: the "
+                           "embedded data set, real photographs shipped with scikit-image cut into 288 crops")
+    data.add_argument("--input-size", type=int, default=96,
+                      help="training crop size in pixels, a multiple of 32 (SparK on ImageNet: 224)")
+    data.add_argument("--workers", type=int, default=None,
+                      help="data-loading processes per training process (default: min(8, CPUs per process))")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--arch", default="resnet18",
+                       help="timm backbone: resnet18 … resnet200, resnet*d, convnext_* (SparK's main: resnet50)")
+    model.add_argument("--encoder", default="sparse", choices=["sparse", "masked-dense"],
+                       help="sparse: only visible patches are computed; masked-dense: SparK's reference "
+                            "(dense convs, masked sites zeroed), same numbers at full cost")
+    model.add_argument("--backend", default="auto", choices=["auto", "torch", "spconv"],
+                       help="k×k convolution backend of the sparse encoder")
+    model.add_argument("--drop-path", type=float, default=None,
+                       help="stochastic depth rate (default: SparK's per model, 0.05/0.08/0.1/0.15 for "
+                            "ResNet-50/101/152/200, 0.2/0.3/0.4 for ConvNeXt-S/B/L, else 0)")
+    model.add_argument("--mask-ratio", type=float, default=0.6, help="fraction of 32×32 patches hidden")
+    model.add_argument("--decoder-width", type=int, default=768,
+                       help="LightDecoder width at stride 32, halved at every upsampling step")
+    model.add_argument("--densify-norm", default="auto", choices=["auto", "bn", "ln", "none"],
+                       help="norm of the active sites before densifying: auto = BatchNorm for BatchNorm "
+                            "backbones (ResNets), LayerNorm otherwise (ConvNeXts)")
+
+    opt = p.add_argument_group("optimisation (SparK's recipe)")
+    opt.add_argument("--batch-size", type=int, default=16,
+                     help="global batch size, split evenly over the processes (SparK on ImageNet: 4096)")
+    opt.add_argument("--epochs", type=float, default=2, help="training epochs (SparK on ImageNet: 1600)")
+    opt.add_argument("--steps", type=int, default=None,
+                     help="stop after this many optimiser steps in all (default: epochs × steps per epoch); "
+                          "the schedules span these steps")
+    opt.add_argument("--warmup-epochs", type=float, default=0.5, help="linear lr warm-up (SparK on ImageNet: 40)")
+    opt.add_argument("--base-lr", type=float, default=2e-4, help="peak lr = base-lr × batch-size / 256")
+    opt.add_argument("--lr", type=float, default=None,
+                     help="peak lr, overriding --base-lr scaling (default without --data: %g, SparK's ImageNet "
+                          "peak, so that the few-minute demo visibly learns at its batch of 16)" % DEMO_PEAK_LR)
+    opt.add_argument("--wd", type=float, default=0.04, help="weight decay at the start (cosine to --wd-end)")
+    opt.add_argument("--wd-end", type=float, default=0.2, help="weight decay at the end")
+    opt.add_argument("--clip", type=float, default=5.0, help="clip the global gradient norm (<= 0: off)")
+    opt.add_argument("--opt", default="lamb", choices=["lamb", "adamw"],
+                     help="optimiser; betas (0.9, 0.95) for ResNets and (0.9, 0.999) for ConvNeXts, as SparK")
+    opt.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                     help="mixed precision: auto = bf16 on CUDA GPUs that support it, off on the CPU")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--out", default=os.path.join("runs", "pretrain"), metavar="DIR",
+                     help="output folder: checkpoints/, tensorboard/, vis/ (reconstruction PNGs), metrics.jsonl")
+    run.add_argument("--resume", default="auto", metavar="auto|none|FILE",
+                     help="auto: continue from the newest valid checkpoint in --out (a fresh start when there "
+                          "is none); none: start fresh (refused if --out holds checkpoints); or a checkpoint file")
+    run.add_argument("--ckpt-every", type=int, default=500,
+                     help="also save every N steps (0: only at the end of each epoch and of the run)")
+    run.add_argument("--keep-ckpts", type=int, default=3, help="checkpoints kept (the newest; <= 0: all)")
+    run.add_argument("--log-every", type=int, default=10, help="print a log line every N steps")
+    run.add_argument("--vis-every", type=int, default=0,
+                     help="also save a reconstruction grid every N steps (always: after the first step, at the "
+                          "end of each epoch and of the run)")
+    run.add_argument("--vis-images", type=int, default=8, help="images in a reconstruction grid")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (under torchrun: the local rank's GPU)")
+    run.add_argument("--progress", default=None, action=argparse.BooleanOptionalAction,
+                     help="progress bar (default: when stderr is a terminal)")
+
+
+def check_args(args) -> None:
+    """Clear errors for values that cannot work, before anything is built."""
+    if args.input_size <= 0 or args.input_size % 32:
+        raise ValueError(f"--input-size must be a positive multiple of 32 (the backbone stride), got {args.input_size}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0.0 <= args.mask_ratio < 1.0:
+        raise ValueError(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
+    if args.epochs <= 0 and not args.steps:
+        raise ValueError(f"--epochs must be > 0 (or give --steps), got {args.epochs}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.warmup_epochs < 0:
+        raise ValueError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+
+
+def default_workers(local_world: int) -> int:
+    return max(0, min(8, (os.cpu_count() or 1) // max(1, local_world)))
+
+
+def peak_lr(args, global_batch: int) -> float:
+    """SparK's linear scaling, except on the embedded demo data where its batch of 16 would give
+    1.25e-5 — a rate at which 36 LAMB steps move no weight visibly."""
+    if args.lr is not None:
+        return args.lr
+    if args.data is None:
+        return DEMO_PEAK_LR
+    return args.base_lr * global_batch / 256
+
+
+def drop_path(args) -> float:
+    return default_drop_path(args.arch) if args.drop_path is None else args.drop_path
+
+
+def amp_dtype(name: str, device) -> Optional[str]:
+    """'bf16', 'fp16' or None (off)."""
+    if name == "auto":
+        if device.type == "cuda":
+            import torch
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return None
+    return None if name == "off" else name
+
+
+def plain_args(args) -> dict:
+    """The arguments as plain values (for checkpoints)."""
+    return {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"
+            and (v is None or isinstance(v, (str, int, float, bool, list, tuple)))}

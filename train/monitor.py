@@ -1,0 +1,133 @@
+"""What a run shows: a progress bar, log lines, TensorBoard scalars and image grids, PNG files.
+
+Only the main process (rank 0) writes anything. Every step's scalars go to TensorBoard and to
+``metrics.jsonl``; every ``log_every`` steps a plain log line is printed too (readable in files
+and CI logs, where the progress bar is off because stderr is not a terminal).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+from collections import deque
+from typing import Dict, Optional
+
+import torch
+
+
+def reconstruction_grid(images: torch.Tensor, visible: torch.Tensor, reconstruction: torch.Tensor,
+                        patch_size: int, padding: int = 2) -> torch.Tensor:
+    """SparK's figure as one (3, H', W') [0, 1] image: a column per image, rows input / masked input /
+    reconstruction with the visible patches pasted back. ``images`` and ``reconstruction`` are
+    normalised (B, 3, H, W) (the reconstruction in input space, see ``SparK.to_pixels``)."""
+    from torchvision.utils import make_grid
+
+    from ..spark import paste_visible
+    from .data import denormalize
+
+    x = images.detach().float()
+    keep = torch.nn.functional.interpolate(visible[:, None].float(), scale_factor=patch_size)
+    rows = torch.cat([denormalize(x), denormalize(x) * keep,
+                      denormalize(paste_visible(x, reconstruction.detach().float(), visible))])
+    return make_grid(rows.clamp(0.0, 1.0).cpu(), nrow=x.shape[0], padding=padding, pad_value=1.0)
+
+
+def _eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(max(0.0, seconds))))
+
+
+class Monitor:
+    def __init__(self, out_dir: str, enabled: bool, total_steps: int, start_step: int, log_every: int = 10,
+                 progress: Optional[bool] = None):
+        self.enabled = enabled
+        self.out_dir = out_dir
+        self.total_steps = total_steps
+        self.log_every = max(1, log_every)
+        self.step_times = deque(maxlen=50)
+        self.writer = None
+        self.bar = None
+        self.metrics_file = None
+        if not enabled:
+            return
+        os.makedirs(os.path.join(out_dir, "vis"), exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        # a resumed run redoes the steps after its checkpoint: drop what the interrupted run logged for them
+        self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"),
+                                    purge_step=start_step + 1 if start_step else None)
+        self.metrics_file = self._open_metrics(os.path.join(out_dir, "metrics.jsonl"), start_step)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            desc="pretrain", smoothing=0.1)
+
+    @staticmethod
+    def _open_metrics(path: str, start_step: int):
+        """Append to ``metrics.jsonl``, first dropping records past ``start_step`` (a resumed run redoes them)."""
+        if os.path.exists(path):
+            kept = []
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        if json.loads(line).get("step", 0) <= start_step:
+                            kept.append(line)
+                    except ValueError:
+                        pass  # a line cut short by a kill
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+        return open(path, "a", encoding="utf-8")
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def step(self, step: int, epoch: int, metrics: Dict[str, float]) -> None:
+        """Record the metrics of optimiser step ``step`` (1-based count of steps done)."""
+        if not self.enabled:
+            return
+        self.step_times.append(metrics.get("step_time", 0.0))
+        for name, value in metrics.items():
+            if name != "step_time":
+                self.writer.add_scalar(f"train/{name}", value, step)
+        record = {"step": step, "epoch": epoch, "time": time.time(), **metrics}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        eta = _eta(sum(self.step_times) / len(self.step_times) * (self.total_steps - step))
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                                 img_s=f"{metrics['img_per_s']:.1f}", refresh=False)
+            self.bar.update(step - self.bar.n)
+        if step % self.log_every == 0 or step == self.total_steps or step == 1:
+            self.metrics_file.flush()
+            self.message(f"step {step}/{self.total_steps}  epoch {epoch}  loss {metrics['loss']:.4f}  "
+                         f"lr {metrics['lr']:.3e}  wd {metrics['wd']:.3f}  grad_norm {metrics['grad_norm']:.3f}  "
+                         f"{metrics['img_per_s']:.1f} img/s  data {metrics['data_time'] * 1000:.0f} ms  ETA {eta}")
+
+    def images(self, step: int, grid: torch.Tensor) -> Optional[str]:
+        """Save a (3, H, W) [0, 1] image grid as PNG and to TensorBoard; return the PNG's path."""
+        if not self.enabled:
+            return None
+        from torchvision.utils import save_image
+        path = os.path.join(self.out_dir, "vis", f"reconstruction-{step:08d}.png")
+        save_image(grid, path)
+        self.writer.add_image("reconstruction/input-masked-reconstruction", grid, step)
+        return path
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.writer.flush()
+            self.metrics_file.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+        self.metrics_file.close()
