@@ -20,8 +20,9 @@ DENSE_FORMATS = ("auto", "contiguous", "channels_last")
 
 # --quick: small enough for CI (2 cores, well under 40 s with the test around it); it checks that
 # every code path runs and that the outputs are valid, not the speed of anything.
-QUICK = dict(models=["resnet18", "convnext_atto"], mask_ratios=[0.0, 0.5], batches=[2], image_size=(64, 64),
-             warmup=0, repeats=2, format_trials=1, profile_warmup=0, profile_repeats=1, profile_model="resnet18")
+QUICK = dict(models=["resnet18", "convnext_atto"], mask_ratios=[0.5], batches=[2], image_size=(64, 64),
+             warmup=0, repeats=1, dense_format="contiguous", decoder_width=32, memory_modes=["fwd_bwd"],
+             profile_warmup=0, profile_repeats=1, profile_model="resnet18")
 
 
 @dataclass
@@ -40,6 +41,8 @@ class BenchConfig:
     dense_format: str = "auto"
     format_trials: int = 2                      # 'auto' format: best of this many calls per format
     memory: bool = True
+    memory_modes: Optional[List[str]] = None    # modes whose peak memory is measured; None = every timed mode
+    decoder_width: int = 768                    # the SparK step's LightDecoder width (SparK's default)
     tf32: bool = False
     seed: int = 0
     profile_model: Optional[str] = ""           # '' = first model that runs; None = no profile
@@ -56,6 +59,11 @@ class BenchConfig:
         if self.dtypes is not None:
             return list(self.dtypes)
         return ["fp32"] if device == "cpu" else ["fp32", "bf16", "fp16"]
+
+    def measured_memory_modes(self) -> List[str]:
+        if not self.memory:
+            return []
+        return [m for m in self.modes if self.memory_modes is None or m in self.memory_modes]
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -77,7 +85,7 @@ class BenchConfig:
         for b in self.batches:
             if b < 1:
                 raise ValueError(f"batch sizes must be >= 1, got {b}")
-        for m in self.modes:
+        for m in self.modes + (self.memory_modes or []):
             if m not in MODES:
                 raise ValueError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
         for device in self.devices:
@@ -88,6 +96,8 @@ class BenchConfig:
             for d in self.dtypes_for(device):
                 if d not in DTYPES:
                     raise ValueError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+        if self.decoder_width < 1:
+            raise ValueError(f"decoder width must be >= 1, got {self.decoder_width}")
         if self.dense_format not in DENSE_FORMATS:
             raise ValueError(f"unknown dense format {self.dense_format!r}; choose from {', '.join(DENSE_FORMATS)}")
         if self.warmup < 0 or self.profile_warmup < 0 or self.repeats < 1 or self.profile_repeats < 1 \

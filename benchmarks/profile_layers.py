@@ -28,30 +28,48 @@ from .config import DTYPES
 from .contenders import Call, autocast, create_model, make_inputs
 from .timing import median_ms, time_interleaved
 
-# Dense modules that act on the last dimension: their dense twin takes a channels-last (B, H, W, C) map.
-LAST_DIM_TYPES = (nn.Linear,)
 PROFILE_MODES = ("fwd", "fwd_bwd")
 
 
 def _channels_last_twin(module: nn.Module) -> bool:
-    return isinstance(module, LAST_DIM_TYPES) or type(module) is nn.LayerNorm
+    """Dense layers that act on the last dimension (Linear, channels-last LayerNorm, channels-last GRN)
+    take NHWC maps, as in the dense model."""
+    from timm.layers import LayerNorm2d
+    return (isinstance(module, nn.Linear) or getattr(module, "channel_dim", None) == -1
+            or (isinstance(module, nn.LayerNorm) and not isinstance(module, LayerNorm2d)))
 
 
 def how(module: nn.Module, x: SparseFeatures) -> str:
-    """How the sparse layer computes (for convs: pointwise / patchify matmul, or the backend chosen)."""
-    if isinstance(module, SparseConv2d):
-        kind = module.kind
-        if kind == "patchify" and x.level.r % module.spec.stride[0]:
-            kind = "table"
-        name = f"{module.spec.kernel[0]}x{module.spec.kernel[1]}"
-        if module.spec.stride[0] > 1:
-            name += f"/{module.spec.stride[0]}"
-        if module.spec.groups > 1:
-            name += " dw"
-        if kind == "table":
-            return f"{name} {resolve_backend(module.backend, module.spec, x.features).name}"
+    """How a sparse layer computes: for convs their shape and what runs them ('3x3 tiles',
+    '1x1 matmul', '7x7 dw dense', …) — the same choice the layer's forward makes."""
+    if not isinstance(module, SparseConv2d):
+        return "sparse" if isinstance(module, SparseModule) else "per site"
+    s = module.spec
+    name = f"{s.kernel[0]}x{s.kernel[1]}" + (f"/{s.stride[0]}" if s.stride[0] > 1 else "")
+    kind = module.kind
+    if kind == "patchify" and x.level.r % s.stride[0]:
+        kind = "table"
+    if kind in ("pointwise", "patchify"):
         return f"{name} matmul"
-    return "per site" if not isinstance(module, SparseModule) else "sparse"
+    if kind == "depthwise":
+        from spark_sparse.backends.base import compute_dtype
+        from spark_sparse.kernels.depthwise import choose_impl
+        impl = module.depthwise
+        if impl == "auto":
+            impl = choose_impl(s, x.level.r, x.features.device, compute_dtype(x.features))
+        return f"{name} dw {impl}"
+    return f"{name} {resolve_backend(module.backend, s, x.features, x.level.r).name}"
+
+
+def layer_macs(module: nn.Module, sites: int, dense_sites: int):
+    """Exact MACs of a conv or Linear layer on ``sites`` inputs, and of its dense twin on all sites."""
+    if isinstance(module, SparseConv2d):
+        area = module.spec.stride[0] * module.spec.stride[1]
+        return {"sparse": conv_macs(sites // area, module), "dense": conv_macs(dense_sites // area, module)}
+    if isinstance(module, nn.Linear):
+        per_site = module.in_features * module.out_features
+        return {"sparse": sites * per_site, "dense": dense_sites * per_site}
+    return None
 
 
 def _output(y):
@@ -140,8 +158,8 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
         except AttributeError:
             twin = None
         channels_last = twin is not None and _channels_last_twin(twin)
-        dense_in = sf.dense()
-        dense_in = dense_in.permute(0, 2, 3, 1).contiguous() if channels_last else dense_in.contiguous(memory_format=fmt)
+        masked_in = sf.dense().contiguous(memory_format=fmt)  # NCHW, as the masked-dense reference runs
+        dense_in = masked_in.permute(0, 2, 3, 1).contiguous() if channels_last else masked_in
 
         def sparse_input(g):
             return sf.replace(_fresh(sf.features, g)) if isinstance(x, SparseFeatures) else _fresh(x, g)
@@ -153,19 +171,18 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
             if twin is not None:
                 calls[("dense", mode)] = _layer_call(twin, lambda g: _fresh(dense_in, g), mode, twin, dev,
                                                      amp_dtype, grads, f"{path}:dense")
-                if not channels_last:
-                    calls[("masked-dense", mode)] = _layer_call(
-                        lambda t: masked_forward(twin, t, masks, path), lambda g: _fresh(dense_in, g), mode, twin,
-                        dev, amp_dtype, grads, f"{path}:dense")
+                calls[("masked-dense", mode)] = _layer_call(
+                    lambda t: masked_forward(twin, t, masks, path), lambda g: _fresh(masked_in, g), mode, twin,
+                    dev, amp_dtype, grads, f"{path}:masked")
         times, errors = time_interleaved({f"{k}|{m}": c for (k, m), c in calls.items()}, warmup=warmup,
                                          repeats=repeats, device=dev)
         row = {"path": path, "type": type(module).__name__, "how": how(module, sf),
-               "sites": sf.features.shape[0], "dense_sites": dense_in.numel() // sf.channels,
-               "channels": sf.channels, "stride": sf.stride, "time_ms": {}, "errors": errors}
-        if isinstance(module, SparseConv2d):
-            n_out = sf.level.num_sites // (module.spec.stride[0] ** 2)
-            row["macs"] = {"sparse": conv_macs(n_out, module),
-                           "dense": conv_macs(row["dense_sites"] // (module.spec.stride[0] ** 2), module)}
+               "sites": sf.features.shape[0], "dense_sites": masked_in.numel() // sf.channels,
+               "channels": sf.channels, "stride": sf.stride, "dense_layout": "NHWC" if channels_last else "NCHW",
+               "time_ms": {}, "errors": errors}
+        macs = layer_macs(module, row["sites"], row["dense_sites"])
+        if macs is not None:
+            row["macs"] = macs
         for key, t in times.items():
             kind, mode = key.split("|")
             row["time_ms"].setdefault(mode, {})[kind] = median_ms(t)

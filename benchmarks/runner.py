@@ -27,9 +27,11 @@ class Case:
     """One model at one batch size on one device and dtype: its contenders, inputs and SparK steps."""
 
     def __init__(self, model_name: str, device: str, dtype: str, batch: int, image_size: Tuple[int, int],
-                 backends: List[str], seed: int = 0, formats: Optional[Dict[str, str]] = None):
+                 backends: List[str], seed: int = 0, formats: Optional[Dict[str, str]] = None,
+                 decoder_width: int = 768):
         self.model_name, self.dtype, self.batch = model_name, dtype, batch
         self.image_size, self.backends, self.seed = tuple(image_size), list(backends), seed
+        self.decoder_width = decoder_width
         self.device = torch.device(device)
         self.amp_dtype = DTYPES[dtype]
         torch.manual_seed(seed)  # the same weights in the memory child process
@@ -43,13 +45,13 @@ class Case:
     @classmethod
     def from_spec(cls, spec: dict) -> "Case":
         return cls(spec["model"], spec["device"], spec["dtype"], spec["batch"], spec["image_size"],
-                   spec["backends"], spec["seed"], spec["formats"])
+                   spec["backends"], spec["seed"], spec["formats"], spec["decoder_width"])
 
     def spec(self, ratios: List[float], modes: List[str], threads: int) -> dict:
         return {"model": self.model_name, "device": self.device.type, "dtype": self.dtype, "batch": self.batch,
                 "image_size": list(self.image_size), "backends": self.backends, "seed": self.seed,
                 "formats": {n: c.memory_format for n, c in self.contenders.items() if c.kind != "sparse"},
-                "ratios": list(ratios), "modes": list(modes), "threads": threads}
+                "ratios": list(ratios), "modes": list(modes), "threads": threads, "decoder_width": self.decoder_width}
 
     def inputs(self, ratio: float) -> Tuple[torch.Tensor, torch.Tensor]:
         return make_inputs(self.batch, self.image_size, ratio, self.seed, self.device)
@@ -61,7 +63,8 @@ class Case:
         if name not in self._steps:
             c = self.contenders[name]
             try:
-                self._steps[name] = make_step(c.kind, self.model_name, c.encoder, amp_dtype=self.amp_dtype)
+                self._steps[name] = make_step(c.kind, self.model_name, c.encoder, amp_dtype=self.amp_dtype,
+                                              decoder_width=self.decoder_width)
             except Exception as e:
                 self._steps[name] = f"unavailable (SparK({c.kind}) failed: {type(e).__name__}: {e})"
         return self._steps[name]
@@ -188,43 +191,43 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
                 rec["unavailable"][mode] = unavailable
             if errors:
                 rec["errors"][mode] = errors
-            if cfg.memory and device.type == "cuda":
+            if mode in cfg.measured_memory_modes() and device.type == "cuda":
                 mem = {n: cuda_peak_growth(calls[n], device) for n in times if n not in aliases}
                 rec["peak_memory_bytes"][mode] = dict(mem, **{a: mem[t] for a, t in aliases.items() if t in mem})
             bar.update(1)
         add_ratios(rec)
         bar.write(summary_line(rec))
         records.append(rec)
-    if cfg.memory and device.type == "cpu":
-        _cpu_memory(case, cfg, records)
     return records
 
 
-def _cpu_memory(case: Case, cfg: BenchConfig, records: List[dict]) -> None:
-    reason = cpu_peak_rss_supported()
-    modes = list(cfg.modes)
+def cpu_memory(pending: List[Tuple[dict, List[dict]]]) -> None:
+    """Peak RSS of every CPU case (spec, its records), measured in one child process, into the records."""
+    if not pending:
+        return
     try:
+        reason = cpu_peak_rss_supported()
         if reason is not None:
             raise RuntimeError(reason)
-        spec = case.spec(cfg.mask_ratios, modes, torch.get_num_threads())
-        spec["aliases"] = {str(rec["mask_ratio"]): rec["aliases"] for rec in records}
-        measured = measure_cpu_in_child(spec)
+        measured = measure_cpu_in_child([spec for spec, _ in pending])
     except Exception as e:
         print(f"warning: CPU memory not measured: {e}", file=sys.stderr)
-        for rec in records:
-            rec["peak_memory_bytes"] = {"unavailable": str(e)}
+        for _, records in pending:
+            for rec in records:
+                rec["peak_memory_bytes"] = {"unavailable": str(e)}
         return
-    for rec in records:
-        per_mode = measured[str(rec["mask_ratio"])]
-        for per in per_mode.values():
-            per.update({a: per[t] for a, t in rec["aliases"].items() if t in per})
-        rec["peak_memory_bytes"] = {mode: {n: v for n, v in per_mode[mode].items() if isinstance(v, int)}
-                                    for mode in modes if mode in per_mode}
-        errs = {mode: {n: v for n, v in per_mode[mode].items() if isinstance(v, str) and v.startswith("error")}
-                for mode in modes if mode in per_mode}
-        if any(errs.values()):
-            rec["memory_errors"] = {m: e for m, e in errs.items() if e}
-        add_ratios(rec)
+    for (spec, records), result in zip(pending, measured):
+        for rec in records:
+            per_mode = result[str(rec["mask_ratio"])]
+            for per in per_mode.values():
+                per.update({a: per[t] for a, t in rec["aliases"].items() if t in per})
+            rec["peak_memory_bytes"] = {mode: {n: v for n, v in per.items() if isinstance(v, int)}
+                                        for mode, per in per_mode.items()}
+            errs = {mode: {n: v for n, v in per.items() if isinstance(v, str) and v.startswith("error")}
+                    for mode, per in per_mode.items()}
+            if any(errs.values()):
+                rec["memory_errors"] = {m: e for m, e in errs.items() if e}
+            add_ratios(rec)
 
 
 def summary_line(rec: dict) -> str:
@@ -260,12 +263,14 @@ def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[
     jobs = [(d, t, m, b) for d in cfg.devices for t in cfg.dtypes_for(d) for m in cfg.models for b in cfg.batches]
     bar = _progress(0 if cfg.profile_only else len(jobs) * len(cfg.mask_ratios) * len(cfg.modes), progress)
     skipped = set()
+    pending_memory: List[Tuple[dict, List[dict]]] = []  # CPU cases: measured together in one child
     for device, dtype, model_name, batch in ([] if cfg.profile_only else jobs):
         if (device, dtype, model_name) in skipped:
             bar.update(len(cfg.mask_ratios) * len(cfg.modes))
             continue
         try:
-            case = Case(model_name, device, dtype, batch, cfg.image_size, backends, cfg.seed)
+            case = Case(model_name, device, dtype, batch, cfg.image_size, backends, cfg.seed,
+                        decoder_width=cfg.decoder_width)
         except Exception as e:
             skipped.add((device, dtype, model_name))
             reason = skip_reason(e)
@@ -274,7 +279,12 @@ def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[
             bar.write(f"skipped {model_name}: {reason}")
             bar.update(len(cfg.mask_ratios) * len(cfg.modes))
             continue
-        doc["results"].extend(run_case(case, cfg, bar))
+        records = run_case(case, cfg, bar)
+        doc["results"].extend(records)
+        if cfg.measured_memory_modes() and device == "cpu":
+            spec = case.spec(cfg.mask_ratios, cfg.measured_memory_modes(), torch.get_num_threads())
+            spec["aliases"] = {str(rec["mask_ratio"]): rec["aliases"] for rec in records}
+            pending_memory.append((spec, records))
         if checkpoint is not None:
             checkpoint(doc)
         del case
@@ -282,6 +292,9 @@ def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[
         if device == "cuda":
             torch.cuda.empty_cache()
     bar.close()
+    cpu_memory(pending_memory)
+    if checkpoint is not None:
+        checkpoint(doc)
     _profile(cfg, doc, backends, progress)
     doc["environment"]["load_average_end"] = load_average()
     return doc

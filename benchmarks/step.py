@@ -70,15 +70,16 @@ class SparkStep:
 
 
 def make_step(encoder_kind: str, model_name: str, encoder: nn.Module, *,
-              amp_dtype: torch.dtype = torch.float32, lr: float = 1e-4) -> SparkStep:
+              amp_dtype: torch.dtype = torch.float32, decoder_width: int = 768, lr: float = 1e-4) -> SparkStep:
     """A SparK pre-training step around ``encoder`` (of ``encoder_kind`` 'sparse', 'masked_dense' or
     'dense', for timm model ``model_name``): the place for per-kind or per-model SparK options.
+    ``decoder_width`` is the LightDecoder's (SparK's 768 unless a test wants a small head).
 
     The optimizer is AdamW: SparK trains with LAMB, whose per-parameter cost is of the same
     (elementwise) kind and small next to the convolutions; every contender gets the same one.
     """
     from spark_sparse.spark import SparK
     device = next(encoder.parameters()).device
-    model = SparK(encoder).to(device).train()
+    model = SparK(encoder, decoder_width=decoder_width).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.04)
     return SparkStep(model, optimizer, amp_dtype, device)

@@ -17,7 +17,7 @@ import spark_sparse as ss
 from spark_sparse.benchmarks import report
 from spark_sparse.benchmarks.contenders import Call, DenseEncoder, make_inputs
 from spark_sparse.benchmarks.macs import dense_encoder_macs, encoder_macs, ideal_ratio, mac_ratio, step_macs
-from spark_sparse.benchmarks.memory import cpu_peak_rss_supported, rss_peak_growth
+from spark_sparse.benchmarks.memory import cpu_peak_rss_supported
 from spark_sparse.benchmarks.step import NOT_INSTALLED, make_step, spark_status
 from spark_sparse.benchmarks.timing import paired_speedup, time_interleaved
 from spark_sparse.cli import build_parser, main
@@ -38,24 +38,33 @@ def test_quick_run_writes_valid_results(tmp_path, capsys):
     assert env["versions"]["torch"] == torch.__version__ and env["cpu"]["torch_threads"] == torch.get_num_threads()
 
     recs = [r for r in doc["results"] if r["model"] == "resnet18"]
-    assert [r["mask_ratio"] for r in recs] == [0.0, 0.5]
+    assert [r["mask_ratio"] for r in recs] == [0.5]
     for rec in recs:
         names = set(rec["contenders"])
         assert {"sparse[auto]", "sparse[torch]", "masked-dense", "dense"} <= names
         for mode in ("fwd", "fwd_bwd"):
             assert set(rec["time_ms"][mode]) == names, rec.get("errors")
-            assert len(rec["time_ms"][mode]["dense"]["repeats"]) == 2
+            assert len(rec["time_ms"][mode]["dense"]["repeats"]) == 1
             assert rec["speedup"][mode]["sparse[auto]"]["vs_masked_dense"] > 0
         # exact MACs: the sparse encoder's count is the dense count times the visible fraction
         macs = rec["macs"]["encoder"]
         assert macs["sparse"] * rec["total_patches"] == macs["masked-dense"] * rec["visible_patches"]
         assert rec["mac_ratio"]["encoder"] == pytest.approx(rec["ideal_ratio"])
-        if spark_status() is not None:  # until the SparK head lands the step says so, never faked
+        if spark_status() is None:  # the whole step, with the dense head counted once for everyone
+            assert set(rec["time_ms"]["step"]) == names, rec.get("errors")
+            head = rec["macs"]["head"]
+            assert head > 0 and rec["macs"]["step"] == {k: v + head for k, v in macs.items()}
+        else:  # without the SparK head the step says so, never faked
             assert rec["time_ms"]["step"] == {} and rec["macs"]["step"] is None
             assert set(rec["unavailable"]["step"].values()) == {spark_status()}
         if cpu_peak_rss_supported() is None:
+            # measured in a child process: every fwd+bwd allocates at least the encoder's gradients (set
+            # to None before each call). Were freed memory kept resident and reused (glibc does that
+            # without the child's pinned mmap threshold), the growth would fall below that.
+            grads = 4 * sum(p.numel() for n, p in timm.create_model("resnet18").named_parameters()
+                            if not n.startswith("fc."))
             mem = rec["peak_memory_bytes"]["fwd_bwd"]
-            assert set(mem) == names and all(v > 0 for v in mem.values())
+            assert set(mem) == names and all(v >= 0.95 * grads for v in mem.values()), (mem, grads)
 
     # a model that cannot be sparsified yet is reported, with the reason, not a crash
     ran = {r["model"] for r in doc["results"]}
@@ -79,10 +88,12 @@ def test_quick_run_writes_valid_results(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "wrote" in printed and "whole SparK step" in printed
 
-    # the tables and plots can be regenerated from the JSON alone
+    # the tables (and plots) can be regenerated from the JSON alone
     again = tmp_path / "again"
-    assert main(["bench", "--render", str(out / "results.json"), "--out", str(again)]) == 0
-    assert (again / "results.md").read_text() == md and (again / "speedup.png").read_bytes()[:8] == PNG
+    assert main(["bench", "--render", str(out / "results.json"), "--out", str(again), "--no-plots"]) == 0
+    def text(markdown):  # what remains without the image links
+        return [line for line in markdown.splitlines() if line and not line.startswith("![")]
+    assert text((again / "results.md").read_text()) == text(md)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,15 +229,6 @@ def test_interleaving_rotates_and_a_failure_keeps_the_others():
     assert len(times["a"]) == len(times["c"]) == 3 and all(t > 0 for t in times["a"])
 
 
-@pytest.mark.skipif(cpu_peak_rss_supported() is not None, reason="needs Linux /proc/self/clear_refs")
-def test_peak_rss_growth_sees_a_transient_allocation():
-    size = 64 * 2 ** 20
-    held = []
-    grow = rss_peak_growth(Call(lambda: torch.ones(size // 4).sum()))  # allocated and freed inside
-    assert 0.95 * size <= grow < size + 24 * 2 ** 20  # other pages may come and go meanwhile
-    assert rss_peak_growth(Call(lambda: held.append(1))) < 8 * 2 ** 20
-
-
 # ---------------------------------------------------------------------------------------------
 # the SparK step adapter
 
@@ -239,7 +241,7 @@ class _SparkLike(nn.Module):
     """A stand-in with the expected API (SparK(encoder); loss = model(images, visible)): a 1×1 conv
     head on the last stage, so the adapter's plumbing is tested without the real head."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, decoder_width=768):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Conv2d(encoder.channels[-1], 8, 1)

@@ -25,8 +25,9 @@ S = argparse.SUPPRESS  # unset options fall back to the defaults (or to --quick'
 def add_arguments(p):
     from spark_sparse.benchmarks.config import DEFAULT_MASK_RATIOS, DEFAULT_MODELS, DENSE_FORMATS, MODES
     p.add_argument("--quick", action="store_true",
-                   help="tiny run for CI: resnet18 (and convnext_atto) at 64×64, batch 2, mask ratios 0 and 0.5, "
-                        "2 repeats; checks that everything runs and the outputs are valid, measures nothing useful")
+                   help="tiny run for CI: resnet18 and convnext_atto at 64×64, batch 2, mask ratio 0.5, one "
+                        "repeat, decoder width 32; checks that everything runs and the outputs are valid, "
+                        "measures nothing useful")
     p.add_argument("--models", nargs="+", default=S, metavar="NAME",
                    help=f"timm model names (any timm ResNet/ConvNeXt; default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--mask-ratios", nargs="+", type=float, default=S, metavar="R",
@@ -50,6 +51,10 @@ def add_arguments(p):
     p.add_argument("--dense-format", choices=list(DENSE_FORMATS), default=S,
                    help="memory format of the dense contenders; auto times both and keeps the faster (default: auto)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.add_argument("--memory-modes", nargs="+", choices=list(MODES), default=S,
+                   help="modes whose peak memory is measured (default: every timed mode)")
+    p.add_argument("--decoder-width", type=int, default=S,
+                   help="LightDecoder width of the whole-step mode (default: 768, SparK's)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA for fp32 (off by default: fp32 means fp32)")
     p.add_argument("--seed", type=int, default=S, help="seed of weights, images and masks (default: 0)")
     p.add_argument("--profile-model", default=S, metavar="NAME",
@@ -73,7 +78,8 @@ def add_arguments(p):
 FIELDS = {"models": "models", "mask_ratios": "mask_ratios", "batch": "batches", "devices": "devices",
           "dtypes": "dtypes", "backends": "backends", "modes": "modes", "warmup": "warmup", "repeats": "repeats",
           "threads": "threads", "dense_format": "dense_format", "seed": "seed", "profile_ratio": "profile_ratio",
-          "profile_batch": "profile_batch", "profile_repeats": "profile_repeats"}
+          "profile_batch": "profile_batch", "profile_repeats": "profile_repeats",
+          "decoder_width": "decoder_width", "memory_modes": "memory_modes"}
 
 
 def build_config(args):
