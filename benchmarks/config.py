@@ -43,6 +43,7 @@ class BenchConfig:
     memory: bool = True
     memory_modes: Optional[List[str]] = None    # modes whose peak memory is measured; None = every timed mode
     decoder_width: int = 768                    # the SparK step's LightDecoder width (SparK's default)
+    step_backends: Optional[List[str]] = None   # sparse backends run in the whole step; None = 'auto' only
     tf32: bool = False
     seed: int = 0
     profile_model: Optional[str] = ""           # '' = first model that runs; None = no profile
@@ -59,6 +60,13 @@ class BenchConfig:
         if self.dtypes is not None:
             return list(self.dtypes)
         return ["fp32"] if device == "cpu" else ["fp32", "bf16", "fp16"]
+
+    def step_backends_or_default(self) -> List[str]:
+        """The whole step is mostly the dense decoder: one sparse contender ('auto') is enough by default."""
+        if self.step_backends is not None:
+            return list(self.step_backends)
+        backends = self.backends or available_backends()
+        return ["auto"] if "auto" in backends else backends[:1]
 
     def measured_memory_modes(self) -> List[str]:
         if not self.memory:
@@ -103,10 +111,9 @@ class BenchConfig:
         if self.warmup < 0 or self.profile_warmup < 0 or self.repeats < 1 or self.profile_repeats < 1 \
                 or self.format_trials < 1:
             raise ValueError("need warm-ups >= 0, and repeats and format trials >= 1")
-        if self.backends is not None:
-            from spark_sparse.backends import check_backend_name
-            for b in self.backends:
-                check_backend_name(b)
+        from spark_sparse.backends import check_backend_name
+        for b in (self.backends or []) + (self.step_backends or []):
+            check_backend_name(b)
         return self
 
 

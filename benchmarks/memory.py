@@ -100,7 +100,7 @@ def measure_case(spec: Dict[str, object]) -> Dict[str, Dict[str, Dict[str, objec
         images, visible = case.inputs(ratio)
         per_mode = result.setdefault(str(ratio), {})
         for mode in spec["modes"]:
-            calls, unavailable = case.calls(mode, images, visible, skip=spec.get("aliases", {}).get(str(ratio), {}))
+            calls, unavailable = case.calls(mode, images, visible, only=spec["measure"][str(ratio)][mode])
             out = per_mode.setdefault(mode, {})
             for name, call in calls.items():
                 try:

@@ -90,12 +90,12 @@ class Case:
         return plans
 
     def calls(self, mode: str, images: torch.Tensor, visible: torch.Tensor,
-              skip=()) -> Tuple[Dict[str, Call], Dict[str, str]]:
-        """The call of every contender in ``mode`` (but ``skip``), and why any contender has none."""
+              only=None) -> Tuple[Dict[str, Call], Dict[str, str]]:
+        """The call of every contender (of ``only`` those, when given) in ``mode``, and why any has none."""
         calls: Dict[str, Call] = {}
         unavailable: Dict[str, str] = {}
         for name, c in self.contenders.items():
-            if name in skip:
+            if only is not None and name not in only:
                 continue
             if mode != "step":
                 calls[name] = encoder_call(c, mode, images, visible, self.amp_dtype)
@@ -126,6 +126,24 @@ def find_aliases(plans: Dict[str, List[str]]) -> Dict[str, str]:
         if same is not None:
             aliases[name] = same
     return aliases
+
+
+def measured_in(mode: str, contenders: Dict[str, dict], aliases: Dict[str, str],
+                step_backends: Optional[List[str]]) -> Tuple[List[str], Dict[str, str]]:
+    """Which contenders ``mode`` runs, and the reason for each sparse one it leaves out.
+
+    An alias runs as its target (measured once). The whole step is dominated by the dense decoder,
+    so by default it runs only the 'auto' sparse contender (``step_backends``) beside the dense ones.
+    """
+    wanted = list(contenders)
+    left_out: Dict[str, str] = {}
+    if mode == "step" and step_backends is not None:
+        for name, c in contenders.items():
+            if c["kind"] == "sparse" and c["backend"] not in step_backends:
+                wanted.remove(name)
+                left_out[name] = "not measured in the whole step (--step-backends)"
+    run = list(dict.fromkeys(aliases.get(n, n) for n in wanted))
+    return run, {n: why for n, why in left_out.items() if n not in run}
 
 
 def plan_summary(plan: List[str]) -> Dict[str, int]:
@@ -180,20 +198,23 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
         for name, plan in plans.items():
             rec["contenders"][name]["convs"] = plan_summary(plan)
         for mode in cfg.modes:
-            calls, unavailable = case.calls(mode, images, visible, skip=aliases)
+            run, left_out = measured_in(mode, rec["contenders"], aliases, cfg.step_backends_or_default())
+            calls, unavailable = case.calls(mode, images, visible, only=run)
             times, errors = time_interleaved(calls, warmup=cfg.warmup, repeats=cfg.repeats, device=device)
             for alias, target in aliases.items():  # measured once, reported under both names
                 for got in (times, unavailable, errors):
-                    if target in got:
+                    if target in got and alias not in left_out:
                         got[alias] = got[target]
+            unavailable.update(left_out)
             rec["time_ms"][mode] = {n: {"median": median_ms(t), "repeats": [s * 1e3 for s in t]} for n, t in times.items()}
             if unavailable:
                 rec["unavailable"][mode] = unavailable
             if errors:
                 rec["errors"][mode] = errors
             if mode in cfg.measured_memory_modes() and device.type == "cuda":
-                mem = {n: cuda_peak_growth(calls[n], device) for n in times if n not in aliases}
-                rec["peak_memory_bytes"][mode] = dict(mem, **{a: mem[t] for a, t in aliases.items() if t in mem})
+                mem = {n: cuda_peak_growth(calls[n], device) for n in calls if n in times}
+                rec["peak_memory_bytes"][mode] = dict(mem, **{a: mem[t] for a, t in aliases.items()
+                                                              if t in mem and a in times})
             bar.update(1)
         add_ratios(rec)
         bar.write(summary_line(rec))
@@ -219,8 +240,9 @@ def cpu_memory(pending: List[Tuple[dict, List[dict]]]) -> None:
     for (spec, records), result in zip(pending, measured):
         for rec in records:
             per_mode = result[str(rec["mask_ratio"])]
-            for per in per_mode.values():
-                per.update({a: per[t] for a, t in rec["aliases"].items() if t in per})
+            for mode, per in per_mode.items():
+                per.update({a: per[t] for a, t in rec["aliases"].items()
+                            if t in per and a in rec["time_ms"].get(mode, {})})
             rec["peak_memory_bytes"] = {mode: {n: v for n, v in per.items() if isinstance(v, int)}
                                         for mode, per in per_mode.items()}
             errs = {mode: {n: v for n, v in per.items() if isinstance(v, str) and v.startswith("error")}
@@ -283,7 +305,9 @@ def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[
         doc["results"].extend(records)
         if cfg.measured_memory_modes() and device == "cpu":
             spec = case.spec(cfg.mask_ratios, cfg.measured_memory_modes(), torch.get_num_threads())
-            spec["aliases"] = {str(rec["mask_ratio"]): rec["aliases"] for rec in records}
+            spec["measure"] = {str(rec["mask_ratio"]): {m: measured_in(m, rec["contenders"], rec["aliases"],
+                                                                       cfg.step_backends_or_default())[0]
+                                                        for m in spec["modes"]} for rec in records}
             pending_memory.append((spec, records))
         if checkpoint is not None:
             checkpoint(doc)

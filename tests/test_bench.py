@@ -51,7 +51,8 @@ def test_quick_run_writes_valid_results(tmp_path, capsys):
         assert macs["sparse"] * rec["total_patches"] == macs["masked-dense"] * rec["visible_patches"]
         assert rec["mac_ratio"]["encoder"] == pytest.approx(rec["ideal_ratio"])
         if spark_status() is None:  # the whole step, with the dense head counted once for everyone
-            assert set(rec["time_ms"]["step"]) == names, rec.get("errors")
+            assert set(rec["time_ms"]["step"]) == {"sparse[auto]", "masked-dense", "dense"}, rec.get("errors")
+            assert "--step-backends" in rec["unavailable"]["step"]["sparse[torch]"]
             head = rec["macs"]["head"]
             assert head > 0 and rec["macs"]["step"] == {k: v + head for k, v in macs.items()}
         else:  # without the SparK head the step says so, never faked
@@ -319,6 +320,19 @@ def test_a_contender_that_runs_like_another_is_measured_once():
     assert find_aliases(plans) == {"sparse[auto]": "sparse[torch]"}
     assert find_aliases(dict(plans, **{"sparse[auto]": ["3x3 spconv", "1x1 torch"]})) == {}
     assert plan_summary(["3x3 torch", "7x7/2 torch", "1x1/2 matmul"]) == {"torch": 2, "matmul": 1}
+
+
+def test_which_contenders_each_mode_runs():
+    from spark_sparse.benchmarks.runner import measured_in
+    contenders = {"sparse[torch]": {"kind": "sparse", "backend": "torch"},
+                  "sparse[auto]": {"kind": "sparse", "backend": "auto"},
+                  "masked-dense": {"kind": "masked_dense", "backend": None}, "dense": {"kind": "dense", "backend": None}}
+    alias = {"sparse[auto]": "sparse[torch]"}
+    assert measured_in("fwd", contenders, alias, ["auto"]) == (["sparse[torch]", "masked-dense", "dense"], {})
+    run, left_out = measured_in("step", contenders, {}, ["auto"])
+    assert run == ["sparse[auto]", "masked-dense", "dense"] and list(left_out) == ["sparse[torch]"]
+    # 'auto' runs as its alias target, which is then measured (under both names), not left out
+    assert measured_in("step", contenders, alias, ["auto"]) == (["sparse[torch]", "masked-dense", "dense"], {})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ S = argparse.SUPPRESS  # unset options fall back to the defaults (or to --quick'
 
 
 def add_arguments(p):
+    from spark_sparse.backends import BACKEND_NAMES
     from spark_sparse.benchmarks.config import DEFAULT_MASK_RATIOS, DEFAULT_MODELS, DENSE_FORMATS, MODES
     p.add_argument("--quick", action="store_true",
                    help="tiny run for CI: resnet18 and convnext_atto at 64×64, batch 2, mask ratio 0.5, one "
@@ -40,8 +41,11 @@ def add_arguments(p):
     p.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "fp16"], default=S,
                    help="precisions; bf16/fp16 run under autocast on fp32 weights (default: fp32 on cpu; "
                         "fp32 bf16 fp16 on cuda)")
-    p.add_argument("--backends", nargs="+", choices=["auto", "torch", "spconv"], default=S,
+    p.add_argument("--backends", nargs="+", choices=list(BACKEND_NAMES), default=S,
                    help="sparse conv backends to measure (default: every available one, and auto)")
+    p.add_argument("--step-backends", nargs="+", choices=list(BACKEND_NAMES), default=S,
+                   help="sparse backends also run in the whole step, which is mostly the dense decoder "
+                        "(default: auto only)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=S,
                    help="fwd: encoder forward; fwd_bwd: encoder forward+backward; step: whole SparK training "
                         "step (default: all three)")
@@ -79,7 +83,7 @@ FIELDS = {"models": "models", "mask_ratios": "mask_ratios", "batch": "batches", 
           "dtypes": "dtypes", "backends": "backends", "modes": "modes", "warmup": "warmup", "repeats": "repeats",
           "threads": "threads", "dense_format": "dense_format", "seed": "seed", "profile_ratio": "profile_ratio",
           "profile_batch": "profile_batch", "profile_repeats": "profile_repeats",
-          "decoder_width": "decoder_width", "memory_modes": "memory_modes"}
+          "decoder_width": "decoder_width", "memory_modes": "memory_modes", "step_backends": "step_backends"}
 
 
 def build_config(args):
