@@ -13,6 +13,7 @@ COMMANDS = [
     "spark_sparse.commands.export",
     "spark_sparse.commands.import_",
     "spark_sparse.commands.reconstruct",
+    "spark_sparse.commands.bench",
 ]
 
 

@@ -1,0 +1,82 @@
+"""Where a benchmark ran: versions, device, threads, numeric settings, machine load.
+
+Every figure is meaningless without these, so they go into the JSON next to the figures.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from typing import Dict, Optional
+
+import torch
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        mod = __import__(module)
+    except Exception:  # missing, or a build that cannot load here (e.g. a CUDA spconv on a CPU box)
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> Optional[list]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def git_commit() -> Optional[str]:
+    """The source tree's commit (with '-dirty' when it has uncommitted changes), if it is a checkout."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
+
+def cuda_info() -> Optional[Dict[str, object]]:
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2 ** 30, 1), "count": torch.cuda.device_count(),
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+
+
+def environment() -> Dict[str, object]:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": {name: _version(name) for name in ("torch", "timm", "spconv", "numpy", "spark_sparse")},
+        "git_commit": git_commit(),
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": affinity,
+                "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+                "mkldnn": torch.backends.mkldnn.is_available()},
+        "cuda": cuda_info(),
+        "load_average_start": load_average(),
+    }

@@ -1,0 +1,131 @@
+"""Peak memory of one call, as growth over what was live before it (weights, inputs, optimizer state).
+
+CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats``, in the benchmark process.
+CPU: peak resident-set growth of a child process that rebuilds the same case (same seed, same
+weights and masks). In the child, glibc's mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``),
+so every tensor buffer is mapped and unmapped on its own and resident memory follows the live
+tensors, and the kernel's peak RSS mark is reset before each measured call (Linux
+``/proc/self/clear_refs``), so one child measures every contender of every case in turn.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+import torch
+
+MMAP_THRESHOLD = 128 * 1024
+
+
+def cuda_peak_growth(call, device: torch.device) -> int:
+    """Bytes allocated at the peak of ``call`` above what was allocated before it."""
+    call.reset()
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    call()
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - base)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+
+
+def rss_peak_growth(call) -> int:
+    """Bytes of resident memory at the peak of ``call`` above the resident memory before it."""
+    call.reset()
+    gc.collect()
+    reset_peak_rss()
+    base = _status_kib("VmRSS")
+    call()
+    return (_status_kib("VmHWM") - base) * 1024
+
+
+def cpu_peak_rss_supported() -> Optional[str]:
+    """None when peak-RSS growth can be measured here, else why not."""
+    try:
+        reset_peak_rss()
+        _status_kib("VmHWM")
+    except OSError as e:
+        return f"unavailable (needs Linux /proc/self/clear_refs: {e})"
+    return None
+
+
+def child_env() -> Dict[str, str]:
+    """The memory child's environment: this spark_sparse first on the path, glibc's mmap threshold pinned.
+
+    Without the pin glibc raises its threshold as large blocks are freed and keeps later ones in
+    its heaps: after one ResNet-18 forward+backward, a new 64 MiB tensor raised RSS by 9 MiB here.
+    """
+    import spark_sparse
+    root = os.path.dirname(os.path.dirname(os.path.abspath(spark_sparse.__file__)))
+    return dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD),
+                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+
+
+def measure_cpu_in_child(specs: List[Dict[str, object]], timeout: float = 7200) -> List[Dict[str, object]]:
+    """Run :func:`child_main` in one fresh interpreter on every case spec; returns their measurements."""
+    proc = subprocess.run([sys.executable, "-m", "spark_sparse.benchmarks.memory"], input=json.dumps(specs),
+                          capture_output=True, text=True, env=child_env(), timeout=timeout)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-5:]
+        raise RuntimeError(f"memory child process failed ({proc.returncode}): " + " | ".join(tail))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_case(spec: Dict[str, object]) -> Dict[str, Dict[str, Dict[str, object]]]:
+    """{ratio: {mode: {contender: bytes | 'error: …' | reason}}} of one case, in this process."""
+    from .runner import Case
+    from .timing import settle_gc
+    case = Case.from_spec(spec)
+    settle_gc()
+    result: Dict[str, Dict[str, Dict[str, object]]] = {}
+    warmed = set()
+    for ratio in spec["ratios"]:
+        images, visible = case.inputs(ratio)
+        per_mode = result.setdefault(str(ratio), {})
+        for mode in spec["modes"]:
+            calls, unavailable = case.calls(mode, images, visible, only=spec["measure"][str(ratio)][mode])
+            out = per_mode.setdefault(mode, {})
+            for name, call in calls.items():
+                try:
+                    if (mode, name) not in warmed:  # one-time allocations (thread pools, caches)
+                        call.reset()
+                        call()
+                        warmed.add((mode, name))
+                    out[name] = rss_peak_growth(call)
+                except Exception as e:
+                    out[name] = f"error: {type(e).__name__}: {e}"
+            out.update(unavailable)
+    return result
+
+
+def child_main() -> None:
+    """Read a JSON list of case specs on stdin; print the list of their measurements as JSON."""
+    specs = json.load(sys.stdin)
+    if specs and specs[0].get("threads"):
+        torch.set_num_threads(int(specs[0]["threads"]))
+    results = []
+    for spec in specs:
+        results.append(measure_case(spec))
+        gc.collect()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    child_main()

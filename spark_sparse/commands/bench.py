@@ -1,0 +1,156 @@
+"""Measure the sparse encoder against SparK's masked-dense reference and the plain dense model, side
+by side in one process: encoder forward, encoder forward+backward and the whole SparK training step,
+interleaved repeats after warm-up (median), peak memory, exact MACs and the ideal ratio
+1/(visible fraction). Writes results.json, results.md and PNG plots into --out, and optionally
+the README's headline table (--readme). Models that cannot be sparsified yet are reported as
+skipped, with the reason. Random weights: nothing is downloaded. Start with --quick (seconds);
+--profile-only --profile-model resnet50 times every sparse layer against its dense twin; the
+command of the committed CPU results is in benchmarks/results/README.md."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+NAME = "bench"
+HELP = "FLOPs, speed and memory: sparse vs masked-dense vs plain dense"
+
+S = argparse.SUPPRESS  # unset options fall back to the defaults (or to --quick's values)
+
+
+def add_arguments(p):
+    from spark_sparse.backends import BACKEND_NAMES
+    from spark_sparse.benchmarks.config import DEFAULT_MASK_RATIOS, DEFAULT_MODELS, DENSE_FORMATS, MODES
+    p.add_argument("--quick", action="store_true",
+                   help="tiny run for CI: resnet18 and convnext_atto at 64×64, batch 2, mask ratio 0.5, one "
+                        "repeat, decoder width 32; checks that everything runs and the outputs are valid, "
+                        "measures nothing useful")
+    p.add_argument("--models", nargs="+", default=S, metavar="NAME",
+                   help=f"timm model names (any timm ResNet/ConvNeXt; default: {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--mask-ratios", nargs="+", type=float, default=S, metavar="R",
+                   help=f"fractions of patches hidden, each in [0, 1) (default: {' '.join(map(str, DEFAULT_MASK_RATIOS))})")
+    p.add_argument("--batch", nargs="+", type=int, default=S, metavar="B", help="batch sizes (default: 16)")
+    p.add_argument("--size", nargs="+", type=int, default=S, metavar="PX",
+                   help="image size: S or H W, multiples of 32 (default: 224)")
+    p.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=S,
+                   help="devices (default: cpu, and cuda when available)")
+    p.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "fp16"], default=S,
+                   help="precisions; bf16/fp16 run under autocast on fp32 weights (default: fp32 on cpu; "
+                        "fp32 bf16 fp16 on cuda)")
+    p.add_argument("--backends", nargs="+", choices=list(BACKEND_NAMES), default=S,
+                   help="sparse conv backends to measure (default: every available one, and auto)")
+    p.add_argument("--step-backends", nargs="+", choices=list(BACKEND_NAMES), default=S,
+                   help="sparse backends also run in the whole step, which is mostly the dense decoder "
+                        "(default: auto only)")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=S,
+                   help="fwd: encoder forward; fwd_bwd: encoder forward+backward; step: whole SparK training "
+                        "step (default: all three)")
+    p.add_argument("--warmup", type=int, default=S, help="untimed calls of each contender first (default: 2)")
+    p.add_argument("--repeats", type=int, default=S, help="timed calls of each contender, interleaved (default: 5)")
+    p.add_argument("--threads", type=int, default=S, help="torch.set_num_threads (default: torch's own choice)")
+    p.add_argument("--dense-format", choices=list(DENSE_FORMATS), default=S,
+                   help="memory format of the dense contenders; auto times both and keeps the faster (default: auto)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.add_argument("--memory-modes", nargs="+", choices=list(MODES), default=S,
+                   help="modes whose peak memory is measured (default: every timed mode)")
+    p.add_argument("--decoder-width", type=int, default=S,
+                   help="LightDecoder width of the whole-step mode (default: 768, SparK's)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA for fp32 (off by default: fp32 means fp32)")
+    p.add_argument("--seed", type=int, default=S, help="seed of weights, images and masks (default: 0)")
+    p.add_argument("--profile-model", default=S, metavar="NAME",
+                   help="model of the per-layer profile; 'none' to skip (default: the first model that ran)")
+    p.add_argument("--profile-ratio", type=float, default=S, help="mask ratio of the per-layer profile (default: 0.6)")
+    p.add_argument("--profile-batch", type=int, default=S, help="batch of the per-layer profile (default: the first --batch)")
+    p.add_argument("--profile-repeats", type=int, default=S, help="repeats per layer (default: 3)")
+    p.add_argument("--profile-only", action="store_true", help="only the per-layer profile, no sweep")
+    p.add_argument("--out", default="bench_results", help="folder for results.json, results.md and the plots")
+    p.add_argument("--readme", default=None, metavar="PATH",
+                   help="also rewrite the generated headline block of this README (between its bench:headline "
+                        "markers)")
+    p.add_argument("--render", default=None, metavar="RESULTS_JSON",
+                   help="measure nothing: regenerate results.md, the plots (and --readme) in --out from an "
+                        "existing results.json")
+    p.add_argument("--note", default="", help="free text stored with the results (e.g. the machine's load)")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+FIELDS = {"models": "models", "mask_ratios": "mask_ratios", "batch": "batches", "devices": "devices",
+          "dtypes": "dtypes", "backends": "backends", "modes": "modes", "warmup": "warmup", "repeats": "repeats",
+          "threads": "threads", "dense_format": "dense_format", "seed": "seed", "profile_ratio": "profile_ratio",
+          "profile_batch": "profile_batch", "profile_repeats": "profile_repeats",
+          "decoder_width": "decoder_width", "memory_modes": "memory_modes", "step_backends": "step_backends"}
+
+
+def build_config(args):
+    from spark_sparse.benchmarks.config import BenchConfig
+    cfg = BenchConfig.quick_config() if args.quick else BenchConfig()
+    for arg, field in FIELDS.items():
+        if hasattr(args, arg):
+            setattr(cfg, field, getattr(args, arg))
+    if hasattr(args, "size"):
+        if len(args.size) not in (1, 2):
+            raise ValueError(f"--size takes S or H W, got {len(args.size)} numbers")
+        cfg.image_size = tuple((args.size * 2)[:2])
+    if hasattr(args, "profile_model"):
+        cfg.profile_model = None if args.profile_model.lower() == "none" else args.profile_model
+    cfg.memory = not args.no_memory
+    cfg.tf32 = args.tf32
+    cfg.profile_only = args.profile_only
+    cfg.note = args.note
+    cfg.command = command_line(args)
+    return cfg.validate()
+
+
+def command_line(args) -> str:
+    """The command as typed (options in a canonical order), for the results' README."""
+    words = ["spark-sparse", NAME]
+    for key, value in vars(args).items():
+        if key.startswith("_") or key == "command" or value is None or value is False or value == "":
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words += [flag] + [str(v) for v in value]
+        elif key != "out" or value != "bench_results":
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def load_results(path: str) -> dict:
+    import json
+
+    from spark_sparse.benchmarks import report
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        report.validate(doc)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--render {path}: not a readable results.json of spark-sparse bench ({e})") from e
+    if doc.get("partial"):
+        print(f"warning: {path} is from a run that did not finish", file=sys.stderr)
+    return doc
+
+
+def run(args) -> int:
+    from spark_sparse.benchmarks import report, runner
+    try:
+        doc = load_results(args.render) if args.render else None
+        cfg = None if doc else build_config(args)
+    except (ValueError, ImportError) as e:
+        print(f"spark-sparse bench: {e}", file=sys.stderr)
+        return 2
+    if doc is None:
+        doc = runner.run(cfg, progress=not args.no_progress, checkpoint=lambda d: report.write_partial(d, args.out))
+    written = report.write_outputs(doc, args.out, plots=not args.no_plots)
+    if args.readme:
+        report.update_readme(args.readme, doc, args.out)
+        written.append(args.readme)
+    if doc["results"]:
+        print(report.headline_table(doc))
+    for s in doc["skipped"]:
+        print(f"skipped {s['model']}: {s['reason']}")
+    print(f"whole SparK step: {doc['step_status']}")
+    print("wrote " + ", ".join(written))
+    return 0
