@@ -72,6 +72,18 @@ def layer_macs(module: nn.Module, sites: int, dense_sites: int):
     return None
 
 
+def with_backend(module: SparseConv2d, backend: str):
+    """``module`` run on ``backend`` for one call, then set back (the profile's per-backend columns)."""
+    def run(x):
+        kept = module.backend
+        module.backend = backend
+        try:
+            return module(x)
+        finally:
+            module.backend = kept
+    return run
+
+
 def _output(y):
     return y.features if isinstance(y, SparseFeatures) else y
 
@@ -112,8 +124,12 @@ def _fresh(t: torch.Tensor, requires_grad: bool) -> torch.Tensor:
 def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", batch: int = 8,
                   image_size=(224, 224), ratio: float = 0.6, backend: str = "auto", warmup: int = 1,
                   repeats: int = 3, seed: int = 0, dense_format: str = "contiguous", progress: bool = True,
-                  modes=PROFILE_MODES) -> dict:
-    """The per-layer profile of ``model_name`` (a dict for the results document)."""
+                  modes=PROFILE_MODES, compare_backends=()) -> dict:
+    """The per-layer profile of ``model_name`` (a dict for the results document).
+
+    ``compare_backends``: every conv that goes through a backend is also timed on each of these
+    (columns ``sparse[<name>]``), the measurements behind ``auto``'s per-layer rule table.
+    """
     dev = torch.device(device)
     amp_dtype = DTYPES[dtype]
     torch.manual_seed(seed)
@@ -174,6 +190,10 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
                 calls[("masked-dense", mode)] = _layer_call(
                     lambda t: masked_forward(twin, t, masks, path), lambda g: _fresh(masked_in, g), mode, twin,
                     dev, amp_dtype, grads, f"{path}:masked")
+            if isinstance(module, SparseConv2d) and module.kind == "table":
+                for b in compare_backends:
+                    calls[(f"sparse[{b}]", mode)] = _layer_call(with_backend(module, b), sparse_input, mode, module,
+                                                                dev, amp_dtype, grads, f"{path}:sparse")
         times, errors = time_interleaved({f"{k}|{m}": c for (k, m), c in calls.items()}, warmup=warmup,
                                          repeats=repeats, device=dev)
         row = {"path": path, "type": type(module).__name__, "how": how(module, sf),
@@ -210,7 +230,7 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
                         "masked_dense_whole": whole.get(f"masked-dense|{mode}"),
                         "sparse_rest": None if sparse_whole is None else sparse_whole - total("sparse")}
     return {"model": model_name, "device": dev.type, "dtype": dtype, "batch": batch, "image_size": list(image_size),
-            "mask_ratio": ratio, "backend": backend, "dense_format": dense_format, "repeats": repeats,
+            "mask_ratio": ratio, "backend": backend, "compare_backends": list(compare_backends), "dense_format": dense_format, "repeats": repeats,
             "modes": list(modes), "visible_patches": int(visible.sum()), "total_patches": visible.numel(),
             "layers": layers, "totals": totals}
 

@@ -339,8 +339,8 @@ def _profile(cfg: BenchConfig, doc: dict, backends: List[str], progress: bool) -
             doc["profiles"].append(profile_model(
                 name, device=device, dtype=dtype, batch=batch, image_size=cfg.image_size, ratio=cfg.profile_ratio,
                 backend="auto" if "auto" in backends else backends[0], warmup=cfg.profile_warmup,
-                repeats=cfg.profile_repeats,
-                seed=cfg.seed, dense_format=fmt, progress=progress))
+                repeats=cfg.profile_repeats, seed=cfg.seed, dense_format=fmt, progress=progress,
+                compare_backends=[b for b in backends if b != "auto"]))
             return
         except Exception as e:
             reason = skip_reason(e)

@@ -81,8 +81,16 @@ def test_quick_run_writes_valid_results(tmp_path, capsys):
     _, visible = make_inputs(profile["batch"], tuple(profile["image_size"]), profile["mask_ratio"], 0, "cpu")
     assert sum(l["macs"]["sparse"] for l in convs) == sparse_macs(ss.sparsify(model), visible)["total"]
     assert all(l["time_ms"]["fwd"]["sparse"] > 0 and l["time_ms"]["fwd"]["dense"] > 0 for l in convs)
+    # the convs auto decides (3×3 and the stem) are timed on every backend: auto's rule table rests on them
+    decided = [l for l in convs if not l["how"].endswith("matmul")]
+    assert decided and {b for b in profile["compare_backends"]} >= {"torch", "tiles"}
+    for layer in decided:
+        for b in profile["compare_backends"]:
+            assert layer["time_ms"]["fwd_bwd"][f"sparse[{b}]"] > 0, (layer["path"], layer["errors"])
+    assert all("sparse[torch]" not in l["time_ms"]["fwd"] for l in convs if l["how"].endswith("matmul"))
 
     md = (out / "results.md").read_text()
+    assert "#### Backends per conv layer" in md and "| layer1.0.conv2 | 4 | 64 | 3x3 " in md
     assert "## Headline (sparse[auto])" in md and "| resnet18 | cpu | fp32 | 2 | 0.50 | 4/8 | 2.00× | 2.00× |" in md
     for png in ("speedup.png", "profile_resnet18.png"):
         assert (out / png).read_bytes()[:8] == PNG

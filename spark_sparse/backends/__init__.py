@@ -74,6 +74,7 @@ def choose_backend(spec: ConvSpec, r: int, x: torch.Tensor) -> str:
 #   3×3/2   stride 8  (r 4)   C 256    157                  141    102   → tiles
 #   3×3/2   stride 16 (r 2)   C 512    196                   96    184   → torch
 #   7×7/2 stem, stride 1, no input grad: dense 351, torch 322, tiles 123   → tiles
+# Re-measure per layer with: spark-sparse bench --profile-only --profile-model resnet50 --backends torch tiles
 TILES_MIN_R = 4
 
 
