@@ -107,6 +107,11 @@ class SparK(nn.Module):
             self.mask_tokens.append(token)
             self.densify_norms.append(self._make_norm(e_width))
             self.densify_projs.append(self._make_proj(i, e_width, d_width))
+        # The dense head runs channels-last: densify already builds its maps that way (one copy, see
+        # scatter_with_fill), and oneDNN / cuDNN are faster on it (decoder fwd+bwd, batch 16, 2 CPU
+        # threads: 15.8 s against 17.3 s contiguous).
+        self.densify_projs.to(memory_format=torch.channels_last)
+        self.decoder.to(memory_format=torch.channels_last)
 
     def _make_norm(self, channels: int) -> nn.Module:
         if self.densify_norm == "bn":

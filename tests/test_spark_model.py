@@ -120,6 +120,29 @@ def test_sparse_densify_never_densifies_encoder_features(monkeypatch):
     sparse(images, ss.random_visible(2, (2, 2), 0.5, generator=torch.Generator().manual_seed(0)))
 
 
+def test_dense_head_runs_channels_last():
+    """Densify builds channels-last maps; the head's convs take them as they are, and their
+    weights (and so their gradients) stay channels-last through a training step and a reload."""
+    model, _ = spark_pair("resnet18", "torch", "auto", 64, torch.float32, True)
+    convs = [m for m in list(model.decoder.modules()) + list(model.densify_projs.modules())
+             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert convs
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append(args[0])) for m in convs]
+    loss = model(torch.randn(2, 3, 64, 64), ss.random_visible(2, (2, 2), 0.5))
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    assert seen and all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
+    for m in convs:
+        assert m.weight.is_contiguous(memory_format=torch.channels_last), m
+        assert m.weight.grad.is_contiguous(memory_format=torch.channels_last), m
+    again, _ = spark_pair("resnet18", "torch", "auto", 64, torch.float32, True)
+    again.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in again.decoder.modules()
+               if isinstance(m, nn.Conv2d))
+
+
 def test_masked_pixels_are_never_read_by_the_encoder_but_are_the_target():
     sparse, _ = spark_pair("resnet18", "torch", "auto", 64, torch.float32, False)
     g = torch.Generator().manual_seed(3)

@@ -59,23 +59,27 @@ def choose_backend(spec: ConvSpec, r: int, x: torch.Tensor) -> str:
         return "spconv" if "spconv" in _instances() else "torch"
     if x.dtype == torch.float64:
         return "torch"  # oneDNN has no fp64 convolutions; the native fallback is slow
-    return "tiles" if r >= TILES_MIN_R else "torch"
+    min_r = TILES_MIN_R if spec.stride[0] == 1 else TILES_MIN_R_STRIDED
+    return "tiles" if r >= min_r else "torch"
 
 
-# CPU, fp32/bf16: below this patch block size the halo and the small-image inefficiency of the dense
-# kernels cost more than the gather-GEMM rulebook. Measured (ResNet-50 shapes, batch 16, 224², mask
-# ratio 0.6, 2 threads, fwd+bwd, median of 5, ms; /tmp/perf/backends_micro.py on a quiet machine):
-#   layer (input stride, r)         dense(channels-last)  torch  tiles
-#   3×3/1   stride 4  (r 8)   C 64     146                  191     75   → tiles
-#   3×3/1   stride 8  (r 4)   C 128    123                   89     69   → tiles
-#   3×3/1   stride 16 (r 2)   C 256    118                   49     92   → torch
-#   3×3/1   stride 32 (r 1)   C 512    183                   76    207   → torch
-#   3×3/2   stride 4  (r 8)   C 128    163                  210    109   → tiles
-#   3×3/2   stride 8  (r 4)   C 256    157                  141    102   → tiles
-#   3×3/2   stride 16 (r 2)   C 512    196                   96    184   → torch
-#   7×7/2 stem, stride 1, no input grad: dense 351, torch 322, tiles 123   → tiles
-# Re-measure per layer with: spark-sparse bench --profile-only --profile-model resnet50 --backends torch tiles
+# CPU, fp32/bf16: below these patch block sizes the halo and the small-image inefficiency of the
+# dense kernels cost more than the gather-GEMM rulebook. Measured (ResNet-50 shapes, batch 16, 224²,
+# mask ratio 0.6, 2 threads, one conv's forward+backward, median of 5, ms; 2026-11-29, quiet machine,
+# after the rulebook's strided input gradient stopped paying 4× its forward GEMM):
+#   layer (input stride, r)         torch  tiles
+#   3×3/1   stride 4  (r 8)   C 64    164     88   → tiles
+#   3×3/1   stride 8  (r 4)   C 128    81     65   → tiles
+#   3×3/1   stride 16 (r 2)   C 256    50     96   → torch
+#   3×3/1   stride 32 (r 1)   C 512    75    213   → torch
+#   3×3/2   stride 4  (r 8)   C 128   113    107   → tiles
+#   3×3/2   stride 8  (r 4)   C 256    71    100   → torch
+#   3×3/2   stride 16 (r 2)   C 512    80    228   → torch
+#   7×7/2 stem, stride 1 (r 32), no input grad: dense 351, torch 322, tiles 123   → tiles
+# In the whole encoder: spark-sparse bench --profile-only --profile-model resnet50 (its "Backends per
+# conv layer" table times every such conv on every backend, on its real input).
 TILES_MIN_R = 4
+TILES_MIN_R_STRIDED = 8
 
 
 def resolve_backend(name: str, spec: ConvSpec, x: torch.Tensor, r: int = 0) -> ConvBackend:

@@ -2,9 +2,11 @@
 
 Runs on any device, thread count and dtype, and is the semantic oracle for the other backends.
 Forward gathers every kernel offset's input rows into an (N_out, K·C_in) matrix and does one GEMM;
-backward gets the input gradient by gathering through the inverse table (again one GEMM, no
-scatter-add, so the result does not depend on the thread count) and recomputes the gathered
-inputs for the weight gradient instead of keeping them (less memory).
+backward gets the input gradient by gathering through the inverse table for stride 1 (again
+one GEMM, no scatter-add, so the result does not depend on the thread count) and, for strided
+convs, whose inverse table is mostly empty, by one GEMM plus one collision-free index-add per
+kernel offset; it recomputes the gathered inputs for the weight gradient instead of keeping them
+(less memory).
 """
 from __future__ import annotations
 
@@ -36,12 +38,32 @@ class _GatherGemmConv(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            gcols = gather_rows(grad_out, table.scatter).view(-1, k * c_out)
-            grad_x = gcols @ w.transpose(1, 2).reshape(k * c_out, c_in)
+            grad_x = _input_grad_strided(grad_out, w, table) if table.n_in > table.n_out \
+                else _input_grad_inverse(grad_out, w, table)
         if ctx.needs_input_grad[1]:
             cols = gather_rows(x, table.gather).view(-1, k * c_in)
             grad_w = (cols.t() @ grad_out).view(k, c_in, c_out)
         return grad_x, grad_w, None
+
+
+def _input_grad_inverse(grad_out, w, table: ConvTable):
+    """Stride 1: every input is read at (almost) every offset, so gather through the inverse table."""
+    k, c_in, c_out = w.shape
+    gcols = gather_rows(grad_out, table.scatter).view(-1, k * c_out)
+    return gcols @ w.transpose(1, 2).reshape(k * c_out, c_in)
+
+
+def _input_grad_strided(grad_out, w, table: ConvTable):
+    """Strided: an input is read at only ~K/stride² offsets, so the inverse table is mostly sentinels
+    (a 3×3/2 conv would pay 4× its forward GEMM). Instead one GEMM per output row gives every
+    offset's contribution, added to its input row offset by offset: within one offset no input row
+    repeats, so the sums are the same for any thread count and device."""
+    k, c_in, c_out = w.shape
+    contrib = (grad_out @ w.permute(2, 0, 1).reshape(c_out, k * c_in)).view(-1, k, c_in)
+    grad_x = grad_out.new_zeros(table.n_in + 1, c_in)  # the last row takes masked/border reads
+    for offset in range(k):
+        grad_x.index_add_(0, table.gather[:, offset], contrib[:, offset])
+    return grad_x[:-1]
 
 
 def table_conv(x: torch.Tensor, weight: torch.Tensor, table: ConvTable, groups: int = 1) -> torch.Tensor:
