@@ -12,7 +12,6 @@ ignores ``visible``. Dense contenders may run channels-last (see :func:`choose_d
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -20,24 +19,13 @@ import torch
 from torch import nn
 
 import spark_sparse as ss
-from spark_sparse.plan import EncoderPlan
 
 SPARSE_FORMAT = "sites x channels"
 
 
-class DenseEncoder(nn.Module):
-    """The backbone's own layers up to its last stage, on the whole image (no mask)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.plan = EncoderPlan.from_model(model)
-        for name in self.plan.top_level:
-            self.add_module(name, copy.deepcopy(model.get_submodule(name)))
-        self.train(model.training)
-
-    strides = property(lambda self: list(self.plan.strides))
-    channels = property(lambda self: list(self.plan.channels))
-    patch_size = property(lambda self: self.plan.patch_size)
+class DenseEncoder(ss.MaskedDenseEncoder):
+    """The backbone's own layers up to its last stage, on the whole image: the reference's modules
+    and stages without any of its masking (``visible`` is ignored)."""
 
     def forward(self, images: torch.Tensor, visible: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         x, outputs = images, []
