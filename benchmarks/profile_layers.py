@@ -84,6 +84,26 @@ def with_backend(module: SparseConv2d, backend: str):
     return run
 
 
+def with_depthwise(module: SparseConv2d, impl: str):
+    """``module`` run with depthwise implementation ``impl`` for one call, then set back."""
+    def run(x):
+        kept = module.depthwise
+        module.depthwise = impl
+        try:
+            return module(x)
+        finally:
+            module.depthwise = kept
+    return run
+
+
+def depthwise_impls(module: SparseConv2d, device: torch.device):
+    """The depthwise implementations that can run ``module`` here (Triton on CUDA only: on the CPU it
+    exists in the interpreter, for tests, not for timing)."""
+    from spark_sparse.kernels.depthwise import IMPLS, why_unsupported
+    return [impl for impl in IMPLS if impl != "auto" and why_unsupported(impl, module.spec) is None
+            and (impl != "triton" or device.type == "cuda")]
+
+
 def _output(y):
     return y.features if isinstance(y, SparseFeatures) else y
 
@@ -128,7 +148,8 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
     """The per-layer profile of ``model_name`` (a dict for the results document).
 
     ``compare_backends``: every conv that goes through a backend is also timed on each of these
-    (columns ``sparse[<name>]``), the measurements behind ``auto``'s per-layer rule table.
+    (columns ``sparse[<name>]``), the measurements behind ``auto``'s per-layer rule table; every
+    depthwise conv is timed on each implementation that can run it here (``sparse[dw <impl>]``).
     """
     dev = torch.device(device)
     amp_dtype = DTYPES[dtype]
@@ -194,6 +215,11 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
                 for b in compare_backends:
                     calls[(f"sparse[{b}]", mode)] = _layer_call(with_backend(module, b), sparse_input, mode, module,
                                                                 dev, amp_dtype, grads, f"{path}:sparse")
+            if isinstance(module, SparseConv2d) and module.kind == "depthwise":
+                for impl in depthwise_impls(module, dev):
+                    calls[(f"sparse[dw {impl}]", mode)] = _layer_call(with_depthwise(module, impl), sparse_input,
+                                                                      mode, module, dev, amp_dtype, grads,
+                                                                      f"{path}:sparse")
         times, errors = time_interleaved({f"{k}|{m}": c for (k, m), c in calls.items()}, warmup=warmup,
                                          repeats=repeats, device=dev)
         row = {"path": path, "type": type(module).__name__, "how": how(module, sf),

@@ -265,7 +265,8 @@ def profile_table(profile: dict) -> str:
 
 def backend_table(profile: dict) -> str:
     """Every conv that runs through a backend, timed on each one: what ``auto``'s rule table rests on."""
-    names = [f"sparse[{b}]" for b in profile.get("compare_backends", [])]
+    names = list(dict.fromkeys(k for layer in profile["layers"] for m in profile["modes"]
+                               for k in layer["time_ms"].get(m, {}) if k.startswith("sparse[")))
     layers = [layer for layer in profile["layers"] if any(n in layer["time_ms"].get(m, {})
                                                           for n in names for m in profile["modes"])]
     if not layers:
@@ -281,8 +282,9 @@ def backend_table(profile: dict) -> str:
             row += [_fmt(per.get(n), ".2f") for n in names] + [_fmt(per.get("dense"), ".2f")]
         rows.append(row)
     return ("#### Backends per conv layer\n\nEach conv that goes through a backend, on its real input, on every "
-            "backend (median ms), beside its dense twin: the measurements behind `auto`'s rule table "
-            "(`spark_sparse/backends/__init__.py`).\n\n" + _table(header, rows))
+            "backend (median ms), and each depthwise conv on every implementation that runs here (`dw ...`), "
+            "beside its dense twin: the measurements behind `auto`'s rule tables "
+            "(`spark_sparse/backends/__init__.py`, `spark_sparse/kernels/depthwise.py`).\n\n" + _table(header, rows))
 
 
 def markdown(doc: dict, plots: Iterable[str] = ()) -> str:

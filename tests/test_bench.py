@@ -371,3 +371,16 @@ def test_bench_quick_on_cuda(tmp_path):
         assert rec["device"] == "cuda" and not rec["errors"], rec["errors"]
         mem = rec["peak_memory_bytes"]["fwd_bwd"]
         assert set(mem) == set(rec["contenders"]) and all(v > 0 for v in mem.values())
+
+
+def test_profile_times_every_depthwise_implementation_side_by_side():
+    from spark_sparse.benchmarks.profile_layers import profile_model
+    prof = profile_model("convnext_atto", batch=2, image_size=(64, 64), ratio=0.5, warmup=0, repeats=1,
+                         progress=False, modes=("fwd",))
+    depthwise = [layer for layer in prof["layers"] if " dw " in layer["how"]]
+    assert len(depthwise) == 12  # convnext_atto: 2 + 2 + 6 + 2 blocks
+    for layer in depthwise:
+        assert {"sparse[dw table]", "sparse[dw tiles]", "sparse[dw dense]"} <= set(layer["time_ms"]["fwd"]), layer
+        assert "sparse[dw triton]" not in layer["time_ms"]["fwd"]  # timed on CUDA only
+    table = report.backend_table(prof)
+    assert "fwd dw tiles ms" in table and "| stages.0.blocks.0.conv_dw | 4 | 40 | 7x7 dw " in table
