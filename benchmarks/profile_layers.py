@@ -72,27 +72,16 @@ def layer_macs(module: nn.Module, sites: int, dense_sites: int):
     return None
 
 
-def with_backend(module: SparseConv2d, backend: str):
-    """``module`` run on ``backend`` for one call, then set back (the profile's per-backend columns)."""
+def with_setting(module: SparseConv2d, attribute: str, value: str):
+    """``module`` run with ``attribute`` (its ``backend`` or ``depthwise`` choice) set to ``value`` for
+    one call, then set back: the profile's per-backend and per-implementation columns."""
     def run(x):
-        kept = module.backend
-        module.backend = backend
+        kept = getattr(module, attribute)
+        setattr(module, attribute, value)
         try:
             return module(x)
         finally:
-            module.backend = kept
-    return run
-
-
-def with_depthwise(module: SparseConv2d, impl: str):
-    """``module`` run with depthwise implementation ``impl`` for one call, then set back."""
-    def run(x):
-        kept = module.depthwise
-        module.depthwise = impl
-        try:
-            return module(x)
-        finally:
-            module.depthwise = kept
+            setattr(module, attribute, kept)
     return run
 
 
@@ -213,11 +202,11 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
                     dev, amp_dtype, grads, f"{path}:masked")
             if isinstance(module, SparseConv2d) and module.kind == "table":
                 for b in compare_backends:
-                    calls[(f"sparse[{b}]", mode)] = _layer_call(with_backend(module, b), sparse_input, mode, module,
+                    calls[(f"sparse[{b}]", mode)] = _layer_call(with_setting(module, "backend", b), sparse_input, mode, module,
                                                                 dev, amp_dtype, grads, f"{path}:sparse")
             if isinstance(module, SparseConv2d) and module.kind == "depthwise":
                 for impl in depthwise_impls(module, dev):
-                    calls[(f"sparse[dw {impl}]", mode)] = _layer_call(with_depthwise(module, impl), sparse_input,
+                    calls[(f"sparse[dw {impl}]", mode)] = _layer_call(with_setting(module, "depthwise", impl), sparse_input,
                                                                       mode, module, dev, amp_dtype, grads,
                                                                       f"{path}:sparse")
         times, errors = time_interleaved({f"{k}|{m}": c for (k, m), c in calls.items()}, warmup=warmup,
