@@ -75,6 +75,18 @@ def build_model(arch: str, seed: int = 0, **kwargs) -> nn.Module:
     return randomize_norms(model, seed)
 
 
+_BUILT = {}
+
+
+def cached_model(arch: str, **kwargs) -> nn.Module:
+    """:func:`build_model`, built once per (arch, options) in a test session: building and
+    randomising timm models would otherwise dominate the small equivalence cases."""
+    key = (arch, tuple(sorted(kwargs.items())))
+    if key not in _BUILT:
+        _BUILT[key] = build_model(arch, **kwargs)
+    return _BUILT[key]
+
+
 @dataclass
 class Run:
     outputs: List[torch.Tensor]

@@ -9,7 +9,7 @@ pairs (test_spconv_guards.py), so its arithmetic is the same on the CPU.
 import pytest
 import torch
 
-from equivalence import build_model, check_equivalence
+from equivalence import check_equivalence, cached_model as model
 
 # (batch, size, ratio, train)
 FULL_GRID = [
@@ -18,16 +18,6 @@ FULL_GRID = [
     (1, (192, 320), 0.9, True), (1, (192, 320), 0.0, False), (4, (192, 320), 0.6, True),
 ]
 SMALL_GRID = [(1, 224, 0.6, True), (4, (192, 320), 0.9, False), (1, 256, 0.0, True)]
-
-_models = {}
-
-
-def model(arch, **kwargs):
-    key = (arch, tuple(sorted(kwargs.items())))
-    if key not in _models:
-        _models[key] = build_model(arch, **kwargs)
-    return _models[key]
-
 
 @pytest.mark.parametrize("batch,size,ratio,train", FULL_GRID)
 def test_resnet18_torch(batch, size, ratio, train):
