@@ -46,9 +46,7 @@ def how(module: nn.Module, x: SparseFeatures) -> str:
         return "sparse" if isinstance(module, SparseModule) else "per site"
     s = module.spec
     name = f"{s.kernel[0]}x{s.kernel[1]}" + (f"/{s.stride[0]}" if s.stride[0] > 1 else "")
-    kind = module.kind
-    if kind == "patchify" and x.level.r % s.stride[0]:
-        kind = "table"
+    kind = module.kind_at(x.level.r)
     if kind in ("pointwise", "patchify"):
         return f"{name} matmul"
     if kind == "depthwise":
@@ -200,15 +198,13 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
                 calls[("masked-dense", mode)] = _layer_call(
                     lambda t: masked_forward(twin, t, masks, path), lambda g: _fresh(masked_in, g), mode, twin,
                     dev, amp_dtype, grads, f"{path}:masked")
-            if isinstance(module, SparseConv2d) and module.kind == "table":
-                for b in compare_backends:
-                    calls[(f"sparse[{b}]", mode)] = _layer_call(with_setting(module, "backend", b), sparse_input, mode, module,
-                                                                dev, amp_dtype, grads, f"{path}:sparse")
-            if isinstance(module, SparseConv2d) and module.kind == "depthwise":
-                for impl in depthwise_impls(module, dev):
-                    calls[(f"sparse[dw {impl}]", mode)] = _layer_call(with_setting(module, "depthwise", impl), sparse_input,
-                                                                      mode, module, dev, amp_dtype, grads,
-                                                                      f"{path}:sparse")
+            kind = module.kind_at(sf.level.r) if isinstance(module, SparseConv2d) else None
+            choices = ([(f"sparse[{b}]", "backend", b) for b in compare_backends] if kind == "table" else
+                       [(f"sparse[dw {i}]", "depthwise", i) for i in depthwise_impls(module, dev)]
+                       if kind == "depthwise" else [])
+            for name, attribute, value in choices:
+                calls[(name, mode)] = _layer_call(with_setting(module, attribute, value), sparse_input, mode,
+                                                  module, dev, amp_dtype, grads, f"{path}:sparse")
         times, errors = time_interleaved({f"{k}|{m}": c for (k, m), c in calls.items()}, warmup=warmup,
                                          repeats=repeats, device=dev)
         row = {"path": path, "type": type(module).__name__, "how": how(module, sf),
@@ -245,7 +241,8 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
                         "masked_dense_whole": whole.get(f"masked-dense|{mode}"),
                         "sparse_rest": None if sparse_whole is None else sparse_whole - total("sparse")}
     return {"model": model_name, "device": dev.type, "dtype": dtype, "batch": batch, "image_size": list(image_size),
-            "mask_ratio": ratio, "backend": backend, "compare_backends": list(compare_backends), "dense_format": dense_format, "repeats": repeats,
+            "mask_ratio": ratio, "backend": backend, "compare_backends": list(compare_backends),
+            "dense_format": dense_format, "repeats": repeats,
             "modes": list(modes), "visible_patches": int(visible.sum()), "total_patches": visible.numel(),
             "layers": layers, "totals": totals}
 

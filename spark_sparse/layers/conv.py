@@ -55,14 +55,19 @@ class SparseConv2d(SparseModule):
             return "depthwise"
         return "table"
 
+    def kind_at(self, r: int) -> str:
+        """:attr:`kind` on input patch blocks of r×r sites: a patchify conv whose window does not
+        fit a block reads its neighbours through the table instead."""
+        if self.kind == "patchify" and r % self.spec.stride[0]:
+            return "table"
+        return self.kind
+
     def forward(self, x: SparseFeatures) -> SparseFeatures:
         s = self.spec
         if x.channels != s.in_channels:
             raise ValueError(f"{self.path}: expected {s.in_channels} input channels, got {x.channels}")
         step = s.stride[0]
-        kind = self.kind
-        if kind == "patchify" and x.level.r % step:
-            kind = "table"  # a window larger than a patch tile: read neighbours through the table
+        kind = self.kind_at(x.level.r)
         if kind == "pointwise":
             feats = x.features
             if step > 1:
