@@ -1,6 +1,6 @@
 """SparK models from pre-training checkpoints, and checkpoints from imported weights.
 
-The checkpoint format is the trainer's (``spark_sparse.train.checkpoint``); everything here reads
+The checkpoint format is the trainer's (``spark_sparse.io.checkpoint``); everything here reads
 or writes it through that module, and checks weights against the architecture with
 :mod:`spark_sparse.weights`, so a wrong file gets the same clear error from every command.
 """
@@ -21,7 +21,7 @@ ENCODER_PREFIX = "encoder."
 
 def read_checkpoint(path: str) -> Dict[str, Any]:
     """Load and validate a pre-training checkpoint (``CheckpointError`` saying what is wrong otherwise)."""
-    from .train import checkpoint as ckpt
+    from .io import checkpoint as ckpt
     try:
         return ckpt.load(path)
     except FileNotFoundError as e:
@@ -105,7 +105,7 @@ def _adapt(encoder: Dict[str, torch.Tensor], arch: str) -> Dict[str, torch.Tenso
 def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, decoder_width: Optional[int] = None,
                            mask_ratio: Optional[float] = None, densify_norm: Optional[str] = None,
                            input_size: Optional[int] = None, seed: int = 0) -> Dict[str, Any]:
-    """A weights-only pre-training checkpoint (see train/checkpoint.py) from imported weights.
+    """A weights-only pre-training checkpoint (see spark_sparse/io/checkpoint.py) from imported weights.
 
     The encoder comes from the file; the decoder, densify layers and mask tokens from a SparK
     "withdecoder" file, else freshly initialised (SparK's initialisation, seeded by ``seed``).
@@ -163,7 +163,7 @@ def weights_checkpoint(model: SparK, arch: str, *, input_size: int, drop_path: f
     import timm
 
     from . import __version__
-    from .train import checkpoint as ckpt
+    from .io import checkpoint as ckpt
     return {
         "format": ckpt.FORMAT, "version": ckpt.VERSION,
         "arch": arch, "encoder_kind": model.encoder_kind,
