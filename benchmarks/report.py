@@ -351,11 +351,7 @@ def write_outputs(doc: dict, out_dir: str, plots: bool = True) -> List[str]:
     return written + images
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, path)
+from spark_sparse.io.files import write_text as _atomic_write  # noqa: E402  (one atomic writer for all)
 
 
 def update_readme(readme: str, doc: dict, results_dir: str) -> None:

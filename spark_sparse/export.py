@@ -17,12 +17,12 @@ the sparse encoder on random images and masks, in eval mode, per stage on visibl
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
 
+from .io.files import atomic_write
 from .masks import dense_mask, random_visible
 from .restore import build_model, encoder_state
 from .weights import WeightsError, check_encoder_state, read_file
@@ -47,20 +47,13 @@ def timm_state(payload: Dict[str, Any], source: str) -> Dict[str, torch.Tensor]:
 
 def write_weights(state: Dict[str, torch.Tensor], path: str, fmt: str, metadata: Dict[str, str]) -> None:
     """Write ``state`` atomically (temporary file beside ``path``, then rename): never a half file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         if fmt == "safetensors":
             from safetensors.torch import save_file
             save_file(state, tmp, metadata=metadata)
         else:
             torch.save(state, tmp)  # a bare state dict: what timm's loader and load_state_dict expect
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, write)
 
 
 def export(payload: Dict[str, Any], source: str, out: str, fmt: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -102,7 +95,7 @@ def verify(payload: Dict[str, Any], source: str, exported: str, *, batch: int = 
     from .reference import MaskedDenseEncoder
 
     config = payload["model_config"]
-    size = size or int(config.get("input_size", 224))
+    size = int(config.get("input_size", 224)) if size is None else size
     mask_ratio = float(config.get("mask_ratio", 0.6)) if mask_ratio is None else mask_ratio
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

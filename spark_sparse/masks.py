@@ -38,6 +38,23 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
     return round(num_patches * (1.0 - check_mask_ratio(mask_ratio)))
 
 
+def check_patches_both_ways(grid: Grid, mask_ratio: float, what: str = "mask ratio") -> int:
+    """Refuse a ratio that, on this grid, leaves SparK's mask no visible patch (the encoder would see
+    nothing) or no masked patch (the loss, defined on masked patches, would be empty); return the
+    number kept per image."""
+    h, w = _grid_hw(grid)
+    keep = num_visible(h * w, mask_ratio)
+    if keep == 0:
+        raise ValueError(f"{what} {mask_ratio} keeps round({h * w} × (1 − {mask_ratio})) = 0 of the {h}×{w} patches "
+                         f"visible: every image would be fully masked; use a ratio below {1 - 0.5 / (h * w):.4g} or "
+                         f"a larger image")
+    if keep == h * w:
+        raise ValueError(f"{what} {mask_ratio} hides none of the {h}×{w} patches (round({h * w} × (1 − "
+                         f"{mask_ratio})) = {keep}): the loss is defined on masked patches only, so nothing would "
+                         f"be learned; use a ratio above {0.5 / (h * w):.4g} (SparK: 0.6)")
+    return keep
+
+
 def random_visible(batch: int, grid: Grid, mask_ratio: float, *, generator: Optional[torch.Generator] = None,
                    device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
     """Draw a SparK mask: each image independently keeps exactly ``round(h*w*(1-mask_ratio))`` patches.

@@ -230,6 +230,15 @@ def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto
     return SparK(encoder, decoder_width=decoder_width, mask_ratio=mask_ratio, densify_norm=densify_norm)
 
 
+# SparK's drop-path rates per backbone; other backbones train without drop path.
+DROP_PATH = {"resnet50": 0.05, "resnet101": 0.08, "resnet152": 0.1, "resnet200": 0.15,
+             "convnext_small": 0.2, "convnext_base": 0.3, "convnext_large": 0.4}
+
+
+def default_drop_path(arch: str) -> float:
+    return DROP_PATH.get(arch.split(".")[0], 0.0)
+
+
 def model_config(model: SparK, arch: str, *, backend: str, drop_path: float, input_size: int) -> dict:
     """Everything :func:`build_spark` needs to rebuild ``model`` (stored in checkpoints)."""
     return {"arch": arch, "encoder_kind": model.encoder_kind, "backend": backend, "drop_path": float(drop_path),

@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from .io.files import file_kind, zip_damage
+
 SHOWN = 5  # keys listed per kind of difference in an error
 
 
@@ -27,19 +29,6 @@ class WeightsError(ValueError):
 
 
 # ---- reading ----------------------------------------------------------------------------------------
-def _file_kind(path: str) -> str:
-    """'safetensors', 'zip' (torch.save), 'pickle' (legacy torch.save) or 'unknown', from the bytes."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if head[:2] == b"PK":
-        return "zip"
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (100 << 20):
-        return "safetensors"
-    if head[:1] == b"\x80":
-        return "pickle"
-    return "unknown"
-
-
 def read_file(path: str, *, trust: bool = False) -> Tuple[Any, Dict[str, str]]:
     """The object stored in ``path`` (a safetensors or ``torch.save`` file) and its text metadata.
 
@@ -48,7 +37,7 @@ def read_file(path: str, *, trust: bool = False) -> Tuple[Any, Dict[str, str]]:
     """
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: no such file")
-    kind = _file_kind(path)
+    kind = file_kind(path)
     if kind == "safetensors":
         from safetensors import SafetensorError, safe_open
         try:
@@ -58,8 +47,7 @@ def read_file(path: str, *, trust: bool = False) -> Tuple[Any, Dict[str, str]]:
             raise WeightsError(f"{path}: unreadable safetensors file ({e}); truncated or corrupt?") from e
     if kind == "zip":
         try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
+            bad = zip_damage(path)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise WeightsError(f"{path}: unreadable ({type(e).__name__}: {e}); truncated or corrupt?") from e
         if bad is not None:

@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 import torch
 
 import spark_sparse as ss
-from spark_sparse.restore import weights_checkpoint
+from spark_sparse.io.checkpoint import weights_checkpoint
 from spark_sparse.spark import SparK
 from spark_sparse.io import checkpoint as ckpt
 from equivalence import build_model

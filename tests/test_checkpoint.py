@@ -7,10 +7,10 @@ import torch
 from spark_sparse.io import checkpoint as ckpt
 
 
-def payload(step, value=1.0):
+def payload(step, value=1.0, run_id="a" * 32):
     return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "arch": "resnet18", "encoder_kind": "sparse",
             "model_config": {}, "model": {"w": torch.full((64, 64), value)}, "optimizer": {}, "schedule": {},
-            "rng": {}, "epoch": 0, "step": step, "args": {}}
+            "rng": {}, "epoch": 0, "step": step, "args": {}, "run_id": run_id}
 
 
 def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
 
     def dying_save(obj, f):  # writes part of the file, then the process "dies"
         real_save(obj, f)
-        f.truncate(100)
+        os.truncate(f, 100)
         raise KeyboardInterrupt("killed while saving")
 
     monkeypatch.setattr(ckpt.torch, "save", dying_save)
@@ -72,6 +72,6 @@ def test_prune_keeps_the_newest(tmp_path):
     out = str(tmp_path)
     for step in (1, 2, 3, 10, 11):
         ckpt.save_atomic(payload(step), ckpt.checkpoint_path(out, step))
-    removed = ckpt.prune(out, 3)
+    removed = ckpt.prune(out, 3, "a" * 32)
     assert [os.path.basename(p) for p in removed] == ["ckpt-00000001.pt", "ckpt-00000002.pt"]
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [3, 10, 11]

@@ -6,7 +6,8 @@ import torch
 
 from export_utils import (SIZE, cli, encoder_state, images_and_mask, spark_timm_style, spark_withdecoder,
                           stage_outputs, timm_to_official_convnext, trained_spark)
-from spark_sparse.restore import build_model, read_checkpoint
+from spark_sparse.io.checkpoint import load as read_checkpoint
+from spark_sparse.restore import build_model
 from spark_sparse.spark_format import official_convnext_to_timm
 
 

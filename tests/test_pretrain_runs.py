@@ -117,14 +117,15 @@ def test_unreadable_images_are_counted_in_a_run(tmp_path, capsys):
     assert Trainer(parse(["--data", root, *TINY, "--epochs", "1", "--out", out])).fit() == 0  # 12 files: 3 steps
     text = capsys.readouterr().out
     assert "skipped unreadable image class0/broken.jpg" in text and "skipped unreadable image class1/cut.png" in text
-    assert "2 unreadable images skipped" in text
-    assert final_checkpoint(out)["metrics"]["skipped_images"] == 2
+    assert "2 unreadable image files skipped (2 reads)" in text
+    metrics = final_checkpoint(out)["metrics"]
+    assert metrics["skipped_images"] == 2 and metrics["skipped_files"] == ["class0/broken.jpg", "class1/cut.png"]
 
 
 class SignalAtStep(Trainer):
     def compute_loss(self, images, visible, with_reconstruction):
         if self.step + 1 == 2:
-            self._on_signal(signal.SIGTERM, None)  # as if SIGTERM arrived during step 2
+            self.stop.handle(signal.SIGTERM, None)  # as if SIGTERM arrived during step 2
         return super().compute_loss(images, visible, with_reconstruction)
 
 

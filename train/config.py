@@ -12,17 +12,8 @@ import argparse
 import os
 from typing import Optional
 
-# SparK's drop-path rates per backbone; other backbones train without drop path.
-DROP_PATH = {"resnet50": 0.05, "resnet101": 0.08, "resnet152": 0.1, "resnet200": 0.15,
-             "convnext_small": 0.2, "convnext_base": 0.3, "convnext_large": 0.4}
-
-
 # Peak lr of the no-argument demo run: SparK's on ImageNet (2e-4 × 4096 / 256).
 DEMO_PEAK_LR = 3.2e-3
-
-
-def default_drop_path(arch: str) -> float:
-    return DROP_PATH.get(arch.split(".")[0], 0.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,9 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", default="auto", metavar="auto|none|FILE",
                      help="auto: continue from the newest valid checkpoint in --out (a fresh start when there "
                           "is none); none: start fresh (refused if --out holds checkpoints); or a checkpoint file")
+    run.add_argument("--force", action="store_true",
+                     help="let this run share --out with another run's checkpoints (refused otherwise): they are "
+                          "kept and never pruned, and that run's metrics.jsonl, tensorboard/ and vis/ move to "
+                          "previous-runs/<its run id>/")
     run.add_argument("--ckpt-every", type=int, default=500,
                      help="also save every N steps (0: only at the end of each epoch and of the run)")
-    run.add_argument("--keep-ckpts", type=int, default=3, help="checkpoints kept (the newest; <= 0: all)")
+    run.add_argument("--keep-ckpts", type=int, default=3,
+                     help="checkpoints kept: the newest this run wrote (<= 0: all); other runs' files are never pruned")
     run.add_argument("--log-every", type=int, default=10, help="print a log line every N steps")
     run.add_argument("--vis-every", type=int, default=0,
                      help="also save a reconstruction grid every N steps (always: after the first step, at the "
@@ -99,8 +95,21 @@ def check_args(args) -> None:
         raise ValueError(f"--input-size must be a positive multiple of 32 (the backbone stride), got {args.input_size}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0.0 <= args.mask_ratio < 1.0:
-        raise ValueError(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
+    if not 0.0 < args.mask_ratio < 1.0:
+        raise ValueError(f"--mask-ratio must be in (0, 1) (the fraction of patches hidden; the loss is computed on "
+                         f"hidden patches only), got {args.mask_ratio}")
+    from ..masks import check_patches_both_ways
+    check_patches_both_ways(args.input_size // 32, args.mask_ratio, f"--mask-ratio at --input-size {args.input_size}:")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    for name in ("vis_images", "log_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("vis_every", "ckpt_every"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0: off), got {getattr(args, name)}")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.epochs <= 0 and not args.steps:
         raise ValueError(f"--epochs must be > 0 (or give --steps), got {args.epochs}")
     if args.steps is not None and args.steps < 1:
@@ -124,6 +133,7 @@ def peak_lr(args, global_batch: int) -> float:
 
 
 def drop_path(args) -> float:
+    from ..spark import default_drop_path  # the CLI's parser is built without importing the model
     return default_drop_path(args.arch) if args.drop_path is None else args.drop_path
 
 
@@ -139,5 +149,5 @@ def amp_dtype(name: str, device) -> Optional[str]:
 
 def plain_args(args) -> dict:
     """The arguments as plain values (for checkpoints)."""
-    return {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"
+    return {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "force")
             and (v is None or isinstance(v, (str, int, float, bool, list, tuple)))}

@@ -6,9 +6,10 @@ keys ``(epoch, index)``; the augmentation of a key is drawn from a generator see
 ``(seed, epoch, index)``; the order of an epoch is a permutation seeded by ``seed + epoch`` (torch's
 DistributedSampler), and a resumed epoch simply starts at a later batch of the same permutation.
 
-Unreadable or corrupt files never stop a run: such an index is replaced by the next readable one
+An unreadable or corrupt file does not stop a run: its index is replaced by the next readable one
 (deterministically), and the files are reported back with the batch so the trainer can count and
-log them.
+log them. Only ``MAX_SUBSTITUTES`` unreadable files in a row (counting on from one index) stop the
+run with an error: that is a wrong folder, not a few bad files.
 """
 from __future__ import annotations
 
@@ -81,8 +82,13 @@ def find_images(root: str) -> List[str]:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data folder {root!r} does not exist (pass a folder of images, flat or in "
                                 f"class sub-folders as ImageNet's train/, or omit --data for the embedded photos)")
-    found = []
+    found, seen = [], set()
     for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop, or two links to one folder: each real folder once
+            dirs.clear()
+            continue
+        seen.add(real)
         dirs.sort()
         found.extend(os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not found:
@@ -186,6 +192,50 @@ def ignore_stop_signals(worker_id: int) -> None:
     them; a scheduler that signals the whole process group must not kill them mid-step."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class UnreadableFiles:
+    """Unreadable files met so far: each distinct file once (``files``) and every failed read (``reads``:
+    a file is read again each epoch, and a substitute chain can meet it twice)."""
+
+    def __init__(self):
+        self.files: set = set()
+        self.reads = 0
+
+    def add(self, names, reads: int) -> None:
+        self.files.update(names)
+        self.reads += reads
+
+    def state(self) -> dict:
+        return {"skipped_images": self.reads, "skipped_files": sorted(self.files)}
+
+    def restore(self, metrics: dict) -> None:
+        self.reads = int(metrics.get("skipped_images", 0))
+        self.files = set(metrics.get("skipped_files") or ())
+
+    def summary(self) -> str:
+        return f"{len(self.files)} unreadable image files skipped ({self.reads} reads)"
+
+
+def shutdown_workers(loader, timeout: float = 5.0) -> None:
+    """End the loader's worker processes now. They ignore SIGTERM (see ``ignore_stop_signals``), so the
+    interpreter's exit handlers, which terminate children with SIGTERM and then wait for them, would
+    wait forever: every exit path of a run calls this first. Workers are asked to stop through the
+    loader's own protocol; any still alive after ``timeout`` seconds are killed."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is None:
+        return
+    workers = list(getattr(iterator, "_workers", []))
+    try:
+        if hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+    finally:
+        loader._iterator = None
+        for w in workers:
+            w.join(timeout)
+            if w.is_alive():
+                w.kill()
+                w.join(timeout)
 
 
 def collate(batch):

@@ -38,10 +38,14 @@ def _env_int(name: str, default: int) -> int:
 def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from e
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {name}: CUDA is not available here; use --device cpu")
+            raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__} sees no GPU); "
+                             f"use --device cpu or auto")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -127,6 +127,7 @@ class Monitor:
     def close(self) -> None:
         if not self.enabled:
             return
+        self.enabled = False  # closing twice (an error path after a normal end) is harmless
         if self.bar is not None:
             self.bar.close()
         self.writer.close()

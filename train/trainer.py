@@ -2,71 +2,46 @@
 
 A step: set lr and weight decay for the step → draw the global batch's masks from the shared mask
 generator and keep this process's rows → forward (under AMP if asked) → all-reduce the loss (a
-non-finite loss stops every process before any weight changes) → backward → clip → optimiser step.
-Checkpoints are written by rank 0 at the end of each epoch, every ``--ckpt-every`` steps and at the
-end; SIGTERM / SIGINT save one at the next step boundary and stop. Everything random is either
-restored from the checkpoint (torch/numpy/python RNGs of every process, the mask generator) or a
-pure function of (seed, epoch, position) (data order, augmentation), so a resumed run computes what
-the uninterrupted one would have.
+non-finite loss stops every process before any weight changes) → backward → clip → optimiser step
+(:mod:`.update`). Checkpoints are written by rank 0 at the end of each epoch, every
+``--ckpt-every`` steps and at the end; SIGTERM / SIGINT save one at the next step boundary and stop
+(:mod:`.signals`). Everything random is either restored from the checkpoint (:mod:`.state`,
+:mod:`.rng`) or a pure function of (seed, epoch, position) (data order, augmentation), so a resumed
+run computes what the uninterrupted one would have. Which checkpoint a run may resume, prune or
+overwrite is :mod:`.run_folder`'s decision.
+
+Exit status of :func:`pretrain`: 0 done, 2 bad arguments or an --out it must not use, 3 a
+non-finite loss or gradient, 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint, and
+1 for any other error (after the data workers are ended: a failed run never hangs).
 """
 from __future__ import annotations
 
 import os
-import random
-import signal
 import sys
 import time
-from contextlib import nullcontext
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from ..io import checkpoint as ckpt
 from ..masks import random_visible
 from ..spark import SparK, build_spark, model_config
-from ..io import checkpoint as ckpt
-from .config import amp_dtype, check_args, default_workers, drop_path, peak_lr, plain_args
-from .data import DataConfig, build_loader
-from .distributed import Processes, all_reduce_sum, barrier, broadcast_object, gather_objects, init_processes
-from .monitor import Monitor, reconstruction_grid
+from .config import amp_dtype, check_args, default_workers, drop_path, peak_lr
+from .data import DataConfig, UnreadableFiles, build_loader, shutdown_workers
+from .distributed import Processes, barrier, broadcast_object, init_processes
+from .monitor import Monitor
+from .rng import seed_everything
+from .run_folder import ResumePlan, RunFolderError, claim, plan_resume
 from .schedule import Schedule, build_optimizer, lamb_betas
+from .signals import StopSignals
+from .state import load_training_state, training_payload
 from .sync_batchnorm import convert_sync_batchnorm
+from .update import EXIT_NON_FINITE, NonFiniteError, apply_update, autocast_context
+from .visualise import Reconstructions
 
-EXIT_NON_FINITE = 3
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or the gradient norm became NaN or infinite."""
-
-
-# ---- RNG state as plain values (checkpoints load with weights_only=True) ---------------------------
-def capture_rng(device: torch.device) -> Dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, state, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": [version, list(state), gauss]}
-
-
-def restore_rng(state: Dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    version, values, gauss = state["python"]
-    random.setstate((version, tuple(values), gauss))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
+EXIT_BAD_INPUT = 2
+__all__ = ["Trainer", "pretrain", "EXIT_NON_FINITE", "EXIT_BAD_INPUT", "NonFiniteError"]
 
 
 class Trainer:
@@ -101,22 +76,27 @@ class Trainer:
             pin_memory=self.device.type == "cuda"))
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = args.steps or int(round(args.epochs * self.steps_per_epoch))
+        if self.total_steps < 1:
+            raise ValueError(f"--epochs {args.epochs} × {self.steps_per_epoch} steps per epoch rounds to 0 steps: "
+                             f"give more --epochs or --steps")
         warmup = int(round(args.warmup_epochs * self.steps_per_epoch))
         if warmup >= self.total_steps:
             warmup = self.total_steps // 10
-            self._warn(f"--warmup-epochs {args.warmup_epochs} spans the whole run of {self.total_steps} steps; "
-                       f"warming up over {warmup} steps (10 %) instead")
+            self.warn(f"--warmup-epochs {args.warmup_epochs} spans the whole run of {self.total_steps} steps; "
+                      f"warming up over {warmup} steps (10 %) instead")
         self.schedule = Schedule(peak_lr(args, self.global_batch), warmup, self.total_steps, args.wd, args.wd_end)
         self.mask_generator = torch.Generator().manual_seed(args.seed)
         self.grid = (args.input_size // self.model.patch_size,) * 2
         self.epoch, self.batch, self.step = 0, 0, 0
-        self.skipped_images = 0
+        self.unreadable = UnreadableFiles()
         self.last_loss = float("nan")
-        self._stop_signal = None  # set by the signal handler
-        self._stop_now = False    # the processes' joint decision, taken once per step
+        self.stop = StopSignals()
+        self.run_id: Optional[str] = None
         self.resumed_from = self._resume()
         self.monitor = Monitor(self.out, self.procs.is_main, self.total_steps, self.step, args.log_every,
                                args.progress)
+        self.reconstructions = Reconstructions(self.monitor, self.procs.is_main, args.vis_every, args.vis_images,
+                                               self.total_steps, self.model.patch_size)
 
     # ---- construction ------------------------------------------------------------------------------
     def _build_model(self) -> SparK:
@@ -140,110 +120,45 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _resume(self) -> Optional[str]:
-        """Rank 0 picks the checkpoint (so every process resumes from the same one); all load it."""
-        choice = self.args.resume
-        decision = {"path": None, "error": None}
+        """Rank 0 decides (so every process resumes from the same file, or all stop); all load it."""
+        decision = {"plan": None, "error": None}
         if self.procs.is_main:
             ckpt.remove_stale_temporaries(self.out)
-            if choice == "none":
-                if ckpt.list_checkpoints(self.out):
-                    decision["error"] = (f"{ckpt.checkpoint_dir(self.out)} already holds checkpoints: continue them "
-                                         f"with --resume auto, or choose another --out")
-            elif choice == "auto":
-                found = ckpt.latest_valid(self.out)
-                decision["path"] = found[0] if found else None
-            else:
-                decision["path"] = choice
-        decision = broadcast_object(decision, self.procs)  # every process stops, or resumes from the same file
+            try:
+                plan = plan_resume(self.out, self.args.resume, force=getattr(self.args, "force", False))
+                claim(self.out, plan)
+                decision["plan"] = (plan.path, plan.run_id)
+            except (RunFolderError, ckpt.CheckpointError) as e:
+                decision["error"] = (type(e).__name__, str(e))
+        decision = broadcast_object(decision, self.procs)
         if decision["error"]:
-            raise FileExistsError(decision["error"])
-        path = decision["path"]
-        if path is None:
+            kind, text = decision["error"]
+            raise (ckpt.CheckpointError if kind == "CheckpointError" else RunFolderError)(text)
+        plan = ResumePlan(*decision["plan"])
+        self.run_id = plan.run_id
+        if plan.path is None:
             return None
         try:
-            payload = ckpt.load(path)
+            payload = ckpt.load(plan.path)
         except ckpt.CheckpointError:
             if self.procs.is_main:
                 raise
-            raise ckpt.CheckpointError(f"process {self.procs.rank} cannot read {path}, which rank 0 resumes from: "
-                                       f"with several nodes --out must be on a shared file system")
-        self.load_state(payload)
-        return path
-
-    def load_state(self, payload: Dict) -> None:
-        if payload["arch"] != self.args.arch or payload["encoder_kind"] != self.model.encoder_kind:
-            raise ValueError(f"the checkpoint is a {payload['arch']} ({payload['encoder_kind']} encoder), this run a "
-                             f"{self.args.arch} ({self.model.encoder_kind}): pass the same --arch/--encoder, or "
-                             f"another --out")
-        saved, mine = payload.get("model_config") or {}, self.model_config()
-        differs = [f"--{k.replace('_', '-')} {saved[k]!r} (this run: {mine[k]!r})"
-                   for k in ("decoder_width", "densify_norm") if k in saved and saved[k] != mine[k]]
-        if differs:
-            raise ValueError(f"the checkpoint's model was built with {', '.join(differs)}: pass the same to resume "
-                             f"from it")
-        self.model.load_state_dict(payload["model"])
-        if payload["optimizer"] is None:  # imported weights (spark-sparse import): a fresh optimiser
-            self._log("the checkpoint has no optimizer state (imported weights): the optimizer starts fresh")
-        else:
-            self.optimizer.load_state_dict(payload["optimizer"])
-        if self.scaler is not None and payload.get("scaler"):
-            self.scaler.load_state_dict(payload["scaler"])
-        rng = payload["rng"]
-        if rng is None:  # imported weights: no run to continue, start at the checkpoint's step with --seed
-            self.epoch, self.batch, self.step = payload["epoch"], 0, payload["step"]
-            return
-        if payload.get("world_size", 1) == self.procs.world:
-            restore_rng({k: rng[k][self.procs.rank] if isinstance(rng[k], list) and k != "sampler" else rng[k]
-                         for k in ("torch", "cuda", "numpy", "python")}, self.device)
-        else:
-            seed_everything(self.args.seed + self.procs.rank + payload["step"])
-            self._warn(f"the checkpoint was written by {payload.get('world_size')} processes, this run has "
-                       f"{self.procs.world}: data order and masks continue exactly, drop-path draws do not")
-        self.mask_generator.set_state(rng["mask_generator"])
-        self.epoch, self.batch, self.step = payload["epoch"], rng["sampler"]["batch"], payload["step"]
-        self.last_loss = payload.get("metrics", {}).get("loss", float("nan"))
-        self.skipped_images = int(payload.get("metrics", {}).get("skipped_images", 0))
-        changed = {k: (v, getattr(self.args, k, None)) for k, v in payload["args"].items()
-                   if k not in ("out", "resume", "progress", "workers", "device", "log_every", "vis_every",
-                                "vis_images", "keep_ckpts", "ckpt_every")
-                   and getattr(self.args, k, None) != v}
-        if changed:
-            self._warn("resuming with changed arguments (checkpoint → now): " +
-                       ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()))
+            raise ckpt.CheckpointError(f"process {self.procs.rank} cannot read {plan.path}, which rank 0 resumes "
+                                       f"from: with several nodes --out must be on a shared file system")
+        load_training_state(self, payload)
+        return plan.path
 
     def checkpoint_payload(self) -> Optional[Dict]:
-        """The checkpoint dict (on rank 0; None elsewhere). Every process must call it (it gathers RNGs)."""
-        states = gather_objects(capture_rng(self.device), self.procs)
-        if not self.procs.is_main:
-            return None
-        model_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        return {
-            "format": ckpt.FORMAT, "version": ckpt.VERSION,
-            "arch": self.args.arch, "encoder_kind": self.model.encoder_kind, "model_config": self.model_config(),
-            "model": model_state, "optimizer": self.optimizer.state_dict(), "optimizer_name": self.args.opt,
-            "schedule": {"peak_lr": self.schedule.peak_lr, "warmup_steps": self.schedule.warmup_steps,
-                         "total_steps": self.schedule.total_steps, "wd": self.schedule.wd,
-                         "wd_end": self.schedule.wd_end},
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": {"torch": [s["torch"] for s in states], "cuda": [s["cuda"] for s in states],
-                    "numpy": [s["numpy"] for s in states], "python": [s["python"] for s in states],
-                    "mask_generator": self.mask_generator.get_state(),
-                    "sampler": {"seed": self.args.seed, "epoch": self.epoch, "batch": self.batch}},
-            "epoch": self.epoch, "step": self.step, "world_size": self.procs.world,
-            "args": plain_args(self.args),
-            "metrics": {"loss": self.last_loss, "images_seen": self.step * self.global_batch,
-                        "skipped_images": self.skipped_images},
-            "versions": {"spark_sparse": __version__, "torch": str(torch.__version__), "timm": str(_timm_version())},
-            "created": time.time(),
-        }
+        return training_payload(self)
 
     def save_checkpoint(self) -> Optional[str]:
+        self.monitor.flush()  # the metrics up to this step are on disk before the checkpoint that ends them
         payload = self.checkpoint_payload()
         path = None
         if payload is not None:
-            path = ckpt.checkpoint_path(self.out, self.step)
+            path = ckpt.checkpoint_path(self.out, self.step, self.run_id)
             ckpt.save_atomic(payload, path)
-            ckpt.prune(self.out, self.args.keep_ckpts)
+            ckpt.prune(self.out, self.args.keep_ckpts, self.run_id)
         barrier(self.procs)
         return path
 
@@ -255,74 +170,49 @@ class Trainer:
 
     def compute_loss(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool):
         """Forward pass: loss, or (loss, reconstruction)."""
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
-                    if self.amp else nullcontext())
-        with autocast:
+        with autocast_context(self.amp, self.device):
             return self.ddp(images, visible, return_reconstruction=with_reconstruction)
 
-    def train_step(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool,
-                   skipped: int) -> Tuple[Dict[str, float], Optional[torch.Tensor]]:
+    def train_step(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool, skipped):
         lr, wd = self.schedule.apply(self.optimizer, self.step)
         out = self.compute_loss(images, visible, with_reconstruction)
         loss, reconstruction = out if with_reconstruction else (out, None)
-        stop = 1.0 if self._stop_signal else 0.0
-        shared = all_reduce_sum(torch.stack([loss.detach().float(), loss.new_tensor(float(skipped)),
-                                             loss.new_tensor(stop)]), self.procs)
-        loss_sum, skipped_all, stop_all = shared.tolist()
-        loss_value = loss_sum / self.procs.world  # every process averages over the same number of patches
-        if not np.isfinite(loss_value):
-            raise NonFiniteError(f"the loss is {loss_value} at step {self.step + 1} (epoch {self.epoch}); training "
-                                 f"stopped before updating the weights")
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.clip if self.args.clip > 0 else float("inf"))
-        grad_norm = float(grad_norm)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)  # skips the update itself when fp16 gradients overflowed
-            self.scaler.update()
-        else:
-            if not np.isfinite(grad_norm):
-                raise NonFiniteError(f"the gradient norm is {grad_norm} at step {self.step + 1} (epoch {self.epoch}, "
-                                     f"loss {loss_value:.4f}); training stopped before updating the weights")
-            self.optimizer.step()
-        # decided together (a signal that arrives after this all-reduce is acted on at the next step),
-        # so that every process takes part in the checkpoint's collectives
-        self._stop_now = stop_all > 0
-        if self._stop_now:
-            self._stop_signal = self._stop_signal or "SIGTERM on another process"
-        self.skipped_images += int(skipped_all)
-        return {"loss": loss_value, "lr": lr, "wd": wd, "grad_norm": grad_norm}, reconstruction
+        update = apply_update(loss, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
+                              clip=self.args.clip, procs=self.procs, skipped=len(skipped),
+                              stop_requested=self.stop.received is not None,
+                              where=f"step {self.step + 1} (epoch {self.epoch})")
+        if update.stop:  # decided together, so that every process takes part in the checkpoint's collectives
+            self.stop.received = self.stop.received or "SIGTERM"
+        self._count_unreadable(skipped, update.skipped)
+        return {**update.metrics, "lr": lr, "wd": wd}, reconstruction, update.stop
 
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self) -> int:
-        if self.resumed_from:
-            self._log(f"resumed from {self.resumed_from}: step {self.step}, epoch {self.epoch}, batch {self.batch}")
-        if self.step >= self.total_steps:
-            self._log(f"already finished: {self.step} of {self.total_steps} steps done in {self.out}")
-            self.monitor.close()
-            return 0
-        self._log(self.describe())
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-        for s in previous:
-            signal.signal(s, self._on_signal)
+        """Train to the end; returns the exit status. The data workers are ended on every way out."""
         try:
-            self._loop()
+            if self.resumed_from:
+                self.log(f"resumed from {self.resumed_from}: step {self.step}, epoch {self.epoch}, batch {self.batch}")
+            if self.step >= self.total_steps:
+                self.log(f"already finished: {self.step} of {self.total_steps} steps done in {self.out}")
+                return 0
+            self.log(self.describe())
+            with self.stop:
+                self._loop()
         except NonFiniteError as e:
             last = ckpt.list_checkpoints(self.out)
-            self._log(f"ERROR: {e}. The last good checkpoint is "
-                      f"{last[-1][1] if last else 'none (no checkpoint was written yet)'}; it is left as it was. "
-                      f"Try a lower --base-lr or --lr, --amp off, or check the data.")
+            self.log(f"ERROR: {e}. The last good checkpoint is "
+                     f"{last[-1][1] if last else 'none (no checkpoint was written yet)'}; it is left as it was. "
+                     f"Try a lower --base-lr or --lr, --amp off, or check the data.")
             return EXIT_NON_FINITE
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            self.monitor.close()
+            self.close()
         return 0
+
+    def close(self) -> None:
+        """End the data workers and close the logs (safe to call twice)."""
+        shutdown_workers(self.loader)
+        if getattr(self, "monitor", None) is not None:
+            self.monitor.close()
 
     def _loop(self) -> None:
         a = self.args
@@ -331,11 +221,10 @@ class Trainer:
             tick = time.perf_counter()
             for images, skipped in self.loader:
                 data_time = time.perf_counter() - tick
-                self._report_skipped(skipped)
                 images = images.to(self.device, non_blocking=True)
                 visible = self.next_visible()
-                want_vis = self._vis_due(self.step + 1, self.batch + 1 >= self.steps_per_epoch)
-                metrics, reconstruction = self.train_step(images, visible, want_vis, len(skipped))
+                want_vis = self.reconstructions.due(self.step + 1, self.batch + 1 >= self.steps_per_epoch)
+                metrics, reconstruction, stop = self.train_step(images, visible, want_vis, skipped)
                 self.step += 1
                 self.batch += 1
                 epoch_done = self.batch >= self.steps_per_epoch
@@ -344,43 +233,30 @@ class Trainer:
                 self.last_loss = metrics["loss"]
                 step_time = time.perf_counter() - tick
                 metrics.update(img_per_s=self.global_batch / max(step_time, 1e-9), data_time=data_time,
-                               step_time=step_time, skipped_images=float(self.skipped_images))
+                               step_time=step_time, skipped_images=float(self.unreadable.reads))
                 self.monitor.step(self.step, self.epoch if not epoch_done else self.epoch - 1, metrics)
                 if reconstruction is not None:
-                    self._save_grid(images, visible, reconstruction)
+                    path = self.reconstructions.save(self.step, images, visible, reconstruction)
+                    self.log(f"reconstructions (input / masked / reconstruction) → {path}")
                 finished = self.step >= self.total_steps
-                if epoch_done or finished or self._stop_now or (a.ckpt_every > 0 and self.step % a.ckpt_every == 0):
+                if epoch_done or finished or stop or (a.ckpt_every > 0 and self.step % a.ckpt_every == 0):
                     path = self.save_checkpoint()
-                    if self._stop_now:
-                        self._log(f"stopped by {self._stop_signal} after step {self.step}; checkpoint {path} "
-                                  f"(rerun with --resume auto to continue)")
-                        raise SystemExit(130 if self._stop_signal == "SIGINT" else 143)
+                    if stop:
+                        self.log(f"stopped by {self.stop.received} after step {self.step}; checkpoint {path} "
+                                 f"(rerun with --resume auto to continue)")
+                        raise SystemExit(self.stop.exit_code())
                 if finished or epoch_done:
                     break
                 tick = time.perf_counter()
-        self._log(f"done: {self.step} steps, last loss {self.last_loss:.4f}, {self.skipped_images} unreadable "
-                  f"images skipped; checkpoints in {ckpt.checkpoint_dir(self.out)}")
+        self.log(f"done: {self.step} steps, last loss {self.last_loss:.4f}, {self.unreadable.summary()}; "
+                 f"checkpoints in {ckpt.checkpoint_dir(self.out)}")
 
-    def _vis_due(self, step: int, ends_epoch: bool) -> bool:
-        every = self.args.vis_every
-        return self.procs.is_main and (step == 1 or ends_epoch or step == self.total_steps
-                                       or (every > 0 and step % every == 0))
-
-    def _save_grid(self, images: torch.Tensor, visible: torch.Tensor, reconstruction: torch.Tensor) -> None:
-        n = min(self.args.vis_images, images.shape[0])
-        grid = reconstruction_grid(images[:n], visible[:n], reconstruction[:n], self.model.patch_size)
-        path = self.monitor.images(self.step, grid)
-        self._log(f"reconstructions (input / masked / reconstruction) → {path}")
-
-    def _report_skipped(self, skipped) -> None:
+    def _count_unreadable(self, skipped, reads_everywhere: int) -> None:
+        prefix = f"[rank {self.procs.rank}] " if self.procs.distributed else ""
         for name, reason in skipped:
-            prefix = f"[rank {self.procs.rank}] " if self.procs.distributed else ""
             print(f"{prefix}WARNING: skipped unreadable image {name}: {reason}", flush=True)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_signal and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to end
-        self._stop_signal = signal.Signals(signum).name  # no printing here: a handler may interrupt a print
+        # reads are counted over all processes; the distinct files are those this process met (rank 0 logs)
+        self.unreadable.add([name for name, _ in skipped], reads_everywhere)
 
     def describe(self) -> str:
         a = self.args
@@ -391,30 +267,23 @@ class Trainer:
                 f"({self.local_batch} per process), {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
                 f"warm-up {self.schedule.warmup_steps} steps, peak lr {self.schedule.peak_lr:.3e}, {a.opt}, "
                 f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}\n"
-                f"  output: {os.path.abspath(self.out)}")
+                f"  output: {os.path.abspath(self.out)} (run {self.run_id})")
 
-    def _log(self, text: str) -> None:
+    def log(self, text: str) -> None:
         if self.procs.is_main:
             if getattr(self, "monitor", None) is not None:
                 self.monitor.message(text)
             else:
                 print(text, flush=True)
 
-    def _warn(self, text: str) -> None:
-        self._log(f"WARNING: {text}")
-
-
-def _timm_version() -> str:
-    import timm
-    return timm.__version__
-
-
-EXIT_BAD_INPUT = 2
+    def warn(self, text: str) -> None:
+        self.log(f"WARNING: {text}")
 
 
 def pretrain(args) -> int:
     """Entry point of ``spark-sparse pretrain`` (also under torchrun)."""
     from .distributed import shutdown
+    trainer = None
     try:
         try:
             trainer = Trainer(args)
@@ -424,4 +293,6 @@ def pretrain(args) -> int:
             return EXIT_BAD_INPUT
         return trainer.fit()
     finally:
+        if trainer is not None:
+            trainer.close()
         shutdown()

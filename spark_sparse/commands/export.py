@@ -32,20 +32,37 @@ def add_arguments(p):
     p.add_argument("--verify-size", type=int, default=None,
                    help="their size in pixels (default: the checkpoint's input size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random images and masks of --verify")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists (never the checkpoint itself)")
+
+
+def check_verify_options(args) -> None:
+    """The --verify-* values, refused before anything is written."""
+    if args.verify_batch < 1:
+        raise ValueError(f"--verify-batch must be >= 1, got {args.verify_batch}")
+    if args.verify_size is not None and (args.verify_size <= 0 or args.verify_size % 32):
+        raise ValueError(f"--verify-size must be a positive multiple of 32 (the backbone stride), got "
+                         f"{args.verify_size}")
+    if not args.tolerance >= 0:
+        raise ValueError(f"--tolerance must be >= 0, got {args.tolerance}")
 
 
 def run(args) -> int:
     from spark_sparse import export as ex
-    from spark_sparse.restore import read_checkpoint
-    from spark_sparse.io.checkpoint import CheckpointError
+    from spark_sparse.io.checkpoint import CheckpointError, load
+    from spark_sparse.io.files import check_output
     from spark_sparse.weights import WeightsError
 
     try:
-        payload = read_checkpoint(args.checkpoint)
+        check_verify_options(args)
+        check_output(args.out, inputs=[args.checkpoint], force=args.force)
+        payload = load(args.checkpoint)
         fmt = ex.format_for(args.out, args.format)
         state = ex.export(payload, args.checkpoint, args.out, fmt)
-    except (CheckpointError, WeightsError) as e:
+    except (CheckpointError, WeightsError, ValueError) as e:  # OutputError is a ValueError
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2
     arch = payload["arch"]
     print(f"wrote {args.out} ({fmt}): {arch} encoder, {len(state)} tensors, "

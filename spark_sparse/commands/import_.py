@@ -11,7 +11,6 @@ A mismatch with the architecture is an error that lists the missing, unexpected 
 keys and names the architecture the weights look like."""
 from __future__ import annotations
 
-import os
 import sys
 
 NAME = "import"
@@ -35,27 +34,29 @@ def add_arguments(p):
     p.add_argument("--trust-file", action="store_true",
                    help="allow arbitrary pickled Python objects in FILE (e.g. timm training checkpoints that store "
                         "their argparse arguments); only for files from a source you trust")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists (never FILE itself)")
 
 
 def run(args) -> int:
-    from spark_sparse.restore import checkpoint_from_import
-    from spark_sparse.spark_format import read_weights
     from spark_sparse.io.checkpoint import save_atomic
+    from spark_sparse.io.files import check_output
+    from spark_sparse.io.imports import checkpoint_from_import
+    from spark_sparse.spark_format import read_weights
     from spark_sparse.weights import WeightsError
 
-    if os.path.exists(args.out) and not args.force:
-        print(f"error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
-        return 2
     try:
+        check_output(args.out, inputs=[args.file], force=args.force)
         imported = read_weights(args.file, trust=args.trust_file)
         payload = checkpoint_from_import(imported, args.arch, decoder_width=args.decoder_width,
                                          mask_ratio=args.mask_ratio, densify_norm=args.densify_norm,
                                          input_size=args.input_size, seed=args.seed)
-    except (WeightsError, ValueError) as e:  # WeightsError: the file; ValueError: an option
+        save_atomic(payload, args.out)
+    except (WeightsError, ValueError) as e:  # WeightsError: the file; ValueError: an option or --out
         print(f"error: {e}", file=sys.stderr)
         return 2
-    save_atomic(payload, args.out)
+    except OSError as e:
+        print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     info, cfg = payload["imported_from"], payload["model_config"]
     encoder_tensors = sum(1 for k in payload["model"] if k.startswith("encoder."))
     print(f"read {args.file}: {info['kind']}")

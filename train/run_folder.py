@@ -1,0 +1,126 @@
+"""Which run owns an --out folder, and what a starting run may resume, prune and overwrite there.
+
+A run is identified by a random id, recorded in ``<out>/run.json`` and in each checkpoint it writes;
+resuming from a checkpoint continues that checkpoint's run (same id). The rules, decided by rank 0
+before anything is written:
+
+- ``--resume auto``: the newest valid checkpoint of the folder's run (files of other runs are
+  skipped with a warning); a folder from before run ids: the newest valid checkpoint; none: fresh.
+- ``--resume none``: refused when the folder holds checkpoints.
+- ``--resume FILE``: refused when the folder holds another run's checkpoints (or run.json), and when
+  it holds newer checkpoints of FILE's own run (the run would prune them or later resume them).
+- ``--force`` lets the new run share the folder instead: the other run's checkpoints stay (never
+  pruned, never resumed by ``auto``) and its ``metrics.jsonl``, ``tensorboard/`` and ``vis/`` move
+  to ``previous-runs/<its id>/``, so nothing it wrote is overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+from ..io import checkpoint as ckpt
+from ..io.files import write_text
+
+RUN_FILE = "run.json"
+LOGS = ("metrics.jsonl", "tensorboard", "vis")  # what a run writes besides checkpoints
+PREVIOUS = "previous-runs"
+
+
+@dataclass
+class ResumePlan:
+    path: Optional[str]               # checkpoint to resume from (None: a fresh start)
+    run_id: str                       # the run this process continues or starts
+    previous_run: Optional[str] = None  # the folder's other run whose logs move aside
+
+
+class RunFolderError(ValueError):
+    """The --out folder holds something this run must not mix with."""
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def folder_run(out: str) -> Optional[str]:
+    """The id in ``<out>/run.json`` (None when absent or unreadable)."""
+    try:
+        with open(os.path.join(out, RUN_FILE), encoding="utf-8") as f:
+            run = json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run if isinstance(run, str) else None
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.samefile(os.path.dirname(os.path.abspath(path)), folder)
+    except OSError:
+        return False
+
+
+def plan_resume(out: str, choice: str, force: bool = False) -> ResumePlan:
+    """What to resume and under which run id (see the module docstring); raises RunFolderError."""
+    owner = folder_run(out)
+    existing = ckpt.list_checkpoints(out)
+    holds_run = owner is not None or bool(existing)
+    share = ("pass --force to start this run beside them (they are kept and never pruned; the folder's "
+             f"metrics.jsonl, tensorboard/ and vis/ move to {PREVIOUS}/)")
+    if choice == "auto":
+        found = ckpt.latest_valid(out, run_id=owner)
+        if found:
+            path, payload = found
+            return ResumePlan(path, payload.get("run_id") or owner or new_run_id())
+        return ResumePlan(None, owner or new_run_id(), previous_run=None if owner else _unknown_logs(out))
+    if choice == "none":
+        if existing and not force:
+            raise RunFolderError(f"{ckpt.checkpoint_dir(out)} already holds checkpoints: continue them with --resume "
+                                 f"auto, choose another --out, or {share}")
+        return ResumePlan(None, new_run_id(), previous_run=owner or _unknown_logs(out))
+
+    payload = ckpt.load(choice)
+    file_run = payload.get("run_id")
+    same = file_run is not None and file_run == owner or (owner is None and _inside(choice, ckpt.checkpoint_dir(out)))
+    if holds_run and not same:
+        if not force:
+            raise RunFolderError(f"{out} holds checkpoints of another run ({owner or 'unknown'}); resuming {choice} "
+                                 f"(run {file_run or 'none: imported weights'}) there would mix the two runs: choose "
+                                 f"another --out, or {share}")
+        return ResumePlan(choice, file_run if file_run and file_run != owner else new_run_id(),
+                          previous_run=owner or _unknown_logs(out))
+    newer = [step for step, path in existing if step > payload["step"] and ckpt.run_of(path) == (file_run or owner)]
+    if same and newer:
+        if not force:
+            raise RunFolderError(f"{out} holds checkpoints of this run up to step {max(newer)}, newer than {choice} "
+                                 f"(step {payload['step']}): --resume auto continues from the newest; to go back to "
+                                 f"step {payload['step']}, resume into another --out, or {share}")
+        return ResumePlan(choice, new_run_id(), previous_run=owner or _unknown_logs(out))  # a branch: a new run
+    return ResumePlan(choice, file_run or owner or new_run_id(), previous_run=None if owner else _unknown_logs(out))
+
+
+def _unknown_logs(out: str) -> Optional[str]:
+    """A name for logs of a run that recorded no id (written before run ids existed), if there are any."""
+    if any(os.path.exists(os.path.join(out, name)) for name in LOGS):
+        return time.strftime("unknown-%Y%m%d-%H%M%S")
+    return None
+
+
+def claim(out: str, plan: ResumePlan) -> None:
+    """Make ``plan.run_id`` the folder's run: move the previous run's logs aside, write run.json."""
+    os.makedirs(out, exist_ok=True)
+    if plan.previous_run and plan.previous_run != plan.run_id:
+        target = os.path.join(out, PREVIOUS, plan.previous_run)
+        for name in LOGS:
+            source = os.path.join(out, name)
+            if os.path.exists(source):
+                os.makedirs(target, exist_ok=True)
+                destination = os.path.join(target, name)
+                if os.path.exists(destination):  # moved once before: keep both
+                    destination += time.strftime(".%Y%m%d-%H%M%S")
+                os.replace(source, destination)
+    if folder_run(out) != plan.run_id:
+        write_text(os.path.join(out, RUN_FILE), json.dumps({"run_id": plan.run_id, "claimed": time.time()}),
+                   durable=True)

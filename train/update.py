@@ -1,0 +1,63 @@
+"""One optimiser update from a loss: agree across processes, refuse non-finite values, step.
+
+The loss, the count of skipped images and the stop request are all-reduced in one collective, so
+every process takes the same decision (stop before touching the weights, or save and stop) at the
+same step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .distributed import Processes, all_reduce_sum
+
+EXIT_NON_FINITE = 3
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass
+class Update:
+    metrics: Dict[str, float]   # loss (mean over processes), lr, wd, grad_norm
+    skipped: int                # unreadable images skipped by all processes at this step
+    stop: bool                  # some process received a stop signal before this step's all-reduce
+
+
+def apply_update(loss: torch.Tensor, *, model, optimizer, scaler, clip: float, procs: Processes,
+                 where: str, skipped: int, stop_requested: bool) -> Update:
+    """Backward, clip and step on ``loss`` (``where`` names the step in error messages)."""
+    shared = all_reduce_sum(torch.stack([loss.detach().float(), loss.new_tensor(float(skipped)),
+                                         loss.new_tensor(1.0 if stop_requested else 0.0)]), procs)
+    loss_sum, skipped_all, stop_all = shared.tolist()
+    loss_value = loss_sum / procs.world  # every process averages over the same number of patches
+    if not np.isfinite(loss_value):
+        raise NonFiniteError(f"the loss is {loss_value} at {where}; training stopped before updating the weights")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the update itself when fp16 gradients overflowed
+        scaler.update()
+    else:
+        if not np.isfinite(grad_norm):
+            raise NonFiniteError(f"the gradient norm is {grad_norm} at {where} (loss {loss_value:.4f}); training "
+                                 f"stopped before updating the weights")
+        optimizer.step()
+    return Update({"loss": loss_value, "grad_norm": grad_norm}, int(skipped_all), stop_all > 0)
+
+
+def autocast_context(amp: Optional[str], device: torch.device):
+    from contextlib import nullcontext
+    if not amp:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
