@@ -162,7 +162,11 @@ def checkpoint_path(out_dir: str, step: int, run_id: Optional[str] = None) -> st
 
 def save_atomic(payload: Dict[str, Any], path: str) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, rename: all or nothing."""
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    except Exception as e:  # torch reports a full disk as an obscure zip-writer error: say what it means
+        raise CheckpointError(f"{path}: could not be written ({type(e).__name__}: {str(e).strip()}); is the disk "
+                              f"full or the file over a size limit? Earlier checkpoints are intact") from e
 
 
 def verify_integrity(path: str) -> None:
