@@ -56,7 +56,8 @@ def read_file(path: str, *, trust: bool = False) -> Tuple[Any, Dict[str, str]]:
         raise WeightsError(f"{path}: not a weights file (neither safetensors nor torch.save); accepted: "
                            f"*.safetensors, or *.pth / *.pt / *.bin written by torch.save")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust), {}
+        with open(path, "rb") as f:  # a file object: torch would pick a loader from a path's extension
+            return torch.load(f, map_location="cpu", weights_only=not trust), {}
     except Exception as e:  # noqa: BLE001 — torch raises many types here; all mean the same to the user
         if not trust and "weights_only" in str(e):
             raise WeightsError(f"{path}: holds Python objects other than tensors and plain values, which are not "

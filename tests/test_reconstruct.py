@@ -39,5 +39,6 @@ def test_reconstruct_writes_the_three_rows_per_image(tmp_path):
     again = ("reconstruct", path, photo, odd, "--out", tmp_path / "again", "--mask-ratio", "0.75")
     assert cli(*again, "--seed", "3")[0] == 0
     assert (tmp_path / "again" / "wide.png").read_bytes() == before, "the same seed gives the same figure"
-    assert cli(*again, "--seed", "4")[0] == 0
+    assert cli(*again, "--seed", "4")[0] == 2, "existing PNGs are not overwritten without --force"
+    assert cli(*again, "--seed", "4", "--force")[0] == 0
     assert (tmp_path / "again" / "grid.png").read_bytes() != before_grid, "another seed, other masks"

@@ -72,6 +72,8 @@ def add_arguments(p):
                         "existing results.json")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. the machine's load)")
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite the results (results.json, results.md, plots) already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -106,7 +108,7 @@ def command_line(args) -> str:
     """The command as typed (options in a canonical order), for the results' README."""
     words = ["spark-sparse", NAME]
     for key, value in vars(args).items():
-        if key.startswith("_") or key == "command" or value is None or value is False or value == "":
+        if key.startswith("_") or key in ("command", "force") or value is None or value is False or value == "":
             continue
         flag = "--" + key.replace("_", "-")
         if value is True:
@@ -133,9 +135,20 @@ def load_results(path: str) -> dict:
     return doc
 
 
+def check_outputs(args) -> None:
+    """Results already in --out are another run's: refused before measuring anything, unless --force
+    (re-rendering results.json in place rewrites the same document, so it needs --force too)."""
+    import os
+
+    from spark_sparse.io.files import check_output
+    for name in ("results.json", "results.md"):
+        check_output(os.path.join(args.out, name), force=args.force, what="--out")
+
+
 def run(args) -> int:
     from spark_sparse.benchmarks import report, runner
     try:
+        check_outputs(args)
         doc = load_results(args.render) if args.render else None
         cfg = None if doc else build_config(args)
     except (ValueError, ImportError) as e:

@@ -195,7 +195,8 @@ def load(path: str, map_location="cpu") -> Dict[str, Any]:
                               f"SparK weights use `spark-sparse import`")
     verify_integrity(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch would pick a loader from a path's extension
+            payload = torch.load(f, map_location=map_location, weights_only=True)
     except Exception as e:
         if "weights_only" in str(e):
             raise CheckpointError(f"{path}: an intact file that holds pickled Python objects, not a spark_sparse "
