@@ -121,7 +121,7 @@ class _GatherTiles(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_tiles):
         table: HaloTileTable = ctx.table
-        flat = grad_tiles.reshape(table.num_pixels, -1)
+        flat = grad_tiles.reshape(table.num_pixels, grad_tiles.shape[-1])  # not -1: P may be 0 (all masked)
         return gather_rows(flat, table.inverse).sum(1), None, None
 
 

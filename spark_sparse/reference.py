@@ -46,6 +46,10 @@ def masked_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mask
     use_batch_stats = bn.training or bn.running_mean is None
     if use_batch_stats:
         count = mask.sum() * 1.0
+        # no active site (every patch masked): statistics 0 instead of 0/0, running statistics untouched,
+        # as BatchNorm1d on SparK's empty active set; the output is masked to zero either way
+        seen = count > 0
+        count = count.clamp(min=1)
         mean = x.sum(dim=(0, 2, 3)) / count
         centred = (x - mean.view(1, -1, 1, 1)) * mask
         var = centred.square().sum(dim=(0, 2, 3)) / count
@@ -54,8 +58,10 @@ def masked_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mask
                 bn.num_batches_tracked.add_(1)
                 momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
                 unbiased = var * (count / (count - 1).clamp(min=1))
-                bn.running_mean.mul_(1 - momentum).add_(mean.detach() * momentum)
-                bn.running_var.mul_(1 - momentum).add_(unbiased.detach() * momentum)
+                bn.running_mean.copy_(torch.where(seen, bn.running_mean * (1 - momentum) + mean.detach() * momentum,
+                                                  bn.running_mean))
+                bn.running_var.copy_(torch.where(seen, bn.running_var * (1 - momentum) + unbiased.detach() * momentum,
+                                                 bn.running_var))
     else:
         mean, var = bn.running_mean, bn.running_var
         centred = x - mean.view(1, -1, 1, 1)

@@ -54,7 +54,8 @@ def sync_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, dims: 
         local_count = (mask.to(dtype).sum().reshape(1) if mask is not None
                        else xs.new_tensor([x.numel() / x.shape[1]]))
         totals = _sum(torch.cat([xs.sum(dim=tuple(dims)), local_count]), group)
-        count = totals[-1]  # stays on the device: no host sync per layer
+        seen = totals[-1] > 0  # no active site anywhere: statistics 0, running statistics untouched
+        count = totals[-1].clamp(min=1)  # stays on the device: no host sync per layer
         mean = totals[:-1] / count
         centred = xs - mean.view(shape)
         if mask is not None:
@@ -65,8 +66,8 @@ def sync_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, dims: 
                 bn.num_batches_tracked.add_(1)
                 momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
                 unbiased = var * (count / (count - 1).clamp(min=1))
-                bn.running_mean.mul_(1 - momentum).add_(mean.detach().to(bn.running_mean.dtype) * momentum)
-                bn.running_var.mul_(1 - momentum).add_(unbiased.detach().to(bn.running_var.dtype) * momentum)
+                for stat, new in ((bn.running_mean, mean), (bn.running_var, unbiased)):
+                    stat.copy_(torch.where(seen, stat * (1 - momentum) + new.detach().to(stat.dtype) * momentum, stat))
         scale = torch.rsqrt(var + bn.eps)
         if bn.affine:
             scale = scale * bn.weight

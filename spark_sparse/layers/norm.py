@@ -20,9 +20,12 @@ class SparseBatchNorm2d(_BatchNorm, SparseModule):
             raise ValueError(f"expected (N, C) features, got shape {tuple(input.shape)}")
 
     def forward(self, x: SparseFeatures) -> SparseFeatures:  # type: ignore[override]
-        if self.training and x.features.shape[0] < 2:
-            raise ValueError("BatchNorm in train mode needs at least 2 active sites; the batch has "
-                             f"{x.features.shape[0]} at stride {x.stride} (is every patch masked?)")
+        # No active site at all (every patch of every image masked): as SparK's own BatchNorm1d on the
+        # empty active set, the output is empty, the gradients zero and the running statistics untouched.
+        # One single site cannot give a variance: torch's BatchNorm refuses it, as in SparK.
+        if self.training and x.features.shape[0] == 1:
+            raise ValueError("BatchNorm in train mode needs at least 2 active sites; the batch has 1 at stride "
+                             f"{x.stride}: use a larger batch or a lower mask ratio")
         return x.replace(super().forward(x.features))
 
     @classmethod
