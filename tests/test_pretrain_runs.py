@@ -158,3 +158,24 @@ def test_checkpoint_weights_load_into_timm_and_rebuild_the_model(data, tmp_path)
     model = build_spark(**payload["model_config"])
     model.load_state_dict(payload["model"])  # strict: every key, nothing else
     assert payload["encoder_kind"] == model.encoder_kind == "sparse" and payload["version"] == ckpt.VERSION
+
+
+def test_sigterm_under_the_launcher_saves_and_exits_143(data, tmp_path):
+    """torchrun itself exits 1 on SIGTERM; spark_sparse.train.launch (torchrun otherwise) exits 143 once the
+    processes have saved."""
+    out = str(tmp_path / "launched")
+    run = subprocess.Popen([sys.executable, "-m", "spark_sparse.train.launch", "--standalone", "--nproc_per_node", "2",
+                            "-m", "spark_sparse.cli", "pretrain", "--data", data, *TINY, "--epochs", "50",
+                            "--ckpt-every", "2", "--out", out],
+                           cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not ckpt.list_checkpoints(out):
+        assert run.poll() is None, run.communicate()[0]
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    log = run.communicate(timeout=120)[0]
+    assert run.returncode == 143, log[-3000:]
+    assert "stopped by SIGTERM after step" in log and "Traceback" not in log
+    last = final_checkpoint(out)
+    assert last["world_size"] == 2 and last["step"] < 200

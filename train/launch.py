@@ -1,0 +1,31 @@
+"""``torchrun`` whose own exit status tells a scheduler how the run ended.
+
+torchrun forwards SIGTERM / SIGINT to the training processes, which save a checkpoint and exit with
+143 / 130, but torchrun itself then exits 1 with a traceback, as if the run had crashed. This is
+torchrun unchanged (same options), except that a stop signal ends it with 128 + the signal's number
+and a one-line message::
+
+    python -m spark_sparse.train.launch --nproc_per_node 8 -m spark_sparse.cli pretrain ...
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main as torchrun
+    try:
+        torchrun(argv)
+    except SignalException as e:
+        name = signal.Signals(e.sigval).name
+        print(f"torchrun: stopped by {name}; the training processes were passed the signal (a pre-training run "
+              f"saves a checkpoint first: see its log above)", file=sys.stderr, flush=True)
+        return 128 + int(e.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
