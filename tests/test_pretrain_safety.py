@@ -76,3 +76,15 @@ def test_a_symlink_loop_under_data_lists_each_file_once(tmp_path):
     found = find_images(root)
     real = [os.path.realpath(p) for p in found]
     assert len(found) == 4 and len(set(real)) == 4, found
+
+
+def test_stop_signals_map_to_their_exit_codes():
+    import signal
+
+    from spark_sparse.train.signals import StopSignals
+    term, interrupt = StopSignals(), StopSignals()
+    term.handle(signal.SIGTERM, None)
+    interrupt.handle(signal.SIGINT, None)
+    assert (term.received, term.exit_code(), interrupt.exit_code()) == ("SIGTERM", 143, 130)
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait for the step to end
+        interrupt.handle(signal.SIGINT, None)

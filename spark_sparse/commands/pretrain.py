@@ -5,11 +5,14 @@ CPU, leaving checkpoints, TensorBoard logs and reconstruction PNGs in runs/pretr
 SparK's ImageNet recipe: --data /path/to/imagenet/train --arch resnet50 --input-size 224
 --batch-size 4096 --epochs 1600 --warmup-epochs 40 (LAMB, lr 2e-4 × batch/256, cosine schedules and
 clipping are the defaults). Several GPUs or nodes: launch the same command under
-`torchrun --nproc_per_node N -m spark_sparse.cli pretrain ...`.
+`python -m spark_sparse.train.launch --nproc_per_node N -m spark_sparse.cli pretrain ...` (torchrun
+with an exit status of 143 after SIGTERM; plain torchrun works too).
 
-Re-running the same command continues from the newest valid checkpoint in --out. Exit status: 0 done,
-3 the loss or gradient became NaN/infinite (the last good checkpoint is kept), 143 stopped by a signal
-after saving a checkpoint."""
+Re-running the same command continues from the newest valid checkpoint of this run in --out; a run
+prunes only checkpoints it wrote, and refuses an --out holding another run unless --force. Exit
+status: 0 done, 2 refused before training (bad options or --out), 3 the loss or gradient became
+NaN/infinite (the last good checkpoint is kept), 143 / 130 stopped by SIGTERM / SIGINT after saving
+a checkpoint, 1 any other error (the run exits at once, data workers included)."""
 from __future__ import annotations
 
 NAME = "pretrain"
