@@ -16,6 +16,8 @@ from typing import Dict, Optional
 
 import torch
 
+from ..io.files import write_text
+
 
 def reconstruction_grid(images: torch.Tensor, visible: torch.Tensor, reconstruction: torch.Tensor,
                         patch_size: int, padding: int = 2) -> torch.Tensor:
@@ -76,8 +78,7 @@ class Monitor:
                             kept.append(line)
                     except ValueError:
                         pass  # a line cut short by a kill
-            with open(path, "w", encoding="utf-8") as f:
-                f.writelines(kept)
+            write_text(path, "".join(kept), durable=True)  # a kill while trimming must not lose the file
         return open(path, "a", encoding="utf-8")
 
     def message(self, text: str) -> None:

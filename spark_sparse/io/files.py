@@ -64,7 +64,7 @@ def write_text(path: str, text: str, *, durable: bool = False) -> None:
     """Atomically write ``text`` (UTF-8, ending in a newline)."""
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text if text.endswith("\n") else text + "\n")
+            f.write(text if not text or text.endswith("\n") else text + "\n")
     atomic_write(path, write, durable=durable)
 
 
