@@ -3,7 +3,6 @@ options before writing anything, write files with ordinary permissions, and tell
 file by its content."""
 import argparse
 import os
-import pickle
 
 import numpy as np
 import pytest

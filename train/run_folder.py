@@ -83,7 +83,7 @@ def plan_resume(out: str, choice: str, force: bool = False) -> ResumePlan:
 
     payload = ckpt.load(choice)
     file_run = payload.get("run_id")
-    same = file_run is not None and file_run == owner or (owner is None and _inside(choice, ckpt.checkpoint_dir(out)))
+    same = (file_run is not None and file_run == owner) or (owner is None and _inside(choice, ckpt.checkpoint_dir(out)))
     if holds_run and not same:
         if not force:
             raise RunFolderError(f"{out} holds checkpoints of another run ({owner or 'unknown'}); resuming {choice} "

@@ -3,9 +3,11 @@
 Files
 -----
 ``<out>/checkpoints/ckpt-<step, 8 digits>.pt``, one per save; of the files *this run* wrote, the
-newest ``--keep-ckpts`` are kept (see "Runs" below). Each is written to a temporary file in the same folder, flushed and fsync'ed, then renamed over the final
-name (and the folder fsync'ed), so a reader only ever sees a complete file: a run killed while
-saving leaves a stray ``*.tmp`` (removed on the next start) and the previous checkpoints intact.
+newest ``--keep-ckpts`` are kept (see "Runs" below). Each is written to a temporary file in the
+same folder, flushed and fsync'ed, then renamed over the final name (and the folder fsync'ed)
+(:func:`spark_sparse.io.files.atomic_write`), so a reader only ever sees a complete file: a run
+killed while saving leaves a stray ``*.tmp`` (removed on the next start) and the previous
+checkpoints intact.
 Reading checks the zip container's CRC-32 of every record first, so a truncated or bit-flipped
 file is refused (and ``--resume auto`` falls back to the next older one with a warning).
 
