@@ -68,8 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--out", default=os.path.join("runs", "pretrain"), metavar="DIR",
                      help="output folder: checkpoints/, tensorboard/, vis/ (reconstruction PNGs), metrics.jsonl")
     run.add_argument("--resume", default="auto", metavar="auto|none|FILE",
-                     help="auto: continue from the newest valid checkpoint in --out (a fresh start when there "
-                          "is none); none: start fresh (refused if --out holds checkpoints); or a checkpoint file")
+                     help="auto: continue from the newest valid checkpoint of this --out's run (a fresh start when "
+                          "there is none); none: start fresh (refused if --out holds checkpoints); or a checkpoint "
+                          "file (refused if --out holds another run's checkpoints, or newer ones of the same run)")
     run.add_argument("--force", action="store_true",
                      help="let this run share --out with another run's checkpoints (refused otherwise): they are "
                           "kept and never pruned, and that run's metrics.jsonl, tensorboard/ and vis/ move to "
