@@ -5,6 +5,7 @@
 - ``depthwise``: sparse depthwise k×k conv — twin (``table``), ``tiles``, ``dense``, and the
   per-layer ``auto`` choice; ``depthwise_triton``: its Triton kernels.
 
-Lives at the top of the source tree and imports as ``spark_sparse.kernels`` (a symlink inside the
-package), so no top-level ``kernels`` package is ever installed.
+Lives at the top of the source tree and imports as ``spark_sparse.kernels`` (setup.py's
+``package_dir``; in a plain checkout, see spark_sparse/__init__.py), so no top-level ``kernels``
+package is ever installed.
 """

@@ -1,4 +1,18 @@
-"""spark_sparse: SparK masked image modeling on a true sparse-convolution encoder."""
+"""spark_sparse: SparK masked image modeling on a true sparse-convolution encoder.
+
+The subpackages ``kernels``, ``train`` and ``benchmarks`` live at the top of the source tree
+(kernels/, train/, benchmarks/). An installed wheel and the editable install map them into this
+package (setup.py's ``package_dir``). A plain checkout run with the repository root on the path
+(``python -m pytest``, ``python -m spark_sparse.cli``) has no such mapping, so there this package's
+``__path__`` also lists the repository root, the one place those folders are found; no symlinks
+(which some systems lack) and no top-level ``kernels`` / ``train`` package.
+"""
+import os as _os
+
+_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if (_os.path.isfile(_os.path.join(_ROOT, "setup.py")) and _os.path.isdir(_os.path.join(_ROOT, "kernels"))
+        and not _os.path.isdir(_os.path.join(__path__[0], "kernels"))):
+    __path__.append(_ROOT)  # a source checkout: spark_sparse.kernels → <root>/kernels, …
 from .convert import register_block, register_converter, sparsify
 from .encoder import SparseEncoder
 from .errors import UnsupportedLayerError
