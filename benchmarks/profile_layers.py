@@ -50,7 +50,7 @@ def how(module: nn.Module, x: SparseFeatures) -> str:
     if kind in ("pointwise", "patchify"):
         return f"{name} matmul"
     if kind == "depthwise":
-        from spark_sparse.backends.base import compute_dtype
+        from spark_sparse.spec import compute_dtype
         from spark_sparse.kernels.depthwise import choose_impl
         impl = module.depthwise
         if impl == "auto":

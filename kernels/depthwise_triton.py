@@ -9,7 +9,7 @@ Accumulation is in fp32 for fp32, fp16 and bf16 inputs; outputs have the input d
 
 Without a GPU, the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before
 triton is first imported (tests/conftest.py does so on machines without CUDA): that is how the
-tests check them against ``kernels.depthwise.TableDepthwiseConv`` on the CPU.
+tests check them against ``kernels.depthwise_table.TableDepthwiseConv`` on the CPU.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import triton.language as tl
 from triton import knobs
 
 from ..geometry import ConvTable
-from .depthwise import depthwise_weight_kc
+from .depthwise_table import depthwise_weight_kc
 
 
 @triton.jit
@@ -98,7 +98,7 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, index: torch.Tensor, n_in: in
 
 
 class TritonDepthwiseConv(torch.autograd.Function):
-    """Same contract as ``kernels.depthwise.TableDepthwiseConv``; ``w`` is (K, C)."""
+    """Same contract as ``kernels.depthwise_table.TableDepthwiseConv``; ``w`` is (K, C)."""
 
     @staticmethod
     def forward(ctx, x, w, table: ConvTable):

@@ -8,7 +8,9 @@ from torch import nn
 
 from .backends import check_backend_name
 from .features import SparseFeatures
+from .flops import sparse_macs
 from .geometry import Geometry
+from .kernels.depthwise import IMPLS
 from .layers.base import run_layer
 from .layers.conv import SparseConv2d
 from .masks import check_visible
@@ -54,7 +56,6 @@ class SparseEncoder(nn.Module):
     def set_depthwise(self, impl: str) -> "SparseEncoder":
         """Run every depthwise convolution with ``impl``: 'auto' (fastest for each layer's resolution),
         'table' (the plain-PyTorch twin), 'tiles', 'dense' or 'triton' (see kernels/depthwise.py)."""
-        from .kernels.depthwise import IMPLS
         if impl not in IMPLS:
             raise ValueError(f"unknown depthwise implementation {impl!r}; choose one of {', '.join(IMPLS)}")
         for module in self.modules():
@@ -83,5 +84,4 @@ class SparseEncoder(nn.Module):
 
     def macs(self, visible: torch.Tensor) -> int:
         """Multiply-accumulates of one forward pass on this mask (see :mod:`spark_sparse.flops`)."""
-        from .flops import sparse_macs
         return sparse_macs(self, visible)["total"]

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .masks import dense_mask, random_visible
+from .reference import MaskedDenseEncoder
 from .restore import build_model, encoder_state
 from .weights import WeightsError, check_encoder_state, read_file
 
@@ -99,7 +100,6 @@ def verify(payload: Dict[str, Any], source: str, exported: str, *, batch: int = 
            mask_ratio: Optional[float] = None, seed: int = 0) -> List[StageError]:
     """Per-stage error between the dense timm model built from ``exported`` (under SparK's masking) and
     the sparse encoder built from the checkpoint, on random images and masks, eval mode, fp32."""
-    from .reference import MaskedDenseEncoder
 
     config = payload["model_config"]
     size = size or int(config.get("input_size", 224))

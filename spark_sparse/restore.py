@@ -1,6 +1,6 @@
 """SparK models from pre-training checkpoints, and checkpoints from imported weights.
 
-The checkpoint format is the trainer's (``spark_sparse.train.checkpoint``); everything here reads
+The checkpoint format is the trainer's (``spark_sparse.checkpoint``); everything here reads
 or writes it through that module, and checks weights against the architecture with
 :mod:`spark_sparse.weights`, so a wrong file gets the same clear error from every command.
 """
@@ -11,17 +11,17 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from . import checkpoint as ckpt
 from .masks import check_mask_ratio
-from .spark import SparK, build_spark, model_config
+from .spark import SparK, build_spark, default_drop_path, model_config
 from .spark_format import Imported, recorded_arch, spark_head_config
-from .weights import WeightsError, check_encoder_state, compare, head_keys, recognise
+from .weights import WeightsError, check_encoder_state, compare, encoder_shapes, head_keys, recognise
 
 ENCODER_PREFIX = "encoder."
 
 
 def read_checkpoint(path: str) -> Dict[str, Any]:
     """Load and validate a pre-training checkpoint (``CheckpointError`` saying what is wrong otherwise)."""
-    from .train import checkpoint as ckpt
     try:
         return ckpt.load(path)
     except FileNotFoundError as e:
@@ -89,7 +89,6 @@ def _same_pointwise(a, b) -> bool:
 def _adapt(encoder: Dict[str, torch.Tensor], arch: str) -> Dict[str, torch.Tensor]:
     """What PyTorch itself would accept: Linear ↔ 1×1 conv layouts of the same weights (ConvNeXt's
     ``conv_mlp``), BatchNorm's ``num_batches_tracked`` absent from old files (0), floats to fp32."""
-    from .weights import encoder_shapes
     shapes = encoder_shapes(arch)
     out = {}
     for k, v in encoder.items():
@@ -105,14 +104,12 @@ def _adapt(encoder: Dict[str, torch.Tensor], arch: str) -> Dict[str, torch.Tenso
 def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, decoder_width: Optional[int] = None,
                            mask_ratio: Optional[float] = None, densify_norm: Optional[str] = None,
                            input_size: Optional[int] = None, seed: int = 0) -> Dict[str, Any]:
-    """A weights-only pre-training checkpoint (see train/checkpoint.py) from imported weights.
+    """A weights-only pre-training checkpoint (see spark_sparse/checkpoint.py) from imported weights.
 
     The encoder comes from the file; the decoder, densify layers and mask tokens from a SparK
     "withdecoder" file, else freshly initialised (SparK's initialisation, seeded by ``seed``).
     Options left None take the file's record, else ``spark-sparse pretrain``'s defaults.
     """
-    from .train.config import default_drop_path
-
     arch = choose_arch(imported, arch)
     head_of_arch = set(head_keys(arch))
     dropped = [k for k in imported.encoder if k in head_of_arch]
@@ -163,7 +160,6 @@ def weights_checkpoint(model: SparK, arch: str, *, input_size: int, drop_path: f
     import timm
 
     from . import __version__
-    from .train import checkpoint as ckpt
     return {
         "format": ckpt.FORMAT, "version": ckpt.VERSION,
         "arch": arch, "encoder_kind": model.encoder_kind,

@@ -16,17 +16,27 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple, Union
 
+import timm
 import torch
 from torch import nn
 
+from .convert import sparsify
 from .decoder import LightDecoder
 from .features import SparseFeatures
 from .layers.base import SparseModule
 from .layers.norm import SparseBatchNorm2d
 from .masks import check_mask_ratio, check_visible, dense_mask, random_visible
-from .reference import MaskPyramid, masked_forward
+from .reference import MaskedDenseEncoder, MaskPyramid, masked_forward
 
 DENSIFY_NORMS = ("auto", "bn", "ln", "none")
+# SparK's drop-path rates per backbone; other backbones train without drop path.
+DROP_PATH = {"resnet50": 0.05, "resnet101": 0.08, "resnet152": 0.1, "resnet200": 0.15,
+             "convnext_small": 0.2, "convnext_base": 0.3, "convnext_large": 0.4}
+
+
+def default_drop_path(arch: str) -> float:
+    """SparK's drop-path rate for the backbone ``arch`` (0 for the ones its recipe does not list)."""
+    return DROP_PATH.get(arch.split(".")[0], 0.0)
 
 
 def densify_norm_for(encoder: nn.Module) -> str:
@@ -217,11 +227,6 @@ def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto
     ``encoder_kind``: 'sparse' (SparseEncoder) or 'masked_dense' (SparK's reference encoder).
     Keys of ``model_config`` that do not shape the model (input size, channels, …) are ignored.
     """
-    import timm
-
-    from .convert import sparsify
-    from .reference import MaskedDenseEncoder
-
     kind = encoder_kind.replace("-", "_")
     if kind not in ("sparse", "masked_dense"):
         raise ValueError(f"encoder_kind must be 'sparse' or 'masked_dense', got {encoder_kind!r}")

@@ -17,7 +17,7 @@ import torch
 import spark_sparse as ss
 from spark_sparse.restore import weights_checkpoint
 from spark_sparse.spark import SparK
-from spark_sparse.train import checkpoint as ckpt
+from spark_sparse import checkpoint as ckpt
 from equivalence import build_model
 
 SIZE = 64

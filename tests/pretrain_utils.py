@@ -55,7 +55,7 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 
 def final_checkpoint(out_dir: str, step: Optional[int] = None) -> dict:
-    from spark_sparse.train import checkpoint as ckpt
+    from spark_sparse import checkpoint as ckpt
     found = ckpt.list_checkpoints(out_dir)
     assert found, f"no checkpoint in {out_dir}"
     path = dict(found)[step] if step is not None else found[-1][1]

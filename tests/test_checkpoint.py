@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from spark_sparse.train import checkpoint as ckpt
+from spark_sparse import checkpoint as ckpt
 
 
 def payload(step, value=1.0):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spark_sparse.backends.base import ConvSpec
+from spark_sparse.spec import ConvSpec
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
 from spark_sparse.kernels.depthwise import choose_impl, sparse_depthwise_conv, why_unsupported

@@ -89,7 +89,7 @@ def test_a_supervised_timm_checkpoint_continues_pretraining(tmp_path):
     assert trainer.fit() == 0 and trainer.step == 1
 
     # the trainer's own checkpoint exports, with the running statistics it accumulated, and verifies
-    from spark_sparse.train import checkpoint as ckpt
+    from spark_sparse import checkpoint as ckpt
     from spark_sparse.weights import read_file
     (_, path), = ckpt.list_checkpoints(str(tmp_path / "run"))
     rc, stdout, stderr = cli("export", path, "--out", tmp_path / "enc.safetensors", "--verify")

@@ -1,9 +1,16 @@
-"""The wheel holds every module of the source folders, under spark_sparse, and imports from itself alone."""
+"""The wheel holds every module of the source folders, under spark_sparse, imports from itself alone,
+and its imports keep the layer contract (.importlinter).
+
+The contract is checked on the unpacked wheel because only there do kernels/, train/ and
+benchmarks/ sit inside the spark_sparse folder, where import-linter looks for a package's modules.
+"""
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # source folder → the package it installs as
@@ -23,7 +30,10 @@ def source_modules():
     return found
 
 
-def test_the_wheel_holds_every_module_and_imports_without_the_source_tree(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """(file names in the wheel, the folder it is unpacked in)."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     src = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
     shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
         ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "runs", "results", "tests"))
@@ -33,6 +43,17 @@ def test_the_wheel_holds_every_module_and_imports_without_the_source_tree(tmp_pa
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         z.extractall(tmp_path / "site")
+    return names, tmp_path / "site"
+
+
+def without_pythonpath(site):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    return env
+
+
+def test_the_wheel_holds_every_module_and_imports_without_the_source_tree(wheel, tmp_path):
+    names, site = wheel
     modules = source_modules()
     assert len(modules) > 60 and "spark_sparse/kernels/depthwise.py" in modules
     assert modules - names == set()
@@ -43,11 +64,20 @@ def test_the_wheel_holds_every_module_and_imports_without_the_source_tree(tmp_pa
              "spark_sparse.benchmarks.runner; "
              "print(spark_sparse.kernels.depthwise.__file__); "
              "print([n for n in ('kernels', 'train', 'benchmarks') if importlib.util.find_spec(n)])")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(tmp_path / "site")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=without_pythonpath(site),
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     location, top_level = out.stdout.strip().splitlines()[-2:]
-    assert location == str(tmp_path / "site" / "spark_sparse" / "kernels" / "depthwise.py")
+    assert location == str(site / "spark_sparse" / "kernels" / "depthwise.py")
     assert top_level == "[]"
+
+
+def test_imports_run_one_way(wheel, tmp_path):
+    """lint-imports with the repository's contract, on every module of the package."""
+    _, site = wheel
+    out = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
+                          "lint_imports_command()", os.path.join(REPO, ".importlinter"),
+                          "--no-cache"], cwd=tmp_path, env=without_pythonpath(site), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout

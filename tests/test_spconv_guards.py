@@ -10,7 +10,7 @@ from spconv.pytorch import ops  # noqa: E402
 from spconv.pytorch.core import ConvAlgo  # noqa: E402
 
 import spark_sparse as ss  # noqa: E402
-from spark_sparse.backends.base import ConvSpec  # noqa: E402
+from spark_sparse.spec import ConvSpec  # noqa: E402
 from spark_sparse.backends.rulebook import table_conv  # noqa: E402
 from spark_sparse.backends.spconv_backend import (SpconvBackend, _SpconvNativeConv, build_rulebook,  # noqa: E402
                                                   native_kernels_usable, spconv_indices)

@@ -12,17 +12,10 @@ import argparse
 import os
 from typing import Optional
 
-# SparK's drop-path rates per backbone; other backbones train without drop path.
-DROP_PATH = {"resnet50": 0.05, "resnet101": 0.08, "resnet152": 0.1, "resnet200": 0.15,
-             "convnext_small": 0.2, "convnext_base": 0.3, "convnext_large": 0.4}
-
+from ..spark import default_drop_path
 
 # Peak lr of the no-argument demo run: SparK's on ImageNet (2e-4 × 4096 / 256).
 DEMO_PEAK_LR = 3.2e-3
-
-
-def default_drop_path(arch: str) -> float:
-    return DROP_PATH.get(arch.split(".")[0], 0.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

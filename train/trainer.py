@@ -26,7 +26,7 @@ from torch import nn
 from .. import __version__
 from ..masks import random_visible
 from ..spark import SparK, build_spark, model_config
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
 from .config import amp_dtype, check_args, default_workers, drop_path, peak_lr, plain_args
 from .data import DataConfig, build_loader
 from .distributed import Processes, all_reduce_sum, barrier, broadcast_object, gather_objects, init_processes

@@ -37,7 +37,7 @@ def add_arguments(p):
 def run(args) -> int:
     from spark_sparse import export as ex
     from spark_sparse.restore import read_checkpoint
-    from spark_sparse.train.checkpoint import CheckpointError
+    from spark_sparse.checkpoint import CheckpointError
     from spark_sparse.weights import WeightsError
 
     try:

@@ -41,7 +41,7 @@ def add_arguments(p):
 def run(args) -> int:
     from spark_sparse.restore import checkpoint_from_import
     from spark_sparse.spark_format import read_weights
-    from spark_sparse.train.checkpoint import save_atomic
+    from spark_sparse.checkpoint import save_atomic
     from spark_sparse.weights import WeightsError
 
     if os.path.exists(args.out) and not args.force:

@@ -64,7 +64,7 @@ def run(args) -> int:
 
     from spark_sparse.masks import check_mask_ratio, random_visible
     from spark_sparse.restore import build_model, read_checkpoint
-    from spark_sparse.train.checkpoint import CheckpointError
+    from spark_sparse.checkpoint import CheckpointError
     from spark_sparse.train.monitor import reconstruction_grid
     from spark_sparse.weights import WeightsError
 
