@@ -44,7 +44,7 @@ setup(
         "cu120": ["spconv-cu120==2.3.8"],
         "cu126": ["spconv-cu126==2.3.8", "cumm-cu126==0.7.11"],
         "triton": ["triton"],
-        "test": ["pytest", "triton"],
+        "test": ["pytest", "triton", "import-linter", "setuptools"],
     },
     entry_points={"console_scripts": ["spark-sparse=spark_sparse.cli:main"]},
     classifiers=[

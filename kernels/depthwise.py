@@ -1,7 +1,8 @@
 """Sparse depthwise k×k convolution (ConvNeXt's 7×7), in four implementations with one meaning.
 
 Outputs at the active sites, inputs from active sites, masked neighbours and the image border read
-as zero (CONTRACT.md, "Conv2d stride 1"). Bias is not applied here (the layer adds it).
+as zero, as a dense zero-padded conv on the masked map reads them. Bias is not applied here (the
+layer adds it).
 
 - ``table``  — the semantic twin: a K-term weighted sum per channel over the geometry's neighbour
   table, in plain PyTorch; backward through the inverse table (no scatter-add). Any stride.
@@ -46,13 +47,9 @@ def _via_tiles(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch
 
 
 def _via_dense(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    g, r, c = x.geometry, x.level.r, x.channels
-    (h, w), p = g.grid_hw, g.patches
-    canvas = x.features.new_zeros(g.batch, h, w, r, r, c).index_put((p[:, 0], p[:, 1], p[:, 2]), x.tiles())
-    dense = canvas.permute(0, 1, 3, 2, 4, 5).reshape(g.batch, h * r, w * r, c).permute(0, 3, 1, 2)
+    dense = x.dense(memory_format=torch.channels_last)
     y = F.conv2d(dense, weight, None, 1, spec.padding, spec.dilation, spec.groups)  # channels-last in and out
-    blocks = y.permute(0, 2, 3, 1).reshape(g.batch, h, r, w, r, c).permute(0, 1, 3, 2, 4, 5)
-    return blocks[p[:, 0], p[:, 1], p[:, 2]].reshape(-1, c)
+    return SparseFeatures.from_dense(y, x.geometry, x.stride).features
 
 
 def _via_triton(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
@@ -109,7 +106,7 @@ def choose_impl(spec: ConvSpec, r: int, device: torch.device, dtype: torch.dtype
 
     Two more runs (7 repeats) agreed on tiles at stride 4 and dense at 16 and 32; at stride 8 dense
     and tiles swapped places within 10 %. So: tiles for r >= 8, the dense map below. Tiles beat
-    channels-last masked-dense at stride 4 only by ~10-15 % here (the "~4x" of ARCHITECTURE.md was
+    channels-last masked-dense at stride 4 only by ~10-15 % here (an earlier "~4x" estimate was
     against NCHW masked-dense, whose depthwise backward is slow on CPU).
 
     CUDA: not measured yet (no GPU in this project so far); the same rule runs cuDNN's depthwise

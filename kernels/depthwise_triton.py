@@ -67,7 +67,8 @@ def _weight_grad_kernel(x_ptr, g_ptr, index_ptr, part_ptr, n_rows, sentinel, C, 
 def _check_device(x: torch.Tensor) -> None:
     if x.device.type == "cpu" and not knobs.runtime.interpret:
         raise RuntimeError("the Triton depthwise kernels need a GPU; on the CPU they run only in Triton's interpreter: "
-                           "set TRITON_INTERPRET=1 before triton is first imported (use impl 'tiles' or 'table' instead)")
+                           "set TRITON_INTERPRET=1 before triton is first imported "
+                           "(use impl 'tiles' or 'table' instead)")
 
 
 def _blocks(c: int) -> Tuple[int, int]:

@@ -12,8 +12,10 @@ from typing import Any, Dict, Optional
 import torch
 
 from . import checkpoint as ckpt
-from .masks import check_mask_ratio
-from .spark import SparK, build_spark, default_drop_path, model_config
+from .masks import check_mask_ratio, patch_grid
+from .plan import PATCH_SIZE
+from .recipe import default_drop_path
+from .spark import SparK, build_spark, model_config
 from .spark_format import Imported, recorded_arch, spark_head_config
 from .weights import WeightsError, check_encoder_state, compare, encoder_shapes, head_keys, recognise
 
@@ -96,7 +98,8 @@ def _adapt(encoder: Dict[str, torch.Tensor], arch: str) -> Dict[str, torch.Tenso
             v = v.reshape(shapes[k])
         out[k] = v.float() if v.is_floating_point() else v
     for k in shapes:
-        if k.endswith(".num_batches_tracked") and k not in out and k[:-len("num_batches_tracked")] + "running_mean" in out:
+        bn = k[:-len("num_batches_tracked")]
+        if k.endswith(".num_batches_tracked") and k not in out and bn + "running_mean" in out:
             out[k] = torch.tensor(0, dtype=torch.long)
     return out
 
@@ -129,8 +132,10 @@ def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, de
     input_size = input_size or int(rec.get("input_size", 224))
 
     check_mask_ratio(mask_ratio)
-    if input_size <= 0 or input_size % 32:
-        raise WeightsError(f"input size must be a positive multiple of 32, got {input_size}")
+    try:
+        patch_grid(input_size, input_size, PATCH_SIZE, "input size")
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
     drop_path = default_drop_path(arch)
     with torch.random.fork_rng(devices=[]):  # a seeded fresh head, the caller's RNG untouched
         torch.manual_seed(seed)

@@ -58,7 +58,8 @@ def test_the_wheel_holds_every_module_and_imports_without_the_source_tree(wheel,
     assert len(modules) > 60 and "spark_sparse/kernels/depthwise.py" in modules
     assert modules - names == set()
     assert {n for n in names if n.endswith(".py")} == modules  # nothing else, no top-level kernels/ or train/
-    assert not any(os.path.islink(os.path.join(REPO, "spark_sparse", f)) for f in os.listdir(os.path.join(REPO, "spark_sparse")))
+    package = os.path.join(REPO, "spark_sparse")
+    assert not any(os.path.islink(os.path.join(package, f)) for f in os.listdir(package))
 
     probe = ("import importlib.util, spark_sparse, spark_sparse.kernels.depthwise, spark_sparse.train.trainer, "
              "spark_sparse.benchmarks.runner; "

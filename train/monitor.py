@@ -119,11 +119,6 @@ class Monitor:
         self.writer.add_image("reconstruction/input-masked-reconstruction", grid, step)
         return path
 
-    def flush(self) -> None:
-        if self.enabled:
-            self.writer.flush()
-            self.metrics_file.flush()
-
     def close(self) -> None:
         if not self.enabled:
             return
