@@ -21,7 +21,7 @@ import triton.language as tl
 from triton import knobs
 
 from ..geometry import ConvTable
-from .depthwise_table import depthwise_weight_kc
+from .depthwise_table import depthwise_weight_kc, table_conv_function
 
 
 @triton.jit
@@ -98,26 +98,9 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, index: torch.Tensor, n_in: in
     return part.sum(0)
 
 
-class TritonDepthwiseConv(torch.autograd.Function):
-    """Same contract as ``kernels.depthwise_table.TableDepthwiseConv``; ``w`` is (K, C)."""
-
-    @staticmethod
-    def forward(ctx, x, w, table: ConvTable):
-        ctx.table = table
-        ctx.save_for_backward(x, w)
-        return _gather_conv(x, w, table.gather, table.n_out, table.n_in)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, w = ctx.saved_tensors
-        table: ConvTable = ctx.table
-        grad_out = grad_out.contiguous()
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _gather_conv(grad_out, w, table.scatter, table.n_in, table.n_out)
-        if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(x, grad_out, table.gather, table.n_in, w.shape[0]).to(w.dtype)
-        return grad_x, grad_w, None
+TritonDepthwiseConv = table_conv_function(
+    "TritonDepthwiseConv", "Same contract as ``kernels.depthwise_table.TableDepthwiseConv``, in Triton.",
+    _gather_conv, _weight_grad)
 
 
 def triton_depthwise(features: torch.Tensor, weight: torch.Tensor, table: ConvTable) -> torch.Tensor:
