@@ -71,7 +71,8 @@ def supported_layers() -> str:
     groups: Dict[str, List[str]] = {}
     for layer_type in _REGISTRY:
         library = layer_type.__module__.split(".")[0]
-        groups.setdefault("torch.nn" if library == "torch" else library, []).append(layer_type.__name__)
+        name = layer_type.__name__.lstrip("_")  # torch's _BatchNorm: any BatchNorm
+        groups.setdefault("torch.nn" if library == "torch" else library, []).append(name)
     return "; ".join(f"{library}: {', '.join(names)}" for library, names in groups.items())
 
 
