@@ -4,6 +4,8 @@ import os
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SUBPACKAGES = {"spark_sparse.kernels": "kernels", "spark_sparse.train": "train",
+               "spark_sparse.benchmarks": "benchmarks"}
 
 
 def long_description():
@@ -18,7 +20,10 @@ setup(
     long_description=long_description(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["spark_sparse", "spark_sparse.*"]),
+    # kernels/, train/ and benchmarks/ sit at the top of the source tree and install as subpackages of
+    # spark_sparse (no top-level package with a generic name is ever installed).
+    packages=find_packages(include=["spark_sparse", "spark_sparse.*"]) + list(SUBPACKAGES),
+    package_dir={"spark_sparse": "spark_sparse", **SUBPACKAGES},
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -39,7 +44,7 @@ setup(
         "cu120": ["spconv-cu120==2.3.8"],
         "cu126": ["spconv-cu126==2.3.8", "cumm-cu126==0.7.11"],
         "triton": ["triton"],
-        "test": ["pytest", "triton"],
+        "test": ["pytest", "triton", "import-linter", "setuptools"],
     },
     entry_points={"console_scripts": ["spark-sparse=spark_sparse.cli:main"]},
     classifiers=[

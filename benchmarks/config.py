@@ -83,13 +83,12 @@ class BenchConfig:
 
     def validate(self) -> "BenchConfig":
         """Raise ValueError naming the bad value and what is accepted."""
-        from spark_sparse.masks import check_mask_ratio
+        from spark_sparse.masks import check_mask_ratio, patch_grid
+        from spark_sparse.plan import PATCH_SIZE
         for r in self.mask_ratios:
             check_mask_ratio(r)
         check_mask_ratio(self.profile_ratio)
-        h, w = self.image_size
-        if h % 32 or w % 32 or h <= 0 or w <= 0:
-            raise ValueError(f"image size must be positive multiples of 32 (the patch size), got {h}x{w}")
+        patch_grid(*self.image_size, PATCH_SIZE)
         for b in self.batches:
             if b < 1:
                 raise ValueError(f"batch sizes must be >= 1, got {b}")

@@ -19,21 +19,22 @@ import torch
 from torch import nn
 
 import spark_sparse as ss
+from spark_sparse.masks import patch_grid
+from spark_sparse.plan import PATCH_SIZE, PlannedEncoder, encoder_part
 
 SPARSE_FORMAT = "sites x channels"
 
 
-class DenseEncoder(ss.MaskedDenseEncoder):
+class DenseEncoder(PlannedEncoder):
     """The backbone's own layers up to its last stage, on the whole image: the reference's modules
     and stages without any of its masking (``visible`` is ignored)."""
 
+    def __init__(self, model: nn.Module):
+        super().__init__(*encoder_part(model))
+        self.train(model.training)
+
     def forward(self, images: torch.Tensor, visible: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
-        x, outputs = images, []
-        for path in self.plan.run:
-            x = self.get_submodule(path)(x)
-            if path in self.plan.features:
-                outputs.append(x)
-        return outputs
+        return self.run_plan(images, lambda module, x, path: module(x))
 
 
 @dataclass
@@ -83,7 +84,7 @@ def make_inputs(batch: int, image_size: Tuple[int, int], mask_ratio: float, seed
     g = torch.Generator().manual_seed(seed)
     h, w = image_size
     images = torch.randn(batch, 3, h, w, generator=g)
-    visible = ss.random_visible(batch, (h // 32, w // 32), mask_ratio, generator=g)
+    visible = ss.random_visible(batch, patch_grid(h, w, PATCH_SIZE), mask_ratio, generator=g)
     return images.to(device), visible.to(device)
 
 

@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 
 import spark_sparse as ss
-from spark_sparse.backends.base import ConvSpec
+
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
 from spark_sparse.kernels.depthwise import sparse_depthwise_conv, why_unsupported
-from spark_sparse.masks import dense_mask
+from spark_sparse.masks import dense_mask, patch_grid
+from spark_sparse.spec import ConvSpec
+from spark_sparse.plan import PATCH_SIZE
 
 STAGES = ((4, 96), (8, 192), (16, 384), (32, 768))  # (stride, channels) of ConvNeXt-T
 
@@ -41,7 +43,7 @@ def _time(fn, repeats: int, sync, clock=time.perf_counter) -> float:
 def measure(batch: int, size: int, ratio: float, repeats: int, device: torch.device, dtype: torch.dtype,
             impls, clock=time.perf_counter) -> list:
     g = torch.Generator().manual_seed(0)
-    visible = ss.random_visible(batch, (size // 32, size // 32), ratio, generator=g).to(device)
+    visible = ss.random_visible(batch, patch_grid(size, size, PATCH_SIZE), ratio, generator=g).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
     for stride, c in STAGES:
@@ -52,7 +54,7 @@ def measure(batch: int, size: int, ratio: float, repeats: int, device: torch.dev
         feats = torch.randn(n, c, device=device, dtype=dtype, requires_grad=True)
         x = SparseFeatures(feats, geometry, stride)
         dense = x.dense().detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-        mask = dense_mask(visible, stride, 32).to(dtype)
+        mask = dense_mask(visible, stride, PATCH_SIZE).to(dtype)
         row = {"stride": stride, "channels": c, "sites": n}
 
         def masked_dense():

@@ -22,7 +22,8 @@ from spark_sparse.features import SparseFeatures
 from spark_sparse.flops import conv_macs
 from spark_sparse.layers.base import SparseModule
 from spark_sparse.layers.conv import SparseConv2d
-from spark_sparse.reference import MaskPyramid, masked_forward
+from spark_sparse.masks import MaskPyramid
+from spark_sparse.registry import masked_forward
 
 from .config import DTYPES
 from .contenders import Call, autocast, create_model, make_inputs
@@ -50,7 +51,7 @@ def how(module: nn.Module, x: SparseFeatures) -> str:
     if kind in ("pointwise", "patchify"):
         return f"{name} matmul"
     if kind == "depthwise":
-        from spark_sparse.backends.base import compute_dtype
+        from spark_sparse.spec import compute_dtype
         from spark_sparse.kernels.depthwise import choose_impl
         impl = module.depthwise
         if impl == "auto":
@@ -252,6 +253,7 @@ def _whole(encoder, reference, images, visible, dev, amp_dtype, modes, warmup, r
     contenders = [Contender("sparse", "sparse", encoder), Contender("masked-dense", "masked_dense", reference,
                                                                     memory_format="channels_last"
                                                                     if fmt == torch.channels_last else "contiguous")]
-    calls = {f"{c.name}|{mode}": encoder_call(c, mode, images, visible, amp_dtype) for c in contenders for mode in modes}
+    calls = {f"{c.name}|{mode}": encoder_call(c, mode, images, visible, amp_dtype)
+             for c in contenders for mode in modes}
     times, _ = time_interleaved(calls, warmup=warmup, repeats=repeats, device=dev)
     return {k: median_ms(t) for k, t in times.items()}

@@ -253,7 +253,8 @@ def profile_table(profile: dict) -> str:
                       f"{_fmt(tot['dense_layers'], '.1f')} ms, masked-dense twins "
                       f"{_fmt(tot['masked_dense_layers'], '.1f')} ms; whole encoder sparse "
                       f"{_fmt(tot['sparse_whole'], '.1f')} ms (rest: index tables, residual adds, gathers, densify "
-                      f"{_fmt(tot['sparse_rest'], '.1f')} ms), masked-dense {_fmt(tot['masked_dense_whole'], '.1f')} ms")
+                      f"{_fmt(tot['sparse_rest'], '.1f')} ms), "
+                      f"masked-dense {_fmt(tot['masked_dense_whole'], '.1f')} ms")
     return (f"### Per-layer profile: {profile['model']}, {profile['device']} {profile['dtype']}, batch "
             f"{profile['batch']}, {profile['image_size'][0]}×{profile['image_size'][1]}, mask ratio "
             f"{profile['mask_ratio']}, backend {profile['backend']}, dense twins {profile['dense_format']}, "
@@ -351,7 +352,7 @@ def write_outputs(doc: dict, out_dir: str, plots: bool = True) -> List[str]:
     return written + images
 
 
-from spark_sparse.io.files import write_text as _atomic_write  # noqa: E402  (one atomic writer for all)
+from spark_sparse.files import write_text as _atomic_write  # noqa: E402  (one atomic writer for all)
 
 
 def update_readme(readme: str, doc: dict, results_dir: str) -> None:

@@ -206,7 +206,8 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
                     if target in got and alias not in left_out:
                         got[alias] = got[target]
             unavailable.update(left_out)
-            rec["time_ms"][mode] = {n: {"median": median_ms(t), "repeats": [s * 1e3 for s in t]} for n, t in times.items()}
+            rec["time_ms"][mode] = {n: {"median": median_ms(t), "repeats": [s * 1e3 for s in t]}
+                                    for n, t in times.items()}
             if unavailable:
                 rec["unavailable"][mode] = unavailable
             if errors:

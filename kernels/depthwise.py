@@ -1,7 +1,8 @@
 """Sparse depthwise k×k convolution (ConvNeXt's 7×7), in four implementations with one meaning.
 
 Outputs at the active sites, inputs from active sites, masked neighbours and the image border read
-as zero (CONTRACT.md, "Conv2d stride 1"). Bias is not applied here (the layer adds it).
+as zero, as a dense zero-padded conv on the masked map reads them. Bias is not applied here (the
+layer adds it).
 
 - ``table``  — the semantic twin: a K-term weighted sum per channel over the geometry's neighbour
   table, in plain PyTorch; backward through the inverse table (no scatter-add). Any stride.
@@ -22,76 +23,13 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..backends.base import ConvSpec, compute_dtype
 from ..features import SparseFeatures
 from ..geometry import ConvTable
+from ..spec import ConvSpec, compute_dtype
+from .depthwise_table import table_depthwise
 from .tiles import gather_tiles, tiles_to_features
 
 IMPLS = ("auto", "table", "tiles", "dense", "triton")
-
-
-class TableDepthwiseConv(torch.autograd.Function):
-    """Depthwise conv on a ConvTable: ``out[n, c] = Σ_k w[k, c] · x[gather[n, k], c]``.
-
-    ``w`` is (K, C). The input gradient reads the output gradient through the inverse table
-    (``grad_x[i, c] = Σ_k w[k, c] · grad_out[scatter[i, k], c]``), so no scatter-add. One kernel
-    offset at a time: an (N, K, C) gathered tensor would be K times the features (200 MB for one
-    ConvNeXt-T stride-4 layer at batch 8), and the loop measured 2.5-10x faster than building it
-    and reducing (and ``einsum`` on it slower still). fp16 / bf16 accumulate in fp32.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w, table: ConvTable):
-        ctx.table = table
-        ctx.save_for_backward(x, w)
-        return _offset_sum(x, table.gather, w)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, w = ctx.saved_tensors
-        table: ConvTable = ctx.table
-        grad_out = grad_out.contiguous()
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _offset_sum(grad_out, table.scatter, w)
-        if ctx.needs_input_grad[1]:
-            grad_w = _offset_weight_grad(x, table.gather, grad_out).to(w.dtype)
-        return grad_x, grad_w, None
-
-
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _padded(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with a zero row appended: where a table's sentinel index points."""
-    return torch.cat([x, x.new_zeros(1, x.shape[1])])
-
-
-def _offset_sum(x: torch.Tensor, index: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Σ_k w[k] · x[index[:, k]] → (M, C), one offset at a time, accumulated in ≥ fp32."""
-    rows, per_offset = _padded(x), index.t().contiguous()
-    out = x.new_zeros(index.shape[0], x.shape[1], dtype=_accumulate_dtype(x.dtype))
-    for k in range(per_offset.shape[0]):
-        out.addcmul_(rows.index_select(0, per_offset[k]), w[k])
-    return out.to(x.dtype)
-
-
-def _offset_weight_grad(x: torch.Tensor, index: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    """grad_w[k] = Σ_n x[index[n, k]] · grad_out[n] → (K, C) in ≥ fp32."""
-    acc = _accumulate_dtype(x.dtype)
-    rows, per_offset, g = _padded(x), index.t().contiguous(), grad_out.to(acc)
-    return torch.stack([(rows.index_select(0, per_offset[k]).to(acc) * g).sum(0) for k in range(per_offset.shape[0])])
-
-
-def depthwise_weight_kc(weight: torch.Tensor) -> torch.Tensor:
-    """Dense depthwise weight (C, 1, kh, kw) → (K, C), the layout of the table kernels."""
-    return weight.reshape(weight.shape[0], -1).t()
-
-
-def table_depthwise(features: torch.Tensor, weight: torch.Tensor, table: ConvTable) -> torch.Tensor:
-    """The twin on an explicit table: (N_in, C) features, dense-layout weight → (N_out, C)."""
-    return TableDepthwiseConv.apply(features.contiguous(), depthwise_weight_kc(weight), table)
 
 
 def _conv_table(x: SparseFeatures, spec: ConvSpec) -> ConvTable:
@@ -109,13 +47,9 @@ def _via_tiles(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch
 
 
 def _via_dense(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    g, r, c = x.geometry, x.level.r, x.channels
-    (h, w), p = g.grid_hw, g.patches
-    canvas = x.features.new_zeros(g.batch, h, w, r, r, c).index_put((p[:, 0], p[:, 1], p[:, 2]), x.tiles())
-    dense = canvas.permute(0, 1, 3, 2, 4, 5).reshape(g.batch, h * r, w * r, c).permute(0, 3, 1, 2)
+    dense = x.dense(memory_format=torch.channels_last)
     y = F.conv2d(dense, weight, None, 1, spec.padding, spec.dilation, spec.groups)  # channels-last in and out
-    blocks = y.permute(0, 2, 3, 1).reshape(g.batch, h, r, w, r, c).permute(0, 1, 3, 2, 4, 5)
-    return blocks[p[:, 0], p[:, 1], p[:, 2]].reshape(-1, c)
+    return SparseFeatures.from_dense(y, x.geometry, x.stride).features
 
 
 def _via_triton(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
@@ -172,7 +106,7 @@ def choose_impl(spec: ConvSpec, r: int, device: torch.device, dtype: torch.dtype
 
     Two more runs (7 repeats) agreed on tiles at stride 4 and dense at 16 and 32; at stride 8 dense
     and tiles swapped places within 10 %. So: tiles for r >= 8, the dense map below. Tiles beat
-    channels-last masked-dense at stride 4 only by ~10-15 % here (the "~4x" of ARCHITECTURE.md was
+    channels-last masked-dense at stride 4 only by ~10-15 % here (an earlier "~4x" estimate was
     against NCHW masked-dense, whose depthwise backward is slow on CPU).
 
     CUDA: not measured yet (no GPU in this project so far); the same rule runs cuDNN's depthwise

@@ -9,7 +9,7 @@ Accumulation is in fp32 for fp32, fp16 and bf16 inputs; outputs have the input d
 
 Without a GPU, the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before
 triton is first imported (tests/conftest.py does so on machines without CUDA): that is how the
-tests check them against ``kernels.depthwise.TableDepthwiseConv`` on the CPU.
+tests check them against ``kernels.depthwise_table.TableDepthwiseConv`` on the CPU.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import triton.language as tl
 from triton import knobs
 
 from ..geometry import ConvTable
-from .depthwise import depthwise_weight_kc
+from .depthwise_table import depthwise_weight_kc, table_conv_function
 
 
 @triton.jit
@@ -67,7 +67,8 @@ def _weight_grad_kernel(x_ptr, g_ptr, index_ptr, part_ptr, n_rows, sentinel, C, 
 def _check_device(x: torch.Tensor) -> None:
     if x.device.type == "cpu" and not knobs.runtime.interpret:
         raise RuntimeError("the Triton depthwise kernels need a GPU; on the CPU they run only in Triton's interpreter: "
-                           "set TRITON_INTERPRET=1 before triton is first imported (use impl 'tiles' or 'table' instead)")
+                           "set TRITON_INTERPRET=1 before triton is first imported "
+                           "(use impl 'tiles' or 'table' instead)")
 
 
 def _blocks(c: int) -> Tuple[int, int]:
@@ -97,26 +98,9 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, index: torch.Tensor, n_in: in
     return part.sum(0)
 
 
-class TritonDepthwiseConv(torch.autograd.Function):
-    """Same contract as ``kernels.depthwise.TableDepthwiseConv``; ``w`` is (K, C)."""
-
-    @staticmethod
-    def forward(ctx, x, w, table: ConvTable):
-        ctx.table = table
-        ctx.save_for_backward(x, w)
-        return _gather_conv(x, w, table.gather, table.n_out, table.n_in)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, w = ctx.saved_tensors
-        table: ConvTable = ctx.table
-        grad_out = grad_out.contiguous()
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _gather_conv(grad_out, w, table.scatter, table.n_in, table.n_out)
-        if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(x, grad_out, table.gather, table.n_in, w.shape[0]).to(w.dtype)
-        return grad_x, grad_w, None
+TritonDepthwiseConv = table_conv_function(
+    "TritonDepthwiseConv", "Same contract as ``kernels.depthwise_table.TableDepthwiseConv``, in Triton.",
+    _gather_conv, _weight_grad)
 
 
 def triton_depthwise(features: torch.Tensor, weight: torch.Tensor, table: ConvTable) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The ``tiles`` backend: a dense convolution on every visible patch's block plus its halo.
+"""Tile convolution: a dense convolution on every visible patch's block plus its halo.
 
 SparK's masks are whole patches, so a k×k conv (stride 1 or strided) on the active sites is the
 dense, unpadded conv of each patch's block grown by the border its window reads
@@ -8,7 +8,8 @@ FLOPs, and its backward is the library's conv backward plus the gather's inverse
 
 It pays the halo (the gather copies (T/r)² of the input: 1.6x at r = 8 for 3×3, 2.25x at r = 4)
 and small-image efficiency of the dense kernels, so it wins at fine strides and loses to the
-gather-GEMM rulebook at coarse ones: ``backends.choose_backend`` holds the measured rule.
+gather-GEMM rulebook at coarse ones: the ``tiles`` backend (backends/tiles_backend.py) runs it and
+``backends.choose_backend`` holds the measured rule.
 """
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..backends.base import ConvBackend, ConvSpec, compute_dtype
 from ..features import SparseFeatures
-from ..geometry import Geometry
+from ..spec import ConvSpec, compute_dtype
 from .tiles import gather_tiles, tiles_to_features, window_halo
 
 
@@ -52,14 +52,3 @@ def tile_max_pool(x: SparseFeatures, kernel: int, stride: int, padding: int) -> 
     """Max-pool on active inputs only (masked and border pixels read −inf), outputs at the next level."""
     tiles = gather_tiles(x, window_halo(kernel, stride, padding), fill=float("-inf"))
     return tiles_to_features(F.max_pool2d(tiles, kernel, stride, 0))
-
-
-class TilesBackend(ConvBackend):
-    name = "tiles"
-
-    def unsupported(self, spec: ConvSpec, x: torch.Tensor) -> Optional[str]:
-        return tiles_unsupported(spec)
-
-    def conv(self, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, in_stride: int,
-             spec: ConvSpec) -> torch.Tensor:
-        return tile_conv(SparseFeatures(x, geometry, in_stride), weight, spec)

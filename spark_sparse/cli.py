@@ -6,6 +6,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from . import __version__
+
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = [
     "spark_sparse.commands.demo",
@@ -22,7 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spark-sparse",
         description="SparK masked image modeling on a sparse encoder: the encoder computes only the "
                     "visible patches, with the same numbers as SparK's masked-dense reference.")
-    from . import __version__
     parser.add_argument("--version", action="version", version=f"spark-sparse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

@@ -8,14 +8,16 @@ from torch import nn
 
 from .backends import check_backend_name
 from .features import SparseFeatures
+from .flops import sparse_macs
 from .geometry import Geometry
+from .kernels.depthwise import IMPLS
 from .layers.base import run_layer
 from .layers.conv import SparseConv2d
 from .masks import check_visible
-from .plan import EncoderPlan
+from .plan import EncoderPlan, PlannedEncoder
 
 
-class SparseEncoder(nn.Module):
+class SparseEncoder(PlannedEncoder):
     """``encoder(images, visible)`` → one dense map per stage (B, C, H/s, W/s), zeros at masked sites.
 
     Built by :func:`spark_sparse.sparsify`. Its ``state_dict()`` has the keys, shapes and layouts of
@@ -23,27 +25,11 @@ class SparseEncoder(nn.Module):
     """
 
     def __init__(self, children: Dict[str, nn.Module], plan: EncoderPlan, arch: str = ""):
-        super().__init__()
-        for name, module in children.items():
-            self.add_module(name, module)
-        self.plan = plan
+        super().__init__(plan, children)
         self.arch = arch
 
-    @property
-    def strides(self) -> List[int]:
-        return list(self.plan.strides)
-
-    @property
-    def channels(self) -> List[int]:
-        return list(self.plan.channels)
-
-    @property
-    def patch_size(self) -> int:
-        """The total stride: masks live on a grid of patches this many pixels wide."""
-        return self.plan.patch_size
-
     def set_backend(self, backend: str) -> "SparseEncoder":
-        """Run every k×k convolution on ``backend`` ('auto', 'torch', 'spconv'); depthwise convs
+        """Run every k×k convolution on ``backend`` ('auto', 'torch', 'tiles', 'spconv'); depthwise convs
         always run on our kernels (see ``set_depthwise``)."""
         check_backend_name(backend)
         for module in self.modules():
@@ -54,7 +40,6 @@ class SparseEncoder(nn.Module):
     def set_depthwise(self, impl: str) -> "SparseEncoder":
         """Run every depthwise convolution with ``impl``: 'auto' (fastest for each layer's resolution),
         'table' (the plain-PyTorch twin), 'tiles', 'dense' or 'triton' (see kernels/depthwise.py)."""
-        from .kernels.depthwise import IMPLS
         if impl not in IMPLS:
             raise ValueError(f"unknown depthwise implementation {impl!r}; choose one of {', '.join(IMPLS)}")
         for module in self.modules():
@@ -69,11 +54,7 @@ class SparseEncoder(nn.Module):
         """Per-stage SparseFeatures (no densify copy), for heads that work on active sites."""
         geometry = self.geometry(images, visible)
         x = SparseFeatures.from_dense(images, geometry, 1)
-        outputs = []
-        for path in self.plan.run:
-            x = run_layer(self.get_submodule(path), x)
-            if path in self.plan.features:
-                outputs.append(x)
+        outputs = self.run_plan(x, lambda module, x, path: run_layer(module, x))
         for out, stride in zip(outputs, self.plan.strides):
             assert out.stride == stride, f"stage output at stride {out.stride}, expected {stride}"
         return outputs
@@ -83,5 +64,4 @@ class SparseEncoder(nn.Module):
 
     def macs(self, visible: torch.Tensor) -> int:
         """Multiply-accumulates of one forward pass on this mask (see :mod:`spark_sparse.flops`)."""
-        from .flops import sparse_macs
         return sparse_macs(self, visible)["total"]

@@ -2,13 +2,12 @@
 
 
 class UnsupportedLayerError(TypeError):
-    """A dense layer the converter cannot turn into a sparse one (names its module path)."""
+    """A dense layer the library cannot run sparse (names its module path; the reason says what is
+    accepted, for an unregistered type the list of registered ones)."""
 
     def __init__(self, path: str, module, reason: str = ""):
         self.path = path
         self.module_type = type(module).__name__
         detail = f": {reason}" if reason else ""
         super().__init__(
-            f"cannot make layer '{path or '<root>'}' ({type(module).__module__}.{self.module_type}) "
-            f"sparse{detail}. Supported: timm ResNets and ConvNeXts (V1/V2) built from Conv2d, "
-            f"BatchNorm2d, LayerNorm, activations, MaxPool2d, AvgPool2d(2, 2), DropPath, GRN.")
+            f"cannot make layer '{path or '<root>'}' ({type(module).__module__}.{self.module_type}) sparse{detail}")

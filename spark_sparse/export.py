@@ -22,8 +22,9 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .io.files import atomic_write
+from .files import atomic_write
 from .masks import dense_mask, random_visible
+from .reference import MaskedDenseEncoder
 from .restore import build_model, encoder_state
 from .weights import WeightsError, check_encoder_state, read_file
 
@@ -92,7 +93,6 @@ def verify(payload: Dict[str, Any], source: str, exported: str, *, batch: int = 
            mask_ratio: Optional[float] = None, seed: int = 0) -> List[StageError]:
     """Per-stage error between the dense timm model built from ``exported`` (under SparK's masking) and
     the sparse encoder built from the checkpoint, on random images and masks, eval mode, fp32."""
-    from .reference import MaskedDenseEncoder
 
     config = payload["model_config"]
     size = int(config.get("input_size", 224)) if size is None else size

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -35,15 +36,24 @@ class SparseFeatures:
         r = self.level.r
         return self.features.view(self.geometry.num_patches, r, r, self.channels)
 
-    def dense(self) -> torch.Tensor:
-        """Scatter to a dense (B, C, H/s, W/s) map with zeros at masked sites (differentiable)."""
-        g = self.geometry
-        r = self.level.r
+    def dense(self, fill: Optional[torch.Tensor] = None,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """Scatter to a dense (B, C, H/s, W/s) map with ``fill`` (C values; zeros when None) at masked
+        sites (differentiable, also in ``fill``).
+
+        The map is built channels-last, where each visible patch is one r×r×C block, in one copy: with
+        ``memory_format=torch.channels_last`` the result is a view of it, with the default contiguous
+        format a second copy.
+        """
+        g, r, c = self.geometry, self.level.r, self.channels
         h, w = g.grid_hw
-        out = self.features.new_zeros(g.batch, h, w, r, r, self.channels)
+        if fill is None:
+            out = self.features.new_zeros(g.batch, h, r, w, r, c)
+        else:
+            out = fill.reshape(1, 1, 1, 1, 1, c).to(self.features.dtype).expand(g.batch, h, r, w, r, c).clone()
         p = g.patches
-        out = out.index_put((p[:, 0], p[:, 1], p[:, 2]), self.tiles())
-        return out.permute(0, 5, 1, 3, 2, 4).reshape(g.batch, self.channels, h * r, w * r)
+        out[p[:, 0], p[:, 1], :, p[:, 2]] = self.tiles()
+        return out.view(g.batch, h * r, w * r, c).permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
 
     @classmethod
     def from_dense(cls, x: torch.Tensor, geometry: Geometry, stride: int) -> "SparseFeatures":

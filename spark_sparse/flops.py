@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .layers.conv import SparseConv2d
-from .plan import EncoderPlan
+from .plan import EncoderPlan, run_plan
 
 
 def conv_macs(n_out: int, conv: SparseConv2d) -> int:
@@ -33,7 +33,8 @@ def sparse_macs(encoder: nn.Module, visible: torch.Tensor) -> Dict[str, object]:
     for path, module in encoder.named_modules():
         if isinstance(module, SparseConv2d):
             hooks.append(module.register_forward_hook(
-                lambda m, i, o, path=path: layers.__setitem__(path, layers.get(path, 0) + conv_macs(o.features.shape[0], m))))
+                lambda m, i, o, path=path: layers.__setitem__(
+                    path, layers.get(path, 0) + conv_macs(o.features.shape[0], m))))
         elif isinstance(module, nn.Linear):
             hooks.append(module.register_forward_hook(
                 lambda m, i, o, path=path: layers.__setitem__(
@@ -64,8 +65,7 @@ def dense_macs(model: nn.Module, batch: int, image_size: Tuple[int, int]) -> int
     try:
         model.eval()
         with torch.no_grad(), counter:
-            for path in plan.run:
-                x = model.get_submodule(path)(x)
+            run_plan(model, plan, x, lambda module, x, path: module(x))
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2

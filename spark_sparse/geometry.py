@@ -15,6 +15,8 @@ from typing import Callable, Dict, Hashable, Tuple, TypeVar
 
 import torch
 
+from .plan import PATCH_SIZE
+
 T = TypeVar("T")
 Pair = Tuple[int, int]
 
@@ -44,11 +46,6 @@ class ConvTable:
         offsets = torch.arange(k, device=gather.device).view(1, -1).expand_as(gather)
         scatter[gather, offsets] = out_rows  # misses all land on the dropped sentinel row n_in
         return cls(gather.contiguous(), scatter[:-1].contiguous(), n_in, n_out, tuple(kernel))
-
-    @property
-    def num_pairs(self) -> int:
-        """Input/output pairs that really meet (zeros from masked or border inputs excluded)."""
-        return int((self.gather < self.n_in).sum())
 
 
 class Level:
@@ -100,7 +97,7 @@ class Level:
 class Geometry:
     """Active sites of one batch at every stride, from its patch mask ``visible`` (B, h, w)."""
 
-    def __init__(self, visible: torch.Tensor, patch_size: int = 32):
+    def __init__(self, visible: torch.Tensor, patch_size: int = PATCH_SIZE):
         if visible.dim() != 3 or visible.dtype != torch.bool:
             raise ValueError(f"visible must be a (B, h, w) bool tensor, got {tuple(visible.shape)} {visible.dtype}")
         self.visible = visible
@@ -124,9 +121,6 @@ class Geometry:
         if key not in self._cache:
             self._cache[key] = build()
         return self._cache[key]  # type: ignore[return-value]
-
-    def patches_per_image(self) -> torch.Tensor:
-        return self.visible.flatten(1).sum(1)
 
     def conv_table(self, in_stride: int, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair) -> ConvTable:
         key = ("conv", in_stride, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))

@@ -1,4 +1,4 @@
-"""Patch masks: which patches of the backbone's stride-32 grid an image keeps visible.
+"""Patch masks: which patches of the backbone's patch grid (stride 32) an image keeps visible.
 
 A mask is a bool tensor ``visible`` of shape (B, h, w), True = visible. Every layer of the encoder
 reads its active set from this one tensor (repeated 32/s times per axis at stride s), never from
@@ -6,7 +6,7 @@ non-zero feature values, so a visible pixel that happens to be exactly zero stay
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -75,6 +75,16 @@ def random_visible(batch: int, grid: Grid, mask_ratio: float, *, generator: Opti
     return visible.view(int(batch), h, w).to(device or noise_device)
 
 
+def patch_grid(height: int, width: int, patch_size: int, what: str = "image size") -> Tuple[int, int]:
+    """The (H/patch, W/patch) patch grid of an image size; a clear error unless both sides are
+    positive multiples of ``patch_size`` (read from the encoder, or ``plan.PATCH_SIZE`` before one
+    is built)."""
+    if height <= 0 or width <= 0 or height % patch_size or width % patch_size:
+        raise ValueError(f"{what} {height}x{width} is not a multiple of {patch_size} (the backbone stride): height "
+                         f"and width must be positive multiples of {patch_size} (e.g. 224, 256, 320)")
+    return height // patch_size, width // patch_size
+
+
 def check_visible(visible: torch.Tensor, images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Validate ``visible`` against a batch of images; return it on the images' device."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
@@ -83,11 +93,7 @@ def check_visible(visible: torch.Tensor, images: torch.Tensor, patch_size: int) 
     if not images.is_floating_point():
         raise TypeError(f"images must be a floating-point tensor, got dtype {images.dtype}")
     b, _, height, width = images.shape
-    if height % patch_size or width % patch_size or height == 0 or width == 0:
-        raise ValueError(
-            f"image size {height}x{width} is not a multiple of the backbone stride {patch_size}: "
-            f"height and width must be positive multiples of {patch_size} (e.g. 224, 256, 320)")
-    expected = (b, height // patch_size, width // patch_size)
+    expected = (b, *patch_grid(height, width, patch_size))
     if not isinstance(visible, torch.Tensor):
         raise TypeError(f"visible must be a bool tensor of shape {expected}, got {type(visible).__name__}")
     if visible.dtype != torch.bool:
@@ -103,3 +109,21 @@ def dense_mask(visible: torch.Tensor, stride: int, patch_size: int) -> torch.Ten
     """The active set at ``stride`` as a dense (B, 1, H/stride, W/stride) bool map."""
     r = patch_size // stride
     return visible.repeat_interleave(r, 1).repeat_interleave(r, 2).unsqueeze(1)
+
+
+class MaskPyramid:
+    """The active set of one batch as dense {0,1} maps, one per resolution, made on first use
+    (how SparK's masked-dense model sees a mask: passed down explicitly, never kept in a global)."""
+
+    def __init__(self, visible: torch.Tensor, patch_size: int, dtype: torch.dtype):
+        self.visible = visible
+        self.patch_size = patch_size
+        self.dtype = dtype
+        self._maps: Dict[int, torch.Tensor] = {}
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) mask at the resolution of ``x``."""
+        stride = self.patch_size * self.visible.shape[1] // x.shape[-2]
+        if stride not in self._maps:
+            self._maps[stride] = dense_mask(self.visible, stride, self.patch_size).to(self.dtype)
+        return self._maps[stride].to(x.dtype)

@@ -1,17 +1,25 @@
-"""Which parts of a timm backbone form the encoder, and where its four stage outputs are.
+"""Which parts of a timm backbone form the encoder, where its four stage outputs are, and the one
+loop that runs them.
 
 Read from the model's ``feature_info`` (timm's own record of its stages), so any backbone that
 exposes one works: the encoder runs the model's children in order up to the last stage, and
-drops what follows (pooling, classifier head).
+drops what follows (pooling, classifier head). Every encoder (sparse, masked-dense, plain dense)
+and the dense MAC count run the plan through :func:`run_plan`; they differ only in how one module
+is called.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Callable, Dict, List, Tuple, TypeVar
 
 from torch import nn
 
+T = TypeVar("T")
+Step = Callable[[nn.Module, T, str], T]  # (module, input, its path) -> output
+
 STAGE_STRIDES = (4, 8, 16, 32)
+PATCH_SIZE = STAGE_STRIDES[-1]  # every accepted backbone's total stride: the side of a mask's patch
 
 
 @dataclass(frozen=True)
@@ -65,3 +73,46 @@ class EncoderPlan:
         if missing:
             raise ValueError(f"stage modules {missing} from feature_info were not found in the model")
         return cls(tuple(run), feature_paths, strides, tuple(int(f["num_chs"]) for f in stages))
+
+
+def run_plan(root: nn.Module, plan: EncoderPlan, x: T, step: Step) -> List[T]:
+    """Run ``step`` on each module of ``plan.run`` under ``root`` in order; the stage outputs."""
+    outputs = []
+    for path in plan.run:
+        x = step(root.get_submodule(path), x, path)
+        if path in plan.features:
+            outputs.append(x)
+    return outputs
+
+
+def encoder_part(model: nn.Module) -> Tuple[EncoderPlan, Dict[str, nn.Module]]:
+    """The plan of ``model`` and a copy of the children it runs, under their own names."""
+    plan = EncoderPlan.from_model(model)
+    return plan, {name: copy.deepcopy(model.get_submodule(name)) for name in plan.top_level}
+
+
+class PlannedEncoder(nn.Module):
+    """An encoder made of a backbone's children (same names, so the same state_dict keys) and run by
+    its plan: ``encoder(images, visible) -> one map per stage``."""
+
+    def __init__(self, plan: EncoderPlan, children: Dict[str, nn.Module]):
+        super().__init__()
+        for name, module in children.items():
+            self.add_module(name, module)
+        self.plan = plan
+
+    @property
+    def strides(self) -> List[int]:
+        return list(self.plan.strides)
+
+    @property
+    def channels(self) -> List[int]:
+        return list(self.plan.channels)
+
+    @property
+    def patch_size(self) -> int:
+        """The total stride: masks live on a grid of patches this many pixels wide."""
+        return self.plan.patch_size
+
+    def run_plan(self, x: T, step: Step) -> List[T]:
+        return run_plan(self, self.plan, x, step)

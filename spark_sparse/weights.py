@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .io.files import file_kind, zip_damage
+from .files import file_kind, zip_damage
+from .plan import EncoderPlan
 
 SHOWN = 5  # keys listed per kind of difference in an error
 
@@ -83,7 +84,6 @@ def strip_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch
 def _shapes(arch: str) -> Tuple[Dict[str, Tuple[int, ...]], Tuple[str, ...]]:
     import timm
 
-    from .plan import EncoderPlan
     try:
         with torch.device("meta"):
             model = timm.create_model(arch, pretrained=False)

@@ -1,10 +1,7 @@
 import os
-import sys
 
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))  # the shared test helpers (equivalence.py, …)
 
 # Without a GPU, Triton kernels are tested in Triton's interpreter. The switch is read when triton
 # is first imported (importing timm does it), so it is set here, before any test module loads.

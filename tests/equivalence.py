@@ -13,8 +13,8 @@ conditioned the floor is ~1e-6, and features then meet the contract's 1e-4 itsel
   parameters together), 1e-2 for each parameter alone. One ReLU input or max-pool tie within rounding
   distance of its kink sends one site's gradient the other way in one implementation and not in
   the other. Seen here (resnet18, batch 4, ratio 0.9, eval): 3.5e-3 on one layer1 weight and
-  1.2e-3 on the whole gradient and 1.0e-3 on the input gradient, while fp64 agreed to 3e-15 and a 1e-6 input perturbation moved
-  the reference itself across the same kink. Such isolated crossings stay well below these
+  1.2e-3 on the whole gradient and 1.0e-3 on the input gradient, while fp64 agreed to 3e-15 and a
+  1e-6 input perturbation moved the reference itself across the same kink. Such isolated crossings stay well below these
   bounds; a wrong rule for a layer gives errors of order 1 (and fails fp64 at 1e-8 anyway).
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ import spark_sparse as ss
 from spark_sparse.io.checkpoint import weights_checkpoint
 from spark_sparse.spark import SparK
 from spark_sparse.io import checkpoint as ckpt
-from equivalence import build_model
+from tests.equivalence import build_model
 
 SIZE = 64
 DECODER_WIDTH = 32

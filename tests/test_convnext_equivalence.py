@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import spark_sparse as ss
-from equivalence import check_equivalence, cached_model as model
+from tests.equivalence import check_equivalence, cached_model as model
 
 # (batch, size, ratio, train). Together: batch 1 and 3, train and eval, ratios 0 to 0.6, four
 # image shapes, DropPath on and off, Linear and 1×1-conv MLPs, LayerNorm channels first and last, GRN.

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pretrain_utils import REPO, TINY, env, make_image_folder
+from tests.pretrain_utils import REPO, TINY, env, make_image_folder
 
 LIMIT = 120  # seconds; a run that fails this way takes ~15 s on a busy 2-core machine
 

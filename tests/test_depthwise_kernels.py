@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spark_sparse.backends.base import ConvSpec
+from spark_sparse.spec import ConvSpec
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
 from spark_sparse.kernels.depthwise import choose_impl, sparse_depthwise_conv, why_unsupported
 from spark_sparse.kernels.tiles import gather_tiles, halo_tile_table, tiles_to_features
 
-from equivalence import rel_max, rel_norm
+from tests.equivalence import rel_max, rel_norm
 
 C = 6
 
@@ -58,9 +58,15 @@ def inputs(batch, stride, spec, seed=0):
 
 
 def dense_reference(x: SparseFeatures, weight, spec):
-    """Independent of the kernels: the core's scatter to a dense map, torch's conv, the core's gather."""
-    y = F.conv2d(x.dense(), weight, None, spec.stride, spec.padding, spec.dilation, spec.groups)
-    return SparseFeatures.from_dense(y, x.geometry, x.stride * spec.stride[0]).features
+    """Independent of the kernels and of the core's scatter (which the 'dense' implementation uses):
+    each site written to and read from its (b, y, x) coordinates, torch's conv in between."""
+    level, out = x.level, x.geometry.level(x.stride * spec.stride[0])
+    c = level.coords
+    dense = x.features.new_zeros(x.geometry.batch, level.height, level.width, x.channels)
+    dense[c[:, 0], c[:, 1], c[:, 2]] = x.features
+    y = F.conv2d(dense.permute(0, 3, 1, 2), weight, None, spec.stride, spec.padding, spec.dilation, spec.groups)
+    o = out.coords
+    return y.permute(0, 2, 3, 1)[o[:, 0], o[:, 1], o[:, 2]]
 
 
 @pytest.mark.parametrize("stride", [4, 8, 16, 32])

@@ -16,7 +16,7 @@ def encoders():
 @pytest.mark.parametrize("shape", [(1, 3, 224, 200), (1, 3, 100, 224), (1, 3, 16, 16)])
 def test_size_not_multiple_of_stride(encoders, shape):
     for enc in encoders:
-        with pytest.raises(ValueError, match="not a multiple of the backbone stride 32"):
+        with pytest.raises(ValueError, match=r"not a multiple of 32 \(the backbone stride\)"):
             enc(torch.zeros(shape), torch.ones(1, shape[2] // 32, shape[3] // 32, dtype=torch.bool))
 
 

@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from export_utils import cli, encoder_state, trained_spark, write_checkpoint
+from tests.export_utils import cli, encoder_state, trained_spark, write_checkpoint
 from spark_sparse import export as ex
 from spark_sparse.weights import head_keys, read_file
 

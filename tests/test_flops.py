@@ -66,6 +66,7 @@ def test_convnext_layers_counted_on_active_sites(arch, mlp):
     sites = kept * 8 * 8  # stride 4: an 8×8 block per visible patch
     assert layers["stem.0"] == sites * 4 * 4 * 3 * c
     assert layers["stages.0.blocks.0.conv_dw"] == sites * 7 * 7 * c   # depthwise: one input channel each
-    assert layers["stages.0.blocks.0.mlp.fc1"] == sites * c * 4 * c   # counted whether it is a 1×1 conv (atto) or a Linear (tiny)
+    # counted whether it is a 1×1 conv (atto) or a Linear (tiny)
+    assert layers["stages.0.blocks.0.mlp.fc1"] == sites * c * 4 * c
     assert layers["stages.1.downsample.1"] == kept * 4 * 4 * 2 * 2 * c * enc.channels[1]
     assert enc.macs(visible) * (3 * 12) == dense_macs(model, 3, (96, 128)) * kept

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import spark_sparse as ss
-from equivalence import build_model, check_masked_zero, rel_max, rel_norm, run
+from tests.equivalence import build_model, check_masked_zero, rel_max, rel_norm, run
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

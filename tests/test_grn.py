@@ -6,7 +6,7 @@ from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
 from spark_sparse.layers.grn import SparseGlobalResponseNorm
 
-from equivalence import rel_max
+from tests.equivalence import rel_max
 
 
 def setup(channels_last: bool):

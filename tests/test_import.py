@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from export_utils import (SIZE, cli, encoder_state, images_and_mask, spark_timm_style, spark_withdecoder,
+from tests.export_utils import (SIZE, cli, encoder_state, images_and_mask, spark_timm_style, spark_withdecoder,
                           stage_outputs, timm_to_official_convnext, trained_spark)
 from spark_sparse.io.checkpoint import load as read_checkpoint
 from spark_sparse.restore import build_model
@@ -68,7 +68,7 @@ def test_official_convnext_names_map_like_timms_own_filter(arch):
 
 def test_a_supervised_timm_checkpoint_continues_pretraining(tmp_path):
     """A timm training checkpoint (classifier head included) → import → pretrain --resume starts from it."""
-    from pretrain_utils import TINY, parse
+    from tests.pretrain_utils import TINY, parse
     from spark_sparse.train.trainer import Trainer
 
     supervised = timm.create_model("resnet18", num_classes=10)

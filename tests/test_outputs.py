@@ -10,8 +10,8 @@ import timm
 import torch
 from PIL import Image
 
-from export_utils import cli, trained_spark, write_checkpoint
-from spark_sparse.io.files import OutputError, check_output
+from tests.export_utils import cli, trained_spark, write_checkpoint
+from spark_sparse.files import OutputError, check_output
 
 
 @pytest.fixture(scope="module")

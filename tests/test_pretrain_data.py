@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain_utils import make_image_folder
+from tests.pretrain_utils import make_image_folder
 from spark_sparse.train.data import (EmbeddedPhotos, FolderImages, PretrainDataset, ResumableBatchSampler,
                                      collate)
 

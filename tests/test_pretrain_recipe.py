@@ -5,12 +5,12 @@ import torch
 
 
 import spark_sparse as ss
-from equivalence import build_model
+from tests.equivalence import build_model
 from spark_sparse.spark import SparK
-from spark_sparse.spark import default_drop_path
+from spark_sparse.recipe import default_drop_path
 from spark_sparse.train.config import peak_lr
 from spark_sparse.train.schedule import Schedule, build_optimizer, lamb_betas, no_decay, param_groups
-from pretrain_utils import parse
+from tests.pretrain_utils import parse
 
 
 def test_lr_schedule_warms_up_linearly_then_cosine():

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from pretrain_utils import (REPO, TINY, cli, env, final_checkpoint, finish, make_image_folder,
+from tests.pretrain_utils import (REPO, TINY, cli, env, final_checkpoint, finish, make_image_folder,
                             max_weight_difference, parse)
 from spark_sparse.io import checkpoint as ckpt
 from spark_sparse.train.trainer import EXIT_NON_FINITE, Trainer

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from pretrain_utils import TINY, make_image_folder, parse
+from tests.pretrain_utils import TINY, make_image_folder, parse
 from spark_sparse.io import checkpoint as ckpt
 from spark_sparse.train.data import find_images
 from spark_sparse.train.trainer import EXIT_BAD_INPUT, Trainer, pretrain

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from export_utils import cli, trained_spark, write_checkpoint
+from tests.export_utils import cli, trained_spark, write_checkpoint
 from spark_sparse.train.data import embedded_photo_paths
 
 SIZE, PAD = 64, 2

@@ -7,9 +7,8 @@ pair, appears; the spconv backend additionally is shown to use exactly the torch
 pairs (test_spconv_guards.py), so its arithmetic is the same on the CPU.
 """
 import pytest
-import torch
 
-from equivalence import check_equivalence, cached_model as model
+from tests.equivalence import check_equivalence, cached_model as model
 
 # (batch, size, ratio, train)
 FULL_GRID = [

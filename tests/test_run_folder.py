@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from pretrain_utils import TINY, make_image_folder, parse
+from tests.pretrain_utils import TINY, make_image_folder, parse
 from spark_sparse.io import checkpoint as ckpt
 from spark_sparse.train.run_folder import PREVIOUS, folder_run
 from spark_sparse.train.trainer import EXIT_BAD_INPUT, Trainer, pretrain

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import spark_sparse as ss
-from equivalence import NOISE_FACTOR, build_model, rel_max, rel_norm
+from tests.equivalence import NOISE_FACTOR, build_model, rel_max, rel_norm
 from spark_sparse.features import SparseFeatures
 from spark_sparse.spark import SparK, patchify, paste_visible, unpatchify
 
@@ -108,16 +108,21 @@ def test_spark_sparse_equals_masked_dense(arch, backend, norm, batch, size, rati
         assert err <= 1e-4 + NOISE_FACTOR * floor, f"fp32 buffer {n}: {err:.2e}"
 
 
-def test_sparse_densify_never_densifies_encoder_features(monkeypatch):
-    """The sparse path normalises the (N, C) rows and builds each dense map once, with the mask token."""
+def test_sparse_densify_builds_each_stage_map_once(monkeypatch):
+    """The sparse path normalises the (N, C) rows and scatters each stage to a dense map once, with its
+    mask token as the fill, channels-last: every dense map (depthwise 'dense' included) goes through
+    SparseFeatures.dense, so counting its calls counts every densify copy."""
     sparse, _ = spark_pair("resnet18", "torch", "auto", 64, torch.float32, True)
+    calls, scatter = [], SparseFeatures.dense
 
-    def forbidden(self):
-        raise AssertionError("SparseFeatures.dense() called: a needless densify copy")
+    def counted(self, fill=None, memory_format=torch.contiguous_format):
+        calls.append((self.stride, fill is not None, memory_format))
+        return scatter(self, fill, memory_format)
 
-    monkeypatch.setattr(SparseFeatures, "dense", forbidden)
+    monkeypatch.setattr(SparseFeatures, "dense", counted)
     images = torch.randn(2, 3, 64, 64)
     sparse(images, ss.random_visible(2, (2, 2), 0.5, generator=torch.Generator().manual_seed(0)))
+    assert sorted(calls) == [(s, True, torch.channels_last) for s in (4, 8, 16, 32)]
 
 
 def test_dense_head_runs_channels_last():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import spark_sparse as ss
-from equivalence import build_model, rel_max
+from tests.equivalence import build_model, rel_max
 from spark_sparse.spark import SparK
 from spark_sparse.train.sync_batchnorm import SparseSyncBatchNorm, convert_sync_batchnorm
 

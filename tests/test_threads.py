@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import spark_sparse as ss
-from equivalence import build_model, rel_max, run
+from tests.equivalence import build_model, rel_max, run
 
 
 @pytest.mark.parametrize("backend", ["torch", "spconv"])

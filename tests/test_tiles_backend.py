@@ -4,7 +4,7 @@ import torch
 
 import spark_sparse as ss
 from spark_sparse.backends import get_backend
-from spark_sparse.backends.base import ConvSpec
+from spark_sparse.spec import ConvSpec
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
 from spark_sparse.kernels.tile_conv import tile_max_pool, tiles_unsupported

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from export_utils import cli, trained_spark, write_checkpoint
+from tests.export_utils import cli, trained_spark, write_checkpoint
 from spark_sparse.weights import WeightsError, check_encoder_state
 
 
@@ -111,7 +111,7 @@ def test_wrong_kind_of_file_gets_a_pointer_to_what_is_accepted(tmp_path, resnet1
 
 
 def test_a_spark_file_and_the_command_line_must_agree(tmp_path):
-    from export_utils import spark_withdecoder
+    from tests.export_utils import spark_withdecoder
     obj = spark_withdecoder(trained_spark("resnet18", steps=0), "resnet18")
     rc, out, err = run_import(tmp_path, obj, "--arch", "resnet34")
     assert rc == 2 and "records architecture 'resnet18', --arch says 'resnet34'" in err

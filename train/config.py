@@ -12,6 +12,11 @@ import argparse
 import os
 from typing import Optional
 
+from ..backends import BACKEND_NAMES
+from ..masks import check_patches_both_ways, patch_grid
+from ..plan import PATCH_SIZE
+from ..recipe import default_drop_path
+
 # Peak lr of the no-argument demo run: SparK's on ImageNet (2e-4 × 4096 / 256).
 DEMO_PEAK_LR = 3.2e-3
 
@@ -32,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--encoder", default="sparse", choices=["sparse", "masked-dense"],
                        help="sparse: only visible patches are computed; masked-dense: SparK's reference "
                             "(dense convs, masked sites zeroed), same numbers at full cost")
-    model.add_argument("--backend", default="auto", choices=["auto", "torch", "spconv"],
+    model.add_argument("--backend", default="auto", choices=list(BACKEND_NAMES),
                        help="k×k convolution backend of the sparse encoder")
     model.add_argument("--drop-path", type=float, default=None,
                        help="stochastic depth rate (default: SparK's per model, 0.05/0.08/0.1/0.15 for "
@@ -92,15 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_args(args) -> None:
     """Clear errors for values that cannot work, before anything is built."""
-    if args.input_size <= 0 or args.input_size % 32:
-        raise ValueError(f"--input-size must be a positive multiple of 32 (the backbone stride), got {args.input_size}")
+    patch_grid(args.input_size, args.input_size, PATCH_SIZE, "--input-size")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0.0 < args.mask_ratio < 1.0:
         raise ValueError(f"--mask-ratio must be in (0, 1) (the fraction of patches hidden; the loss is computed on "
                          f"hidden patches only), got {args.mask_ratio}")
-    from ..masks import check_patches_both_ways
-    check_patches_both_ways(args.input_size // 32, args.mask_ratio, f"--mask-ratio at --input-size {args.input_size}:")
+    check_patches_both_ways(args.input_size // PATCH_SIZE, args.mask_ratio, f"--mask-ratio at --input-size {args.input_size}:")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     for name in ("vis_images", "log_every"):
@@ -134,7 +137,6 @@ def peak_lr(args, global_batch: int) -> float:
 
 
 def drop_path(args) -> float:
-    from ..spark import default_drop_path  # the CLI's parser is built without importing the model
     return default_drop_path(args.arch) if args.drop_path is None else args.drop_path
 
 

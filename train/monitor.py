@@ -15,8 +15,11 @@ from collections import deque
 from typing import Dict, Optional
 
 import torch
+from torchvision.utils import make_grid
 
-from ..io.files import write_text
+from ..files import write_text
+from ..spark import paste_visible
+from .data import denormalize
 
 
 def reconstruction_grid(images: torch.Tensor, visible: torch.Tensor, reconstruction: torch.Tensor,
@@ -24,11 +27,6 @@ def reconstruction_grid(images: torch.Tensor, visible: torch.Tensor, reconstruct
     """SparK's figure as one (3, H', W') [0, 1] image: a column per image, rows input / masked input /
     reconstruction with the visible patches pasted back. ``images`` and ``reconstruction`` are
     normalised (B, 3, H, W) (the reconstruction in input space, see ``SparK.to_pixels``)."""
-    from torchvision.utils import make_grid
-
-    from ..spark import paste_visible
-    from .data import denormalize
-
     x = images.detach().float()
     keep = torch.nn.functional.interpolate(visible[:, None].float(), scale_factor=patch_size)
     rows = torch.cat([denormalize(x), denormalize(x) * keep,
@@ -119,11 +117,6 @@ class Monitor:
         save_image(grid, path)
         self.writer.add_image("reconstruction/input-masked-reconstruction", grid, step)
         return path
-
-    def flush(self) -> None:
-        if self.enabled:
-            self.writer.flush()
-            self.metrics_file.flush()
 
     def close(self) -> None:
         if not self.enabled:

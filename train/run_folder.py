@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..io import checkpoint as ckpt
-from ..io.files import write_text
+from ..files import write_text
 
 RUN_FILE = "run.json"
 LOGS = ("metrics.jsonl", "tensorboard", "vis")  # what a run writes besides checkpoints

@@ -29,7 +29,7 @@ from ..masks import random_visible
 from ..spark import SparK, build_spark, model_config
 from .config import amp_dtype, check_args, default_workers, drop_path, peak_lr
 from .data import DataConfig, UnreadableFiles, build_loader, shutdown_workers
-from .distributed import Processes, barrier, broadcast_object, init_processes
+from .distributed import Processes, barrier, broadcast_object, init_processes, shutdown
 from .monitor import Monitor
 from .rng import seed_everything
 from .run_folder import ResumePlan, RunFolderError, claim, plan_resume
@@ -282,7 +282,6 @@ class Trainer:
 
 def pretrain(args) -> int:
     """Entry point of ``spark-sparse pretrain`` (also under torchrun)."""
-    from .distributed import shutdown
     trainer = None
     try:
         try:

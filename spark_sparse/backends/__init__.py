@@ -1,7 +1,7 @@
 """Convolution backends, chosen per layer at call time.
 
 ``torch``  — gather → GEMM on index tables; any device, dtype and thread count (the oracle).
-``tiles``  — a dense conv on each visible patch's block plus its halo (kernels/tile_conv.py).
+``tiles``  — a dense conv on each visible patch's block plus its halo (backends/tiles_backend.py).
 ``spconv`` — spconv's rulebooks and, on CUDA, its kernels (needs the ``spconv`` package).
 ``auto``   — per layer, the best available one for the layer, device and dtype (``choose_backend``).
 A backend that cannot run a given layer (e.g. spconv and depthwise convs) hands it to ``torch``.
@@ -15,6 +15,7 @@ import torch
 
 from .base import ConvBackend, ConvSpec
 from .rulebook import TorchBackend
+from .tiles_backend import TilesBackend
 
 BACKEND_NAMES = ("auto", "torch", "tiles", "spconv")
 
@@ -30,7 +31,6 @@ def spconv_available() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _instances() -> Dict[str, ConvBackend]:
-    from ..kernels.tile_conv import TilesBackend
     backends: Dict[str, ConvBackend] = {"torch": TorchBackend(), "tiles": TilesBackend()}
     if spconv_available():
         from .spconv_backend import SpconvBackend

@@ -1,34 +1,12 @@
-"""The interface every convolution backend implements, and the spec of one convolution."""
+"""The interface every convolution backend implements."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
 from ..geometry import Geometry
-
-Pair = Tuple[int, int]
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    """Everything about a k×k convolution a backend needs, besides weights and features."""
-    in_channels: int
-    out_channels: int
-    kernel: Pair
-    stride: Pair
-    padding: Pair
-    dilation: Pair
-    groups: int = 1
-
-    @property
-    def is_depthwise(self) -> bool:
-        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
-
-    @property
-    def num_offsets(self) -> int:
-        return self.kernel[0] * self.kernel[1]
+from ..spec import ConvSpec, compute_dtype  # noqa: F401  (re-exported: backends read both from here)
 
 
 class ConvBackend:
@@ -46,11 +24,3 @@ class ConvBackend:
     def conv(self, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, in_stride: int,
              spec: ConvSpec) -> torch.Tensor:
         raise NotImplementedError
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a matmul on ``x`` would run in here (autocast's, when autocast is on)."""
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev) and x.is_floating_point():
-        return torch.get_autocast_dtype(dev)
-    return x.dtype

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from ..geometry import ConvTable, Geometry
-from ..kernels.depthwise import table_depthwise
-from ..kernels.gather import gather_rows  # noqa: F401  (re-exported: layers import it from here)
+from ..kernels.depthwise_table import table_depthwise
+from ..kernels.gather import gather_rows
 from .base import ConvBackend, ConvSpec, compute_dtype
 
 
@@ -75,7 +75,7 @@ def table_conv(x: torch.Tensor, weight: torch.Tensor, table: ConvTable, groups: 
         w = weight.to(dtype).permute(2, 3, 1, 0).reshape(-1, weight.shape[1], c_out)
         return _GatherGemmConv.apply(x.contiguous(), w, table)
     if groups == x.shape[1] == c_out and weight.shape[1] == 1:
-        return table_depthwise(x, weight.to(dtype), table)  # the twin in kernels/depthwise.py
+        return table_depthwise(x, weight.to(dtype), table)  # the twin in kernels/depthwise_table.py
     raise NotImplementedError(f"grouped convolution with groups={groups} (only 1 or depthwise)")
 
 

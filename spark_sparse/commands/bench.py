@@ -28,7 +28,8 @@ def add_arguments(p):
     p.add_argument("--models", nargs="+", default=S, metavar="NAME",
                    help=f"timm model names (any timm ResNet/ConvNeXt; default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--mask-ratios", nargs="+", type=float, default=S, metavar="R",
-                   help=f"fractions of patches hidden, each in [0, 1) (default: {' '.join(map(str, DEFAULT_MASK_RATIOS))})")
+                   help="fractions of patches hidden, each in [0, 1) "
+                        f"(default: {' '.join(map(str, DEFAULT_MASK_RATIOS))})")
     p.add_argument("--batch", nargs="+", type=int, default=S, metavar="B", help="batch sizes (default: 16)")
     p.add_argument("--size", nargs="+", type=int, default=S, metavar="PX",
                    help="image size: S or H W, multiples of 32 (default: 224)")
@@ -60,7 +61,8 @@ def add_arguments(p):
     p.add_argument("--profile-model", default=S, metavar="NAME",
                    help="model of the per-layer profile; 'none' to skip (default: the first model that ran)")
     p.add_argument("--profile-ratio", type=float, default=S, help="mask ratio of the per-layer profile (default: 0.6)")
-    p.add_argument("--profile-batch", type=int, default=S, help="batch of the per-layer profile (default: the first --batch)")
+    p.add_argument("--profile-batch", type=int, default=S,
+                   help="batch of the per-layer profile (default: the first --batch)")
     p.add_argument("--profile-repeats", type=int, default=S, help="repeats per layer (default: 3)")
     p.add_argument("--profile-only", action="store_true", help="only the per-layer profile, no sweep")
     p.add_argument("--out", default="bench_results", help="folder for results.json, results.md and the plots")
@@ -140,7 +142,7 @@ def check_outputs(args) -> None:
     (re-rendering results.json in place rewrites the same document, so it needs --force too)."""
     import os
 
-    from spark_sparse.io.files import check_output
+    from spark_sparse.files import check_output
     for name in ("results.json", "results.md"):
         check_output(os.path.join(args.out, name), force=args.force, what="--out")
 

@@ -11,11 +11,13 @@ HELP = "check a sparse encoder against the masked-dense reference and print its 
 
 
 def add_arguments(p):
-    p.add_argument("--arch", default="resnet50", help="timm model name: resnet18 … resnet200, resnet*d, convnext_atto … convnext_large, convnextv2_*")
+    p.add_argument("--arch", default="resnet50",
+                   help="timm model name: resnet18 … resnet200, resnet*d, convnext_atto … convnext_large, convnextv2_*")
     p.add_argument("--mask-ratio", type=float, default=0.6, help="fraction of 32×32 patches hidden, in [0, 1)")
     p.add_argument("--batch", type=int, default=2, help="images per batch")
     p.add_argument("--size", type=int, nargs="+", default=[224], help="image size: S or H W (multiples of 32)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "spconv"], help="k×k conv backend")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "tiles", "spconv"],
+                   help="k×k conv backend")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
     p.add_argument("--seed", type=int, default=0)
 
@@ -26,6 +28,7 @@ def run(args) -> int:
 
     import spark_sparse as ss
     from spark_sparse.flops import dense_macs
+    from spark_sparse.masks import patch_grid
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -37,7 +40,8 @@ def run(args) -> int:
     reference = ss.MaskedDenseEncoder(model)
     g = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.batch, 3, height, width, generator=g).to(device)
-    visible = ss.random_visible(args.batch, (height // 32, width // 32), args.mask_ratio, generator=g, device=device)
+    grid = patch_grid(height, width, encoder.patch_size)
+    visible = ss.random_visible(args.batch, grid, args.mask_ratio, generator=g, device=device)
     print(f"{args.arch}: {args.batch}×3×{height}×{width}, mask ratio {args.mask_ratio} "
           f"({int(visible[0].sum())} of {visible[0].numel()} patches visible per image), backend {args.backend}")
 

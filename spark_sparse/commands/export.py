@@ -49,7 +49,7 @@ def check_verify_options(args) -> None:
 def run(args) -> int:
     from spark_sparse import export as ex
     from spark_sparse.io.checkpoint import CheckpointError, load
-    from spark_sparse.io.files import check_output
+    from spark_sparse.files import check_output
     from spark_sparse.weights import WeightsError
 
     try:

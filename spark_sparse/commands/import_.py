@@ -39,7 +39,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from spark_sparse.io.checkpoint import save_atomic
-    from spark_sparse.io.files import check_output
+    from spark_sparse.files import check_output
     from spark_sparse.io.imports import checkpoint_from_import
     from spark_sparse.spark_format import read_weights
     from spark_sparse.weights import WeightsError

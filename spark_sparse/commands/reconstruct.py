@@ -67,7 +67,7 @@ def output_names(paths):
 def write_png(grid, path: str) -> None:
     from torchvision.utils import save_image
 
-    from spark_sparse.io.files import atomic_write
+    from spark_sparse.files import atomic_write
     atomic_write(path, lambda tmp: save_image(grid, tmp, format="PNG"), durable=False)
 
 
@@ -76,7 +76,7 @@ def run(args) -> int:
     from spark_sparse.masks import check_mask_ratio, check_patches_both_ways, random_visible
     from spark_sparse.io.checkpoint import CheckpointError
     from spark_sparse.io.checkpoint import load as read_checkpoint
-    from spark_sparse.io.files import check_output
+    from spark_sparse.files import check_output
     from spark_sparse.restore import build_model
     from spark_sparse.train.monitor import reconstruction_grid
     from spark_sparse.weights import WeightsError

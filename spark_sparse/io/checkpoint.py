@@ -5,7 +5,7 @@ Files
 ``<out>/checkpoints/ckpt-<step, 8 digits>.pt``, one per save; of the files *this run* wrote, the
 newest ``--keep-ckpts`` are kept (see "Runs" below). Each is written to a temporary file in the
 same folder, flushed and fsync'ed, then renamed over the final name (and the folder fsync'ed)
-(:func:`spark_sparse.io.files.atomic_write`), so a reader only ever sees a complete file: a run
+(:func:`spark_sparse.files.atomic_write`), so a reader only ever sees a complete file: a run
 killed while saving leaves a stray ``*.tmp`` (removed on the next start) and the previous
 checkpoints intact.
 Reading checks the zip container's CRC-32 of every record first, so a truncated or bit-flipped
@@ -91,9 +91,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import timm
 import torch
 
-from .files import atomic_write, file_kind, zip_damage
+from .. import __version__
+from ..files import atomic_write, file_kind, zip_damage
+from ..spark import model_config
 
 FORMAT = "spark_sparse.pretrain"
 VERSION = 1
@@ -143,9 +146,6 @@ def _fields(obj) -> Dict[str, Any]:
 
 
 def versions() -> Dict[str, str]:
-    import timm
-
-    from .. import __version__
     return {"spark_sparse": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__)}
 
 
@@ -172,7 +172,7 @@ def save_atomic(payload: Dict[str, Any], path: str) -> None:
 
 
 def verify_integrity(path: str) -> None:
-    """Check every record's CRC-32 (see :func:`~spark_sparse.io.files.zip_damage`)."""
+    """Check every record's CRC-32 (see :func:`~spark_sparse.files.zip_damage`)."""
     try:
         bad = zip_damage(path)
     except FileNotFoundError:
@@ -280,7 +280,6 @@ def prune(out_dir: str, keep: int, run_id: str) -> List[str]:
 def weights_checkpoint(model, arch: str, *, input_size: int, drop_path: float = 0.0,
                        imported_from: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """A weights-only checkpoint of SparK ``model`` (no optimizer, RNG or run state)."""
-    from ..spark import model_config
     return Payload(arch=arch, encoder_kind=model.encoder_kind,
                    model_config=model_config(model, arch, backend="auto", drop_path=drop_path, input_size=input_size),
                    model={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},

@@ -7,9 +7,11 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..masks import check_mask_ratio
+from ..masks import check_mask_ratio, patch_grid
+from ..plan import PATCH_SIZE
+from ..recipe import default_drop_path
 from ..restore import ENCODER_PREFIX
-from ..spark import build_spark, default_drop_path
+from ..spark import build_spark
 from ..spark_format import Imported, recorded_arch, spark_head_config
 from ..weights import WeightsError, check_encoder_state, compare, encoder_shapes, head_keys, recognise
 from .checkpoint import weights_checkpoint
@@ -99,8 +101,10 @@ def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, de
     input_size = input_size or int(rec.get("input_size", 224))
 
     check_mask_ratio(mask_ratio)
-    if input_size <= 0 or input_size % 32:
-        raise WeightsError(f"input size must be a positive multiple of 32, got {input_size}")
+    try:
+        patch_grid(input_size, input_size, PATCH_SIZE, "input size")
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
     drop_path = default_drop_path(arch)
     with torch.random.fork_rng(devices=[]):  # a seeded fresh head, the caller's RNG untouched
         torch.manual_seed(seed)

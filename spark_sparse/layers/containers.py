@@ -2,8 +2,9 @@
 
 A residual block's program lists the children its main branch runs, in order, the shortcut child
 and the activation after the addition. A main-branch name may also be a parameter of the block
-itself: a per-channel scale (ConvNeXt's layer scale ``gamma``). The sparse block and the masked-dense reference both read
-the same program, so each block type's wiring is written once (``convert.BLOCK_PROGRAMS``).
+itself: a per-channel scale (ConvNeXt's layer scale ``gamma``). The sparse block and the
+masked-dense reference both read the same program, so each block type's wiring is written once
+(``registry.register_block``).
 """
 from __future__ import annotations
 

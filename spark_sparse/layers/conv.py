@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backends import resolve_backend
-from ..backends.base import ConvSpec
+from ..spec import ConvSpec
 from ..errors import UnsupportedLayerError
 from ..features import SparseFeatures
 from ..geometry import maps_to_next_level

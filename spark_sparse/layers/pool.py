@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..backends.rulebook import gather_rows
+from ..kernels.gather import gather_rows
 from ..errors import UnsupportedLayerError
 from ..features import SparseFeatures
 from ..geometry import maps_to_next_level

@@ -1,3 +1,3 @@
-"""Model families beyond the core's ResNets: each module registers its layers' converters and
-masked-dense reference rules on import (``spark_sparse`` imports them all)."""
-from . import convnext  # noqa: F401
+"""The timm model families: each module registers its layer types' sparse twins and masked-dense
+rules on import (``spark_sparse`` imports them all)."""
+from . import convnext, resnet  # noqa: F401

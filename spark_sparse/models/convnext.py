@@ -1,5 +1,5 @@
 """timm ConvNeXt V1 (``convnext_atto … convnext_large``) and V2 (``convnextv2_*``, GRN): the
-sparse converters and the masked-dense reference rules of their layer types, in one place.
+sparse twins and the masked-dense reference rules of their layer types, in one place.
 
 | dense (timm)                         | sparse                                   | masked-dense reference           |
 |--------------------------------------|------------------------------------------|----------------------------------|
@@ -7,9 +7,9 @@ sparse converters and the masked-dense reference rules of their layer types, in 
 | ``LayerNorm2d`` (channels first)     | SparseLayerNorm, per site                | LN, re-mask (LN(0) is the bias)  |
 | ``LayerNorm`` / ``Linear`` (last)    | kept, per site on (N, C)                 | on NHWC, re-mask                 |
 | depthwise 7×7 conv (bias)            | SparseConv2d → kernels/depthwise.py      | conv, re-mask                    |
-| ``GlobalResponseNorm`` (V2)          | per image over its active sites          | timm's GRN (zeros add nothing), re-mask |
+| ``GlobalResponseNorm`` (V2)          | per image over its active sites          | GRN (zeros add nothing), re-mask |
 | ``Mlp`` / ``GlobalResponseNormMlp``  | the children in call order               | the children in call order       |
-| ``ConvNeXtBlock``                    | residual block program, ``gamma`` = layer scale, DropPath per image |  same program |
+| ``ConvNeXtBlock``                    | block program, ``gamma`` = layer scale   | the same program                 |
 | ``ConvNeXtStage``                    | downsample, then blocks                  | downsample, then blocks          |
 
 The encoder stops at ``stages.3``: the head (``norm_pre``, ``head.norm``, pooling, classifier) is
@@ -25,12 +25,11 @@ from timm.layers.grn import GlobalResponseNorm
 from timm.models.convnext import ConvNeXtBlock, ConvNeXtStage
 from torch import nn
 
-from ..convert import register_block, register_converter
 from ..errors import UnsupportedLayerError
 from ..layers.containers import BlockProgram, SparseSequential
 from ..layers.grn import SparseGlobalResponseNorm
 from ..layers.layernorm import SparseLayerNorm
-from ..reference import masked_forward, register_reference_rule
+from ..registry import keep_dense, masked_forward, register_block, register_layer, run_and_remask, run_as_is
 
 # The order in which each container's forward calls its children (absent names are skipped).
 MLP_ORDER = ("fc1", "act", "drop1", "norm", "grn", "fc2", "drop2")
@@ -49,24 +48,18 @@ def _children_in_order(module: nn.Module, order: Sequence[str], path: str):
 
 def register_chain(types, order: Sequence[str]) -> None:
     """A container whose forward calls its children one after the other, in ``order``."""
-    def convert(module, path, ctx):
-        sparse = SparseSequential()
+    def sparse(module, path, converter):
+        twin = SparseSequential()
         for name, child in _children_in_order(module, order, path):
-            sparse.add_module(name, ctx.convert(child, f"{path}.{name}"))
-        return sparse
+            twin.add_module(name, converter.convert(child, f"{path}.{name}"))
+        return twin
 
-    def reference(module, x, masks, path):
+    def masked(module, x, masks, path):
         for name, child in _children_in_order(module, order, path):
             x = masked_forward(child, x, masks, f"{path}.{name}")
         return x
 
-    register_converter(types, convert)
-    register_reference_rule(types, reference)
-
-
-def _layer_norm_2d(module, x, masks, path):
-    y = module(x)
-    return y * masks.like(y)
+    register_layer(types, sparse=sparse, masked=masked)
 
 
 def _grn(module, x, masks, path):
@@ -77,12 +70,10 @@ def _grn(module, x, masks, path):
 
 
 # timm's own GELUs (what ``act_layer='gelu'`` builds): per site, and GELU(0) = 0 keeps masked zeros.
-register_converter((GELU, GELUTanh), lambda m, path, ctx: m)
-register_reference_rule((GELU, GELUTanh), lambda m, x, masks, path: m(x))
-register_converter(LayerNorm2d, lambda m, path, ctx: SparseLayerNorm.from_dense(m))
-register_reference_rule(LayerNorm2d, _layer_norm_2d)
-register_converter(GlobalResponseNorm, lambda m, path, ctx: SparseGlobalResponseNorm.from_dense(m))
-register_reference_rule(GlobalResponseNorm, _grn)
+register_layer((GELU, GELUTanh), sparse=keep_dense, masked=run_as_is)
+register_layer(LayerNorm2d, sparse=lambda m, path, converter: SparseLayerNorm.from_dense(m), masked=run_and_remask)
+register_layer(GlobalResponseNorm, sparse=lambda m, path, converter: SparseGlobalResponseNorm.from_dense(m),
+               masked=_grn)
 register_chain((Mlp, GlobalResponseNormMlp), MLP_ORDER)
 register_chain(ConvNeXtStage, STAGE_ORDER)
 register_block(ConvNeXtBlock, BLOCK_PROGRAM)  # a shortcut other than Identity (Downsample) is refused
