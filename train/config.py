@@ -103,7 +103,8 @@ def check_args(args) -> None:
     if not 0.0 < args.mask_ratio < 1.0:
         raise ValueError(f"--mask-ratio must be in (0, 1) (the fraction of patches hidden; the loss is computed on "
                          f"hidden patches only), got {args.mask_ratio}")
-    check_patches_both_ways(args.input_size // PATCH_SIZE, args.mask_ratio, f"--mask-ratio at --input-size {args.input_size}:")
+    check_patches_both_ways(args.input_size // PATCH_SIZE, args.mask_ratio,
+                            f"--mask-ratio at --input-size {args.input_size}:")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     for name in ("vis_images", "log_every"):

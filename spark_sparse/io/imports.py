@@ -65,7 +65,8 @@ def _adapt(encoder: Dict[str, torch.Tensor], arch: str) -> Dict[str, torch.Tenso
             v = v.reshape(shapes[k])
         out[k] = v.float() if v.is_floating_point() else v
     for k in shapes:
-        if k.endswith(".num_batches_tracked") and k not in out and k[:-len("num_batches_tracked")] + "running_mean" in out:
+        bn = k[:-len("num_batches_tracked")]
+        if k.endswith(".num_batches_tracked") and k not in out and bn + "running_mean" in out:
             out[k] = torch.tensor(0, dtype=torch.long)
     return out
 
