@@ -1,0 +1,259 @@
+"""``route``: the one function that decides how a sparse conv layer runs.
+
+Policies for ``requested='auto'``:
+- ``measured`` (the default): the first call with gradients of a layer times every candidate
+  implementation on the layer's real input (forward + backward, see measure.py), keeps the fastest,
+  and stores the decision in the routing cache (cache.py) under the layer's key — spec, input patch
+  block r, compute dtype, batch-size bucket — and the
+  environment's (device name, library versions). Later calls, and later processes, read it.
+  Calls without gradients never tune: until a decision exists they follow the fixed rules.
+- ``fixed``: the rule table (rules.py), for reproducible timing.
+Choose with ``set_routing`` / ``SparseEncoder.set_routing`` / ``SPARK_SPARSE_ROUTING`` / ``--routing``.
+An explicitly requested implementation runs where it can; where it cannot, the route falls back to
+``auto`` and says why.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+
+from ..backends.base import ConvSpec
+from . import cache
+from .implementations import IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, candidates, label, layer_kind, unsupported
+from .measure import time_candidates
+from .rules import RULES, Situation, describe
+
+ROUTING_MODES = ("measured", "fixed")
+ENV_VAR = "SPARK_SPARSE_ROUTING"
+_mode: Optional[str] = None
+
+
+def check_routing(mode: str) -> str:
+    if mode not in ROUTING_MODES:
+        raise ValueError(f"unknown routing {mode!r}; choose one of {', '.join(ROUTING_MODES)}")
+    return mode
+
+
+def set_routing(mode: Optional[str]) -> None:
+    """The process-wide policy of ``auto`` layers ('measured' or 'fixed'; None: back to the default,
+    ``$SPARK_SPARSE_ROUTING`` or 'measured')."""
+    global _mode
+    _mode = None if mode is None else check_routing(mode)
+
+
+@contextlib.contextmanager
+def routing_mode(mode: Optional[str]):
+    """``set_routing(mode)`` for a ``with`` block (None: leave the setting alone), then back."""
+    global _mode
+    kept = _mode
+    if mode is not None:
+        set_routing(mode)
+    try:
+        yield
+    finally:
+        _mode = kept
+
+
+def get_routing() -> str:
+    if _mode is not None:
+        return _mode
+    env = os.environ.get(ENV_VAR)
+    if env:
+        try:
+            return check_routing(env)
+        except ValueError as e:
+            raise ValueError(f"${ENV_VAR}: {e}") from None
+    return "measured"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a layer runs (an implementation of routing.IMPLEMENTATIONS) and why, in words."""
+    implementation: str
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return label(self.implementation)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What measured decisions are keyed on besides the layer: the batch, bucketed to a power of two."""
+    batch: int
+
+    @property
+    def bucket(self) -> int:
+        return 1 << max(self.batch - 1, 0).bit_length()
+
+
+def route(spec: ConvSpec, resolution: int, device, dtype: torch.dtype, requested: str = "auto", *,
+          routing: Optional[str] = None, workload: Optional[Workload] = None,
+          trial: Optional[Callable[[str], None]] = None) -> Route:
+    """How the conv ``spec`` runs on input patch blocks of ``resolution``×``resolution`` sites.
+
+    ``requested``: 'auto' or one implementation. ``routing``: the policy (None: :func:`get_routing`).
+    Measured routing needs the ``workload`` to find a decision and ``trial(implementation)`` (one
+    forward + backward of the layer on its real input) to make one.
+    """
+    device = torch.device(device)
+    kind = layer_kind(spec, resolution)
+    own = KIND_IMPLEMENTATIONS[kind]
+    note = ""
+    if requested != "auto":
+        if requested not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {requested!r}; choose 'auto' or one of "
+                             f"{', '.join(IMPLEMENTATIONS)}")
+        if requested in own:
+            why = unsupported(requested, spec, resolution, device, dtype)
+            if why is None:
+                return Route(requested, "requested")
+            note = f"requested '{requested}' cannot run this layer ({why}); auto: "
+        elif len(own) > 1:
+            note = f"'{requested}' does not run {kind} convs; auto: "
+    if check_routing(routing or get_routing()) == "measured" and workload is not None:
+        measured = _TUNER.decide(spec, resolution, device, dtype, workload, trial)
+        if isinstance(measured, Route):
+            return Route(measured.implementation, note + measured.reason)
+        note += measured
+    return Route(*_fixed(Situation(spec, resolution, device, dtype), note))
+
+
+def _fixed(situation: Situation, note: str):
+    kind = layer_kind(situation.spec, situation.r)
+    for rule in RULES:
+        if rule.kind == kind and rule.when(situation) and unsupported(
+                rule.implementation, situation.spec, situation.r, situation.device, situation.dtype) is None:
+            return rule.implementation, note + describe(rule, situation)
+    raise AssertionError(f"no rule routes a {kind} conv")  # the table ends with a rule that always runs
+
+
+# ---- measured routing -------------------------------------------------------------------------------
+
+def layer_key(spec: ConvSpec, r: int, dtype: torch.dtype, workload: Workload) -> str:
+    s = spec
+    return (f"k{s.kernel[0]}x{s.kernel[1]} s{s.stride[0]}x{s.stride[1]} p{s.padding[0]}x{s.padding[1]} "
+            f"d{s.dilation[0]}x{s.dilation[1]} g{s.groups} c{s.in_channels}-{s.out_channels} r{r} "
+            f"{str(dtype).replace('torch.', '')} batch<={workload.bucket}")
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def _version(module: str) -> str:
+    from importlib import metadata
+    for dist in (module, f"{module}-cu126", f"{module}-cu124", f"{module}-cu121", f"{module}-cu120",
+                 f"{module}-cu118"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
+
+
+@functools.lru_cache(maxsize=None)
+def _library_versions() -> str:
+    return f"torch {torch.__version__}, spconv {_version('spconv')}, triton {_version('triton')}"
+
+
+def environment_key(device: torch.device) -> str:
+    """The device by name (on the CPU with the thread count) and the library versions."""
+    if device.type == "cuda":
+        name = f"cuda {torch.cuda.get_device_name(device)}"
+    else:
+        name = f"{device.type} {_cpu_name()}, {torch.get_num_threads()} threads"
+    return f"{name} | {_library_versions()}"
+
+
+def _reason(decision: dict, source: str) -> str:
+    times = ", ".join(f"{impl} {ms:.2f} ms" for impl, ms in sorted(decision["ms"].items(), key=lambda kv: kv[1]))
+    failed = "".join(f"; {impl} failed" for impl in decision.get("errors", {}))
+    return f"measured ({source}), forward+backward: {times}{failed}"
+
+
+class Tuner:
+    """Measured decisions: in memory, backed by the routing cache; counts what it tuned."""
+
+    def __init__(self):
+        self.decisions: Dict[str, Dict[str, Dict[str, dict]]] = {}  # cache path → environment → key → decision
+        self.loaded = set()
+        self.tuned_here = set()   # (path, env, key) measured by this process
+        self.read = set()         # (path, env, key) taken from the file
+        self.stats = {"tuned": 0, "cached": 0, "seconds": 0.0}
+
+    def _known(self, path: str, env: str) -> Dict[str, dict]:
+        return self.decisions.setdefault(path, {}).setdefault(env, {})
+
+    def _load(self, path: str, env: str) -> None:
+        self._known(path, env).update(cache.read(path).get(env, {}))
+        self.loaded.add((path, env))
+
+    def decide(self, spec, r, device, dtype, workload: Workload, trial):
+        """A measured Route, or a note saying why there is none (then the fixed rules decide)."""
+        options = candidates(spec, r, device, dtype)
+        if len(options) < 2:
+            return ""  # nothing to choose between: the rules name the one implementation
+        path, env, key = cache.cache_path(), environment_key(device), layer_key(spec, r, dtype, workload)
+        if (path, env) not in self.loaded:
+            self._load(path, env)
+        known = self._known(path, env)
+        decision = known.get(key)
+        if decision is None and trial is not None:
+            self._load(path, env)  # another process may have measured it meanwhile
+            decision = known.get(key)
+            if decision is None:
+                decision = self._tune(options, trial, device)
+                if decision is not None:
+                    known[key] = decision
+                    self.tuned_here.add((path, env, key))
+                    cache.store(env, {key: decision}, path)
+        if decision is not None and decision.get("implementation") in options:
+            where = (path, env, key)
+            if where not in self.tuned_here and where not in self.read:
+                self.read.add(where)
+                self.stats["cached"] += 1
+            source = "tuned in this process" if where in self.tuned_here else f"cached in {path}"
+            return Route(decision["implementation"], _reason(decision, source))
+        return "not measured yet (only calls with gradients tune); rule: "
+
+    def _tune(self, options, trial, device) -> Optional[dict]:
+        start = time.perf_counter()
+        seconds, errors = time_candidates(options, trial, device)
+        self.stats["seconds"] += time.perf_counter() - start
+        self.stats["tuned"] += 1
+        if not seconds:
+            return None
+        best = min(seconds, key=seconds.get)
+        return {"implementation": best, "ms": {k: round(v * 1e3, 3) for k, v in seconds.items()}, "errors": errors}
+
+
+_TUNER = Tuner()
+
+
+def tuning_stats() -> dict:
+    """This process's measured routing so far: layers tuned, decisions read from the cache, and the
+    seconds spent tuning."""
+    return dict(_TUNER.stats)
+
+
+def forget_measurements() -> None:
+    """Drop this process's in-memory decisions and counters (the cache file stays): the next call
+    reads the file again, as a new process would."""
+    global _TUNER
+    _TUNER = Tuner()
