@@ -130,14 +130,14 @@ def native_kernels_usable(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def spconv_unsupported(spec: ConvSpec, device: torch.device, dtype: torch.dtype):
-    """Why spconv cannot run ``spec`` here (None when it can). On CUDA it runs only where its own
-    kernels do: a bf16 layer is never run in another dtype behind the caller's back."""
+    """Why spconv cannot run ``spec`` here (None when it can). A bf16 layer on CUDA is refused rather
+    than run in spconv's fp16 behind the caller's back; fp64 runs its rulebook on our gather tables."""
     if spec.groups != 1:
         return "spconv has no grouped (depthwise) convolution"
     if spec.kernel == (1, 1):
         return "spconv computes 1x1 convolutions wrongly (upstream issues 450/772)"
-    if device.type == "cuda" and not native_kernels_usable(device, dtype):
-        return f"spconv 2.3.8 has CUDA kernels for fp32 and fp16 only, not {str(dtype).replace('torch.', '')}"
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        return "spconv 2.3.8 has no bf16 kernels (its autocast runs fp16)"
     return None
 
 

@@ -23,7 +23,7 @@ import torch
 
 from ..backends import spconv_available
 from ..backends.base import ConvSpec
-from ..backends.spconv_backend import spconv_unsupported
+from ..backends.spconv_backend import native_kernels_usable, spconv_unsupported
 from ..kernels import depthwise as dw
 from ..kernels.tile_conv import tiles_unsupported
 
@@ -97,11 +97,14 @@ def unsupported(implementation: str, spec: ConvSpec, r: int, device: torch.devic
 
 def candidates(spec: ConvSpec, r: int, device: torch.device, dtype: torch.dtype) -> List[str]:
     """The implementations measured routing times for this layer: those that can run it here, less
-    two that would only repeat another one: ``spconv`` on the CPU (its rulebook feeds the same
-    gather-GEMM as ``torch``) and ``depthwise-triton`` off the GPU (Triton's interpreter, for tests)."""
+    those that would only repeat another one: ``spconv`` where its own kernels do not run (the CPU,
+    fp64: its rulebook then feeds the same gather-GEMM as ``torch``) and ``depthwise-triton`` off
+    the GPU (Triton's interpreter, for tests)."""
     out = []
     for impl in KIND_IMPLEMENTATIONS[layer_kind(spec, r)]:
-        if device.type != "cuda" and impl in ("spconv", "depthwise-triton"):
+        if impl == "spconv" and not native_kernels_usable(device, dtype):
+            continue
+        if impl == "depthwise-triton" and device.type != "cuda":
             continue
         if unsupported(impl, spec, r, device, dtype) is None:
             out.append(impl)
