@@ -61,3 +61,53 @@ def summary(rows: List[dict]) -> str:
     for row in rows:
         counts[row["implementation"]] = counts.get(row["implementation"], 0) + 1
     return ", ".join(f"{impl} {n}" for impl, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def main(argv=None) -> int:
+    """What measured routing picks on this machine: tune each model and dtype, print every conv
+    that had a choice with its route and the router's reason, and the time tuning took."""
+    import argparse
+    import sys
+
+    import spark_sparse as ss
+    from spark_sparse.routing import cache_path, routing_mode
+
+    from .config import DTYPES
+    from .contenders import create_model, make_inputs
+
+    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", nargs="+", default=["resnet50", "convnext_tiny"])
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp32"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--mask-ratio", type=float, default=0.6)
+    p.add_argument("--out", default=None, help="also write the tables to this Markdown file")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    lines = [f"# Measured routes on {device}", "", f"Routing cache: `{cache_path()}`; batch {args.batch}, "
+             f"{args.size}², mask ratio {args.mask_ratio}.", ""]
+    with routing_mode("measured"):
+        for name in args.models:
+            for dtype in args.dtypes:
+                encoder = ss.sparsify(create_model(name, device))
+                images, visible = make_inputs(args.batch, (args.size, args.size), args.mask_ratio, 0, device)
+                cost = tune(encoder, images, visible, DTYPES[dtype])
+                rows = routes(encoder, images, visible, DTYPES[dtype])
+                lines += [f"## {name}, {dtype}: {summary(rows)}", "",
+                          f"tuning {cost['tuning_s']:.2f} s ({cost['tuned_layers']} layer shapes measured, "
+                          f"{cost['cached_layers']} read from the cache)", "", "| layer | route | reason |",
+                          "|---|---|---|"]
+                lines += [f"| {r['path']} | {r['implementation']} | {r['reason']} |" for r in rows if r["choice"]]
+                lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

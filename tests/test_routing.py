@@ -174,7 +174,7 @@ def test_gpu_candidates_and_bf16_never_spconv(monkeypatch):
         for r in (1, 2, 4, 8):
             for mode in ("fixed", "measured"):
                 got = route(spec, r, CUDA, torch.bfloat16, routing=mode, workload=Workload(16),
-                            trial=lambda impl: None)
+                            trial=lambda impl, backward: None)
                 assert got.implementation != "spconv", (spec, r, mode)
             asked = route(spec, r, CUDA, torch.bfloat16, "spconv", routing="fixed")
             assert asked.implementation == "torch" and "bf16" in asked.reason
@@ -182,7 +182,7 @@ def test_gpu_candidates_and_bf16_never_spconv(monkeypatch):
     routing.forget_measurements()
     if spconv_available():
         assert route(CONV3, 8, CUDA, torch.float16, routing="measured", workload=Workload(16),
-                     trial=lambda impl: None).implementation == "spconv"
+                     trial=lambda impl, backward: None).implementation == "spconv"
     routing.forget_measurements()
 
 

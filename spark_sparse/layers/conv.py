@@ -88,12 +88,13 @@ class SparseConv2d(SparseModule):
                      workload=Workload(x.geometry.batch), trial=trial)
 
     def _trial(self, x: SparseFeatures, input_grad: bool):
-        def trial(implementation: str) -> None:
-            feats = x.features.detach().requires_grad_(input_grad)
-            weight = self.weight.detach().requires_grad_()
-            with torch.enable_grad():
+        def trial(implementation: str, backward: bool = True) -> None:
+            feats = x.features.detach().requires_grad_(input_grad and backward)
+            weight = self.weight.detach().requires_grad_(backward)
+            with torch.set_grad_enabled(backward):
                 out = compute(implementation, x.replace(feats), weight, None, self.spec)
-                out.backward(torch.ones_like(out))
+                if backward:
+                    out.backward(torch.ones_like(out))
         return trial
 
     def forward(self, x: SparseFeatures) -> SparseFeatures:

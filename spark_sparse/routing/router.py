@@ -15,9 +15,7 @@ An explicitly requested implementation runs where it can; where it cannot, the r
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import platform
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
@@ -26,6 +24,7 @@ import torch
 
 from ..backends.base import ConvSpec
 from . import cache
+from .environment import environment_key
 from .implementations import IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, candidates, label, layer_kind, unsupported
 from .measure import time_candidates
 from .rules import RULES, Situation, describe
@@ -96,14 +95,27 @@ class Workload:
 
 def route(spec: ConvSpec, resolution: int, device, dtype: torch.dtype, requested: str = "auto", *,
           routing: Optional[str] = None, workload: Optional[Workload] = None,
-          trial: Optional[Callable[[str], None]] = None) -> Route:
+          trial: Optional[Callable[[str, bool], None]] = None) -> Route:
     """How the conv ``spec`` runs on input patch blocks of ``resolution``×``resolution`` sites.
 
     ``requested``: 'auto' or one implementation. ``routing``: the policy (None: :func:`get_routing`).
-    Measured routing needs the ``workload`` to find a decision and ``trial(implementation)`` (one
-    forward + backward of the layer on its real input) to make one.
+    Measured routing needs the ``workload`` to find a decision and ``trial(implementation, backward)``
+    (one forward, with or without its backward, of the layer on its real input) to make one.
     """
     device = torch.device(device)
+    mode = check_routing(routing or get_routing())
+    memo_key = (spec, resolution, device, dtype, requested, mode, workload and workload.bucket,
+                cache.cache_path() if mode == "measured" else None, torch.get_num_threads())
+    found = _MEMO.get(memo_key)
+    if found is None:
+        found, final = _route(spec, resolution, device, dtype, requested, mode, workload, trial)
+        if final:  # the layer's forward asks on every call: a settled answer is looked up, not rebuilt
+            _MEMO[memo_key] = found
+    return found
+
+
+def _route(spec, resolution, device, dtype, requested, mode, workload, trial):
+    """(Route, whether it is final: not waiting for a measurement)."""
     kind = layer_kind(spec, resolution)
     own = KIND_IMPLEMENTATIONS[kind]
     note = ""
@@ -114,16 +126,18 @@ def route(spec: ConvSpec, resolution: int, device, dtype: torch.dtype, requested
         if requested in own:
             why = unsupported(requested, spec, resolution, device, dtype)
             if why is None:
-                return Route(requested, "requested")
+                return Route(requested, "requested"), True
             note = f"requested '{requested}' cannot run this layer ({why}); auto: "
         elif len(own) > 1:
             note = f"'{requested}' does not run {kind} convs; auto: "
-    if check_routing(routing or get_routing()) == "measured" and workload is not None:
+    final = True
+    if mode == "measured" and workload is not None:
         measured = _TUNER.decide(spec, resolution, device, dtype, workload, trial)
         if isinstance(measured, Route):
-            return Route(measured.implementation, note + measured.reason)
+            return Route(measured.implementation, note + measured.reason), True
         note += measured
-    return Route(*_fixed(Situation(spec, resolution, device, dtype), note))
+        final = not measured  # an empty note: nothing to choose between
+    return Route(*_fixed(Situation(spec, resolution, device, dtype), note)), final
 
 
 def _fixed(situation: Situation, note: str):
@@ -142,43 +156,6 @@ def layer_key(spec: ConvSpec, r: int, dtype: torch.dtype, workload: Workload) ->
     return (f"k{s.kernel[0]}x{s.kernel[1]} s{s.stride[0]}x{s.stride[1]} p{s.padding[0]}x{s.padding[1]} "
             f"d{s.dilation[0]}x{s.dilation[1]} g{s.groups} c{s.in_channels}-{s.out_channels} r{r} "
             f"{str(dtype).replace('torch.', '')} batch<={workload.bucket}")
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
-
-
-def _version(module: str) -> str:
-    from importlib import metadata
-    for dist in (module, f"{module}-cu126", f"{module}-cu124", f"{module}-cu121", f"{module}-cu120",
-                 f"{module}-cu118"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return "none"
-
-
-@functools.lru_cache(maxsize=None)
-def _library_versions() -> str:
-    return f"torch {torch.__version__}, spconv {_version('spconv')}, triton {_version('triton')}"
-
-
-def environment_key(device: torch.device) -> str:
-    """The device by name (on the CPU with the thread count) and the library versions."""
-    if device.type == "cuda":
-        name = f"cuda {torch.cuda.get_device_name(device)}"
-    else:
-        name = f"{device.type} {_cpu_name()}, {torch.get_num_threads()} threads"
-    return f"{name} | {_library_versions()}"
 
 
 def _reason(decision: dict, source: str) -> str:
@@ -213,17 +190,22 @@ class Tuner:
         if (path, env) not in self.loaded:
             self._load(path, env)
         known = self._known(path, env)
-        decision = known.get(key)
+
+        def usable():  # a decision naming an implementation that cannot run here any more is measured again
+            decision = known.get(key)
+            return decision if decision is not None and decision.get("implementation") in options else None
+
+        decision = usable()
         if decision is None and trial is not None:
             self._load(path, env)  # another process may have measured it meanwhile
-            decision = known.get(key)
+            decision = usable()
             if decision is None:
                 decision = self._tune(options, trial, device)
                 if decision is not None:
                     known[key] = decision
                     self.tuned_here.add((path, env, key))
                     cache.store(env, {key: decision}, path)
-        if decision is not None and decision.get("implementation") in options:
+        if decision is not None:
             where = (path, env, key)
             if where not in self.tuned_here and where not in self.read:
                 self.read.add(where)
@@ -244,6 +226,7 @@ class Tuner:
 
 
 _TUNER = Tuner()
+_MEMO: Dict[tuple, Route] = {}
 
 
 def tuning_stats() -> dict:
@@ -257,3 +240,5 @@ def forget_measurements() -> None:
     reads the file again, as a new process would."""
     global _TUNER
     _TUNER = Tuner()
+    _MEMO.clear()
+_MEMO: Dict[tuple, Route] = {}
