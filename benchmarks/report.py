@@ -280,7 +280,8 @@ def backend_table(profile: dict) -> str:
         for mode in profile["modes"]:
             per = layer["time_ms"].get(mode, {})
             row += [_fmt(per.get(n), ".2f") for n in names] + [_fmt(per.get("dense"), ".2f")]
-        rows.append(row)
+        rows.append(row + [(layer.get("route") or {}).get("reason", "")])
+    header.append("why (the router's reason)")
     return ("#### Backends per conv layer\n\nEach conv that goes through a backend, on its real input, on every "
             "backend (median ms), and each depthwise conv on every implementation that runs here (`dw ...`), "
             "beside its dense twin: the measurements behind the router's fixed rule table "

@@ -13,7 +13,7 @@ from .layers.base import run_layer
 from .layers.conv import SparseConv2d
 from .masks import check_visible
 from .plan import EncoderPlan
-from .routing import check_routing
+from .routing import check_routing, depthwise_request
 
 
 class SparseEncoder(nn.Module):
@@ -54,12 +54,9 @@ class SparseEncoder(nn.Module):
     def set_depthwise(self, impl: str) -> "SparseEncoder":
         """Run every depthwise conv with ``impl``: 'auto', or 'table' (the plain-PyTorch twin), 'tiles',
         'dense', 'triton' (kernels/depthwise.py), also spelt 'depthwise-tiles' etc."""
-        from .kernels.depthwise import IMPLS
-        name = impl[len("depthwise-"):] if impl.startswith("depthwise-") else impl
-        if name != "auto" and name not in IMPLS:
-            raise ValueError(f"unknown depthwise implementation {impl!r}; choose one of auto, {', '.join(IMPLS)}")
+        request = depthwise_request(impl)
         for module in self._convs(depthwise=True):
-            module.requested = "auto" if name == "auto" else f"depthwise-{name}"
+            module.requested = request
         return self
 
     def set_routing(self, routing: Optional[str]) -> "SparseEncoder":

@@ -265,3 +265,21 @@ def test_cache_location(monkeypatch, tmp_path):
     assert cache.cache_path() == str(tmp_path / "spark_sparse" / "routing.json")
     monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(tmp_path / "mine"))
     assert cache.cache_path() == str(tmp_path / "mine" / "routing.json")
+
+
+def test_bench_prints_every_route_and_the_tuning_time(fresh_cache, tmp_path, capsys):
+    from spark_sparse.cli import main
+    code = main(["bench", "--quick", "--models", "resnet18", "--modes", "fwd", "--no-memory", "--no-plots",
+                 "--profile-model", "none", "--routing", "measured", "--no-progress", "--out", str(tmp_path / "b")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "routes of sparse[auto], resnet18 cpu fp32 batch 2 (measured routing)" in printed
+    assert "tuning" in printed and "layer shapes measured" in printed
+    doc = json.loads((tmp_path / "b" / "results.json").read_text())
+    (rec,) = doc["results"]
+    assert rec["tuning"]["tuned_layers"] > 0 and doc["routing"] == "measured"
+    layers = rec["routes"]["layers"]
+    assert len(layers) == 20  # every conv of resnet18
+    for row in layers:
+        if row["choice"]:  # each 3×3 conv and the stem, with its reason
+            assert f"  {row['path']}" in printed and row["reason"].startswith("measured")

@@ -54,6 +54,16 @@ def depthwise_kernel_name(implementation: str) -> str:
     return implementation[len(DEPTHWISE_PREFIX):]
 
 
+def depthwise_request(name: str) -> str:
+    """A user's depthwise choice ('auto', 'tiles' or 'depthwise-tiles', …) as a request to the router."""
+    impls = KIND_IMPLEMENTATIONS["depthwise"]
+    full = name if name == "auto" or name.startswith(DEPTHWISE_PREFIX) else DEPTHWISE_PREFIX + name
+    if full != "auto" and full not in impls:
+        raise ValueError(f"unknown depthwise implementation {name!r}; choose one of auto, "
+                         f"{', '.join(depthwise_kernel_name(i) for i in impls)} (or their full names, {impls[0]!r}, …)")
+    return full
+
+
 @functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     try:

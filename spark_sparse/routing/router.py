@@ -210,7 +210,7 @@ class Tuner:
             if where not in self.tuned_here and where not in self.read:
                 self.read.add(where)
                 self.stats["cached"] += 1
-            source = "tuned in this process" if where in self.tuned_here else f"cached in {path}"
+            source = "tuned in this process" if where in self.tuned_here else "read from the routing cache"
             return Route(decision["implementation"], _reason(decision, source))
         return "not measured yet (only calls with gradients tune); rule: "
 
