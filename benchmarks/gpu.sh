@@ -8,8 +8,8 @@
 # `pip --no-index --find-links WHEEL_DIR`. Without it the installed spconv (or none) is used.
 # Uses the packages already installed (torch, timm, ...); nothing is downloaded. Finishes in under
 # 8 minutes: the GPU tests (pytest -m gpu, at most 150 s), the routes measured routing picks on this
-# GPU for resnet50 and convnext_tiny in fp32, bf16 and fp16 (at most 90 s), then a focused benchmark
-# (at most 240 s, measured routing), whose results.json is written after every model, so a stop
+# GPU for resnet50 and convnext_tiny in fp32, bf16 and fp16 (at most 75 s), then a focused benchmark
+# (at most 255 s, measured routing), whose results.json is written after every model, so a stop
 # keeps what was measured.
 # Output: benchmarks/results/gpu/ (routes.md, results.json, results.md, speedup.png, profile_*.png,
 # pytest.log, routing-cache/routing.json: the decisions, a fresh cache so tuning is timed from scratch).
@@ -64,7 +64,7 @@ test_status=${PIPESTATUS[0]}
 [ "$test_status" -eq 0 ] || { echo "gpu.sh: GPU tests failed or timed out (exit $test_status), see $OUT/pytest.log" >&2; status=1; }
 
 echo "== measured routes ($(date -u +%H:%M:%S))"
-timeout 90 python -m spark_sparse.benchmarks.routes "${ROUTE_ARGS[@]}" --out "$OUT/routes.md"
+timeout 75 python -m spark_sparse.benchmarks.routes "${ROUTE_ARGS[@]}" --out "$OUT/routes.md"
 routes_status=$?
 [ "$routes_status" -eq 0 ] || { echo "gpu.sh: measured routing failed or timed out (exit $routes_status)" >&2; status=1; }
 
@@ -72,7 +72,7 @@ echo "== benchmark ($(date -u +%H:%M:%S))"
 if [ -n "${BENCH_ARGS:-}" ]; then
     read -r -a DEVICE_ARGS <<< "$BENCH_ARGS"
 fi
-timeout 240 python -m spark_sparse.cli bench "${DEVICE_ARGS[@]}" --no-progress --out "$OUT" \
+timeout 255 python -m spark_sparse.cli bench "${DEVICE_ARGS[@]}" --no-progress --out "$OUT" \
     --note "benchmarks/gpu.sh"
 bench_status=$?
 if [ "$bench_status" -ne 0 ]; then

@@ -235,7 +235,7 @@ def test_a_corrupt_cache_is_ignored_with_one_warning_and_rewritten(fresh_cache):
     fresh_cache.write_text("{ not json")
     images, visible = inputs()
     encoder = ss.sparsify(cached_model("resnet18")).set_routing("measured")
-    with pytest.warns(RuntimeWarning, match="ignoring the routing cache") as caught:
+    with pytest.warns(RuntimeWarning, match="routing cache .*ignoring it") as caught:
         train_step(encoder, images, visible)
     assert len([w for w in caught if "routing cache" in str(w.message)]) == 1
     assert json.loads(fresh_cache.read_text())["environments"]
@@ -283,3 +283,30 @@ def test_bench_prints_every_route_and_the_tuning_time(fresh_cache, tmp_path, cap
     for row in layers:
         if row["choice"]:  # each 3×3 conv and the stem, with its reason
             assert f"  {row['path']}" in printed and row["reason"].startswith("measured")
+
+
+def test_an_unwritable_cache_warns_and_training_goes_on(tmp_path, monkeypatch):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(blocker / "cache"))  # cannot be created
+    routing.forget_measurements()
+    images, visible = inputs()
+    encoder = ss.sparsify(cached_model("resnet18")).set_routing("measured")
+    with pytest.warns(RuntimeWarning, match="cannot write it"):
+        train_step(encoder, images, visible)
+    assert routing.tuning_stats()["tuned"] > 0
+    tuned = routing.tuning_stats()["tuned"]
+    train_step(encoder, images, visible)  # the decisions stay in memory
+    assert routing.tuning_stats()["tuned"] == tuned
+    routing.forget_measurements()
+
+
+def test_a_failing_candidate_drops_out_with_its_error():
+    from spark_sparse.routing.measure import time_candidates
+
+    def trial(impl, backward):
+        if impl == "tiles" and backward:
+            raise RuntimeError("out of memory")
+
+    seconds, errors = time_candidates(["torch", "tiles"], trial, CPU)
+    assert list(seconds) == ["torch"] and "out of memory" in errors["tiles"]

@@ -36,11 +36,11 @@ def cache_path() -> str:
     return os.path.join(cache_dir(), FILE_NAME)
 
 
-def _warn_once(path: str, why: str) -> None:
-    if path not in _warned:
-        _warned.add(path)
-        warnings.warn(f"ignoring the routing cache {path} ({why}); measured routes will be measured again "
-                      f"and the file rewritten", RuntimeWarning, stacklevel=3)
+def warn_once(path: str, why: str, topic: str = "read") -> None:
+    """One warning per cache file and topic ('read', 'write') in a process."""
+    if (path, topic) not in _warned:
+        _warned.add((path, topic))
+        warnings.warn(f"routing cache {path}: {why}", RuntimeWarning, stacklevel=3)
 
 
 def read(path: Optional[str] = None) -> Dict[str, Dict[str, dict]]:
@@ -49,13 +49,15 @@ def read(path: Optional[str] = None) -> Dict[str, Dict[str, dict]]:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, ValueError) as e:
-        _warn_once(path, f"{type(e).__name__}: {e}")
+        warn_once(path, f"ignoring it ({type(e).__name__}: {e}); its routes are measured again and the file "
+                        f"rewritten")
         return {}
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("environments"), dict):
-        _warn_once(path, "not a routing cache of this package")
+        warn_once(path, "ignoring it (not a routing cache of this package); its routes are measured again and "
+                        "the file rewritten")
         return {}
     if doc.get("version") != VERSION:
         return {}  # another version's decisions: measured again, replaced on the next write

@@ -204,7 +204,11 @@ class Tuner:
                 if decision is not None:
                     known[key] = decision
                     self.tuned_here.add((path, env, key))
-                    cache.store(env, {key: decision}, path)
+                    try:
+                        cache.store(env, {key: decision}, path)
+                    except OSError as e:  # a read-only home, a full disk: training goes on regardless
+                        cache.warn_once(path, f"cannot write it: {e}; decisions are kept for this process only",
+                                        "write")
         if decision is not None:
             where = (path, env, key)
             if where not in self.tuned_here and where not in self.read:
