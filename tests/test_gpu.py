@@ -90,7 +90,10 @@ def test_cuda_every_candidate_fp32(arch, implementation):
     model, images, visible, out_grads = _case(arch, 4, 128, 0.6)
     ref = run(ss.MaskedDenseEncoder(copy.deepcopy(model)), images, visible, out_grads)
     enc = ss.sparsify(copy.deepcopy(model))
-    enc = enc.set_depthwise(implementation) if implementation.startswith("depthwise-") else enc.set_backend(implementation)
+    if implementation.startswith("depthwise-"):
+        enc.set_depthwise(implementation)
+    else:
+        enc.set_backend(implementation)
     used = []
     hooks = [m.register_forward_pre_hook(lambda m, a: used.append(m.route_for(a[0]).implementation))
              for m in enc.modules() if isinstance(m, SparseConv2d)]

@@ -7,5 +7,6 @@ from .router import (ROUTING_MODES, Route, Workload, check_routing, forget_measu
                     routing_mode, set_routing, tuning_stats)
 
 __all__ = ["IMPLEMENTATIONS", "KIND_IMPLEMENTATIONS", "ROUTING_MODES", "Route", "Workload", "cache_dir",
-           "cache_path", "candidates", "check_routing", "depthwise_kernel_name", "depthwise_request", "forget_measurements",
-           "get_routing", "label", "layer_kind", "route", "routing_mode", "set_routing", "tuning_stats", "unsupported"]
+           "cache_path", "candidates", "check_routing", "depthwise_kernel_name", "depthwise_request",
+           "forget_measurements", "get_routing", "label", "layer_kind", "route", "routing_mode", "set_routing",
+           "tuning_stats", "unsupported"]
