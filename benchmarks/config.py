@@ -52,6 +52,7 @@ class BenchConfig:
     profile_warmup: int = 1
     profile_repeats: int = 3
     profile_only: bool = False
+    routing: Optional[str] = None               # 'measured' / 'fixed'; None: the process default
     quick: bool = False
     note: str = ""
     command: str = ""
@@ -113,6 +114,9 @@ class BenchConfig:
         from spark_sparse.backends import check_backend_name
         for b in (self.backends or []) + (self.step_backends or []):
             check_backend_name(b)
+        if self.routing is not None:
+            from spark_sparse.routing import check_routing
+            check_routing(self.routing)
         return self
 
 

@@ -2,8 +2,8 @@
 
 Times forward + backward of one 7×7 depthwise layer per stage, at ConvNeXt-T widths, for every
 implementation in kernels/depthwise.py and for the masked-dense reference layer (dense conv on the
-whole map, then re-mask), median of repeats after a warm-up. The figures behind
-``kernels.depthwise.choose_impl`` come from this script.
+whole map, then re-mask), median of repeats after a warm-up. The figures behind the router's fixed
+depthwise rule (spark_sparse/routing/rules.py, benchmarks/results/routing-rules.md) come from this script.
 
     python -m spark_sparse.benchmarks.depthwise_select --threads 2 --batch 8 --size 224
 """

@@ -13,6 +13,8 @@ from typing import Dict, Optional
 
 import torch
 
+from spark_sparse.routing.environment import cpu_model
+
 
 def _version(module: str) -> Optional[str]:
     try:
@@ -20,17 +22,6 @@ def _version(module: str) -> Optional[str]:
     except Exception:  # missing, or a build that cannot load here (e.g. a CUDA spconv on a CPU box)
         return None
     return str(getattr(mod, "__version__", "unknown"))
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> Optional[list]:

@@ -67,14 +67,16 @@ def cpu_peak_rss_supported() -> Optional[str]:
 
 
 def child_env() -> Dict[str, str]:
-    """The memory child's environment: this spark_sparse first on the path, glibc's mmap threshold pinned.
+    """The memory child's environment: this spark_sparse first on the path, the parent's routing
+    policy (measured routes come from the cache the parent wrote), glibc's mmap threshold pinned.
 
     Without the pin glibc raises its threshold as large blocks are freed and keeps later ones in
     its heaps: after one ResNet-18 forward+backward, a new 64 MiB tensor raised RSS by 9 MiB here.
     """
     import spark_sparse
+    from spark_sparse.routing import get_routing
     root = os.path.dirname(os.path.dirname(os.path.abspath(spark_sparse.__file__)))
-    return dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD),
+    return dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), SPARK_SPARSE_ROUTING=get_routing(),
                 PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
 
 

@@ -17,16 +17,18 @@ import torch
 from torch import nn
 
 import spark_sparse as ss
-from spark_sparse.backends import resolve_backend
+from spark_sparse.spec import compute_dtype
 from spark_sparse.features import SparseFeatures
 from spark_sparse.flops import conv_macs
 from spark_sparse.layers.base import SparseModule
 from spark_sparse.layers.conv import SparseConv2d
 from spark_sparse.masks import MaskPyramid
 from spark_sparse.registry import masked_forward
+from spark_sparse.routing import candidates, label, layer_kind, unsupported
 
 from .config import DTYPES
 from .contenders import Call, autocast, create_model, make_inputs
+from .routes import tune
 from .timing import median_ms, time_interleaved
 
 PROFILE_MODES = ("fwd", "fwd_bwd")
@@ -41,23 +43,13 @@ def _channels_last_twin(module: nn.Module) -> bool:
 
 
 def how(module: nn.Module, x: SparseFeatures) -> str:
-    """How a sparse layer computes: for convs their shape and what runs them ('3x3 tiles',
-    '1x1 matmul', '7x7 dw dense', …) — the same choice the layer's forward makes."""
+    """How a sparse layer computes: for convs their shape and the router's choice for this input
+    ('3x3 tiles', '1x1 matmul', '7x7 dw dense', …), the one the layer's forward makes."""
     if not isinstance(module, SparseConv2d):
         return "sparse" if isinstance(module, SparseModule) else "per site"
     s = module.spec
     name = f"{s.kernel[0]}x{s.kernel[1]}" + (f"/{s.stride[0]}" if s.stride[0] > 1 else "")
-    kind = module.kind_at(x.level.r)
-    if kind in ("pointwise", "patchify"):
-        return f"{name} matmul"
-    if kind == "depthwise":
-        from spark_sparse.spec import compute_dtype
-        from spark_sparse.kernels.depthwise import choose_impl
-        impl = module.depthwise
-        if impl == "auto":
-            impl = choose_impl(s, x.level.r, x.features.device, compute_dtype(x.features))
-        return f"{name} dw {impl}"
-    return f"{name} {resolve_backend(module.backend, s, x.features, x.level.r).name}"
+    return f"{name} {module.route_for(x).label}"
 
 
 def layer_macs(module: nn.Module, sites: int, dense_sites: int):
@@ -71,25 +63,30 @@ def layer_macs(module: nn.Module, sites: int, dense_sites: int):
     return None
 
 
-def with_setting(module: SparseConv2d, attribute: str, value: str):
-    """``module`` run with ``attribute`` (its ``backend`` or ``depthwise`` choice) set to ``value`` for
-    one call, then set back: the profile's per-backend and per-implementation columns."""
+def with_request(module: SparseConv2d, implementation: str):
+    """``module`` run with ``implementation`` requested for one call, then set back: the profile's
+    per-implementation columns."""
     def run(x):
-        kept = getattr(module, attribute)
-        setattr(module, attribute, value)
+        kept = module.requested
+        module.requested = implementation
         try:
             return module(x)
         finally:
-            setattr(module, attribute, kept)
+            module.requested = kept
     return run
 
 
-def depthwise_impls(module: SparseConv2d, device: torch.device):
-    """The depthwise implementations that can run ``module`` here (Triton on CUDA only: on the CPU it
-    exists in the interpreter, for tests, not for timing)."""
-    from spark_sparse.kernels.depthwise import IMPLS, why_unsupported
-    return [impl for impl in IMPLS if impl != "auto" and why_unsupported(impl, module.spec) is None
-            and (impl != "triton" or device.type == "cuda")]
+def compared_implementations(module: SparseConv2d, x: SparseFeatures, compare_backends) -> List[str]:
+    """What the profile times a conv on besides its route: for a table conv, each of
+    ``compare_backends`` that can run it here; for a depthwise conv, every candidate here."""
+    dtype = compute_dtype(x.features)
+    kind = layer_kind(module.spec, x.level.r)
+    if kind == "table":
+        return [b for b in compare_backends
+                if unsupported(b, module.spec, x.level.r, x.features.device, dtype) is None]
+    if kind == "depthwise":
+        return candidates(module.spec, x.level.r, x.features.device, dtype)
+    return []
 
 
 def _output(y):
@@ -150,6 +147,7 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
     twins.to(memory_format=fmt)
     reference.to(memory_format=fmt)
     images, visible = make_inputs(batch, tuple(image_size), ratio, seed, dev)
+    tuning = tune(encoder, images, visible, amp_dtype)  # no layer is tuned inside a timed call
     masks = MaskPyramid(visible, encoder.patch_size, images.dtype)
     leaves = [(p, m) for p, m in encoder.named_modules() if p and not list(m.children())
               and not isinstance(m, nn.Identity)]
@@ -199,16 +197,16 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
                 calls[("masked-dense", mode)] = _layer_call(
                     lambda t: masked_forward(twin, t, masks, path), lambda g: _fresh(masked_in, g), mode, twin,
                     dev, amp_dtype, grads, f"{path}:masked")
-            kind = module.kind_at(sf.level.r) if isinstance(module, SparseConv2d) else None
-            choices = ([(f"sparse[{b}]", "backend", b) for b in compare_backends] if kind == "table" else
-                       [(f"sparse[dw {i}]", "depthwise", i) for i in depthwise_impls(module, dev)]
-                       if kind == "depthwise" else [])
-            for name, attribute, value in choices:
-                calls[(name, mode)] = _layer_call(with_setting(module, attribute, value), sparse_input, mode,
-                                                  module, dev, amp_dtype, grads, f"{path}:sparse")
+            compared = compared_implementations(module, sf, compare_backends) \
+                if isinstance(module, SparseConv2d) else []
+            for impl in compared:
+                calls[(f"sparse[{label(impl)}]", mode)] = _layer_call(
+                    with_request(module, impl), sparse_input, mode, module, dev, amp_dtype, grads, f"{path}:sparse")
         times, errors = time_interleaved({f"{k}|{m}": c for (k, m), c in calls.items()}, warmup=warmup,
                                          repeats=repeats, device=dev)
+        route = module.route_for(sf) if isinstance(module, SparseConv2d) else None
         row = {"path": path, "type": type(module).__name__, "how": how(module, sf),
+               "route": None if route is None else {"implementation": route.implementation, "reason": route.reason},
                "sites": sf.features.shape[0], "dense_sites": masked_in.numel() // sf.channels,
                "channels": sf.channels, "stride": sf.stride, "dense_layout": "NHWC" if channels_last else "NCHW",
                "time_ms": {}, "errors": errors}
@@ -245,7 +243,7 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
             "mask_ratio": ratio, "backend": backend, "compare_backends": list(compare_backends),
             "dense_format": dense_format, "repeats": repeats,
             "modes": list(modes), "visible_patches": int(visible.sum()), "total_patches": visible.numel(),
-            "layers": layers, "totals": totals}
+            "layers": layers, "totals": totals, "tuning": tuning}
 
 
 def _whole(encoder, reference, images, visible, dev, amp_dtype, modes, warmup, repeats, fmt) -> Dict[str, float]:

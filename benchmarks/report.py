@@ -281,11 +281,13 @@ def backend_table(profile: dict) -> str:
         for mode in profile["modes"]:
             per = layer["time_ms"].get(mode, {})
             row += [_fmt(per.get(n), ".2f") for n in names] + [_fmt(per.get("dense"), ".2f")]
-        rows.append(row)
+        rows.append(row + [(layer.get("route") or {}).get("reason", "")])
+    header.append("why (the router's reason)")
     return ("#### Backends per conv layer\n\nEach conv that goes through a backend, on its real input, on every "
             "backend (median ms), and each depthwise conv on every implementation that runs here (`dw ...`), "
-            "beside its dense twin: the measurements behind `auto`'s rule tables "
-            "(`spark_sparse/backends/__init__.py`, `spark_sparse/kernels/depthwise.py`).\n\n" + _table(header, rows))
+            "beside its dense twin: the measurements behind the router's fixed rule table "
+            "(`spark_sparse/routing/rules.py`; with measured routing each machine times them itself).\n\n"
+            + _table(header, rows))
 
 
 def markdown(doc: dict, plots: Iterable[str] = ()) -> str:

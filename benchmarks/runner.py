@@ -12,6 +12,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from spark_sparse.routing import get_routing, routing_mode
+
 from .config import DTYPES, BenchConfig, available_backends
 from .contenders import (Call, build_contenders, choose_dense_format, create_model, encoder_call,
                          make_inputs)
@@ -19,6 +21,7 @@ from .environment import environment, load_average
 from .macs import dense_encoder_macs, encoder_macs, ideal_ratio, step_macs
 from .memory import cpu_peak_rss_supported, cuda_peak_growth, measure_cpu_in_child
 from .report import SCHEMA, add_ratios
+from .routes import routes, tune
 from .step import make_step, spark_status
 from .timing import median_ms, settle_gc, time_interleaved
 
@@ -179,6 +182,7 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
     dense = dense_encoder_macs(case.model, case.batch, case.image_size)
     head = case.head_macs(images, visible, dense) if "step" in cfg.modes else None
     first_sparse = next(c for c in case.contenders.values() if c.kind == "sparse")
+    tuning = tune_all(case, images, visible)
     records = []
     for ratio in cfg.mask_ratios:
         images, visible = case.inputs(ratio)
@@ -197,6 +201,11 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
         }
         for name, plan in plans.items():
             rec["contenders"][name]["convs"] = plan_summary(plan)
+        headline = case.contenders.get("sparse[auto]", first_sparse)
+        rec["routes"] = {"contender": headline.name,
+                         "layers": routes(headline.encoder, images, visible, case.amp_dtype)}
+        if tuning is not None:
+            rec["tuning"], tuning = tuning, None  # once per case: later ratios reuse the decisions
         for mode in cfg.modes:
             run, left_out = measured_in(mode, rec["contenders"], aliases, cfg.step_backends_or_default())
             calls, unavailable = case.calls(mode, images, visible, only=run)
@@ -221,6 +230,16 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
         bar.write(summary_line(rec))
         records.append(rec)
     return records
+
+
+def tune_all(case: Case, images: torch.Tensor, visible: torch.Tensor) -> dict:
+    """Let every sparse contender's routing decide before anything is timed; what that cost, summed."""
+    total: Dict[str, object] = {}
+    for c in case.contenders.values():
+        if c.kind == "sparse":
+            for key, value in tune(c.encoder, images, visible, case.amp_dtype).items():
+                total[key] = value if isinstance(value, str) else total.get(key, 0) + value
+    return total
 
 
 def cpu_memory(pending: List[Tuple[dict, List[dict]]]) -> None:
@@ -273,6 +292,11 @@ def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[
     measured so far.
     """
     cfg.validate()
+    with routing_mode(cfg.routing):
+        return _run(cfg, progress, checkpoint)
+
+
+def _run(cfg: BenchConfig, progress: bool, checkpoint: Optional[Callable[[dict], None]]) -> dict:
     settle_gc()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -280,7 +304,7 @@ def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[
     torch.backends.cudnn.allow_tf32 = cfg.tf32
     doc = {"schema": SCHEMA, "command": cfg.command, "note": cfg.note, "environment": environment(),
            "config": cfg.to_json(), "step_status": spark_status() or "available",
-           "results": [], "skipped": [], "profiles": []}
+           "results": [], "skipped": [], "profiles": [], "routing": get_routing()}
     backends = cfg.backends or available_backends()
     doc["config"]["backends"] = backends
     jobs = [(d, t, m, b) for d in cfg.devices for t in cfg.dtypes_for(d) for m in cfg.models for b in cfg.batches]

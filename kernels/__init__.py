@@ -4,7 +4,8 @@
 - ``tiles``: each visible patch's block with a halo of neighbour sites, for dense tile kernels;
 - ``tile_conv``: a dense k×k conv (or max-pool) on halo tiles, what the ``tiles`` backend runs;
 - ``depthwise``: sparse depthwise k×k conv — twin (``table``, in ``depthwise_table``), ``tiles``,
-  ``dense``, and the per-layer ``auto`` choice; ``depthwise_triton``: its Triton kernels.
+  ``dense``, (which one runs a layer is the
+  router's choice, spark_sparse/routing/); ``depthwise_triton``: its Triton kernels.
 
 Lives at the top of the source tree and imports as ``spark_sparse.kernels`` (setup.py's
 ``package_dir``; in a plain checkout, see spark_sparse/__init__.py), so no top-level ``kernels``

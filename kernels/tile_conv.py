@@ -9,7 +9,7 @@ FLOPs, and its backward is the library's conv backward plus the gather's inverse
 It pays the halo (the gather copies (T/r)² of the input: 1.6x at r = 8 for 3×3, 2.25x at r = 4)
 and small-image efficiency of the dense kernels, so it wins at fine strides and loses to the
 gather-GEMM rulebook at coarse ones: the ``tiles`` backend (backends/tiles_backend.py) runs it and
-``backends.choose_backend`` holds the measured rule.
+the router (spark_sparse/routing/) decides per layer.
 """
 from __future__ import annotations
 

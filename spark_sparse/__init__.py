@@ -24,10 +24,11 @@ from .layers.containers import BlockProgram
 from .masks import random_visible
 from .reference import MaskedDenseEncoder
 from .registry import register_block, register_layer, supported_layers
+from .routing import set_routing
 from .spark import SparK, build_spark
 from . import models  # noqa: F401  (registers the timm families' layers)
 
 
 __all__ = ["sparsify", "SparseEncoder", "MaskedDenseEncoder", "random_visible", "SparseFeatures", "Geometry",
            "UnsupportedLayerError", "register_layer", "register_block", "BlockProgram", "supported_layers",
-           "SparK", "build_spark", "__version__"]
+           "SparK", "build_spark", "set_routing", "__version__"]

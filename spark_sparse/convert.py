@@ -19,8 +19,9 @@ def sparsify(model: nn.Module, *, backend: str = "auto") -> SparseEncoder:
 
     The encoder copies the model's weights; its ``state_dict()`` has the same keys, shapes and
     layouts as the backbone's minus the classifier head. ``backend`` picks how k×k convolutions
-    run: 'auto' (best per layer), 'torch', 'tiles' or 'spconv'. A layer with no sparse meaning
-    raises :class:`UnsupportedLayerError` naming its module path and type.
+    run: 'auto' (the router's choice per layer, see :mod:`spark_sparse.routing`), 'torch', 'tiles' or
+    'spconv'. A layer with no sparse meaning raises
+    :class:`UnsupportedLayerError` naming its module path and type.
     """
     check_backend_name(backend)
     plan, children = encoder_part(model)

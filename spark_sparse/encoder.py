@@ -1,7 +1,7 @@
 """SparseEncoder: a backbone that runs on the visible patches only."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -10,11 +10,11 @@ from .backends import check_backend_name
 from .features import SparseFeatures
 from .flops import sparse_macs
 from .geometry import Geometry
-from .kernels.depthwise import IMPLS
 from .layers.base import run_layer
 from .layers.conv import SparseConv2d
 from .masks import check_visible
 from .plan import EncoderPlan, PlannedEncoder
+from .routing import check_routing, depthwise_request
 
 
 class SparseEncoder(PlannedEncoder):
@@ -29,23 +29,34 @@ class SparseEncoder(PlannedEncoder):
         self.arch = arch
 
     def set_backend(self, backend: str) -> "SparseEncoder":
-        """Run every k×k convolution on ``backend`` ('auto', 'torch', 'tiles', 'spconv'); depthwise convs
-        always run on our kernels (see ``set_depthwise``)."""
+        """Run every non-depthwise conv with ``backend`` ('auto', 'torch', 'tiles', 'spconv'); 1×1 and
+        patchify convs stay matmuls, depthwise convs follow ``set_depthwise``."""
         check_backend_name(backend)
-        for module in self.modules():
-            if isinstance(module, SparseConv2d):
-                module.backend = backend
+        for module in self._convs(depthwise=False):
+            module.requested = backend
         return self
 
     def set_depthwise(self, impl: str) -> "SparseEncoder":
-        """Run every depthwise convolution with ``impl``: 'auto' (fastest for each layer's resolution),
-        'table' (the plain-PyTorch twin), 'tiles', 'dense' or 'triton' (see kernels/depthwise.py)."""
-        if impl not in IMPLS:
-            raise ValueError(f"unknown depthwise implementation {impl!r}; choose one of {', '.join(IMPLS)}")
-        for module in self.modules():
-            if isinstance(module, SparseConv2d):
-                module.depthwise = impl
+        """Run every depthwise conv with ``impl``: 'auto', or 'table' (the plain-PyTorch twin), 'tiles',
+        'dense', 'triton' (kernels/depthwise.py), also spelt 'depthwise-tiles' etc."""
+        request = depthwise_request(impl)
+        for module in self._convs(depthwise=True):
+            module.requested = request
         return self
+
+    def set_routing(self, routing: Optional[str]) -> "SparseEncoder":
+        """How this encoder's 'auto' layers choose: 'measured' (time the candidates on first use, cached
+        across runs), 'fixed' (the rule table, reproducible) or None (the process default,
+        :func:`spark_sparse.routing.get_routing`)."""
+        if routing is not None:
+            check_routing(routing)
+        for module in self._convs():
+            module.routing = routing
+        return self
+
+    def _convs(self, depthwise: Optional[bool] = None) -> List[SparseConv2d]:
+        return [m for m in self.modules() if isinstance(m, SparseConv2d)
+                and (depthwise is None or m.spec.is_depthwise == depthwise)]
 
     def geometry(self, images: torch.Tensor, visible: torch.Tensor) -> Geometry:
         return Geometry(check_visible(visible, images, self.patch_size), self.patch_size)

@@ -23,18 +23,23 @@ def conv_macs(n_out: int, conv: SparseConv2d) -> int:
 
 
 def sparse_macs(encoder: nn.Module, visible: torch.Tensor) -> Dict[str, object]:
-    """MACs of ``encoder`` on ``visible`` (B, h, w): {'total': int, 'layers': {path: int}}.
+    """MACs of ``encoder`` on ``visible`` (B, h, w): {'total': int, 'layers': {path: int},
+    'routes': {path: implementation}} — each conv's count beside the router's choice that computed it.
 
     Runs one no-grad forward on zero images in eval mode (no running-stat update, no DropPath
     draw) and counts each layer from the number of sites it really produced.
     """
     layers: Dict[str, int] = {}
+    routes: Dict[str, str] = {}
     hooks = []
+
+    def count_conv(m: SparseConv2d, i, o, path: str) -> None:
+        layers[path] = layers.get(path, 0) + conv_macs(o.features.shape[0], m)
+        routes[path] = m.route_for(i[0]).implementation
+
     for path, module in encoder.named_modules():
         if isinstance(module, SparseConv2d):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, path=path: layers.__setitem__(
-                    path, layers.get(path, 0) + conv_macs(o.features.shape[0], m))))
+            hooks.append(module.register_forward_hook(lambda m, i, o, path=path: count_conv(m, i, o, path)))
         elif isinstance(module, nn.Linear):
             hooks.append(module.register_forward_hook(
                 lambda m, i, o, path=path: layers.__setitem__(
@@ -52,7 +57,7 @@ def sparse_macs(encoder: nn.Module, visible: torch.Tensor) -> Dict[str, object]:
         encoder.train(was_training)
         for h in hooks:
             h.remove()
-    return {"total": sum(layers.values()), "layers": layers}
+    return {"total": sum(layers.values()), "layers": layers, "routes": routes}
 
 
 def dense_macs(model: nn.Module, batch: int, image_size: Tuple[int, int]) -> int:

@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -7,6 +10,12 @@ import torch
 # is first imported (importing timm does it), so it is set here, before any test module loads.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Tests never read or write the user's routing cache, and layers follow the fixed rule table unless
+# a test asks for measured routing (tests/test_routing.py): timings must not decide what a test runs.
+os.environ["SPARK_SPARSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="spark_sparse_test_cache_")
+atexit.register(shutil.rmtree, os.environ["SPARK_SPARSE_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("SPARK_SPARSE_ROUTING", "fixed")
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from spark_sparse.spec import ConvSpec
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
-from spark_sparse.kernels.depthwise import choose_impl, sparse_depthwise_conv, why_unsupported
+from spark_sparse.kernels.depthwise import sparse_depthwise_conv, why_unsupported
 from spark_sparse.kernels.tiles import gather_tiles, halo_tile_table, tiles_to_features
+from spark_sparse.routing import depthwise_kernel_name, route
 
 from tests.equivalence import rel_max, rel_norm
 
@@ -139,13 +140,17 @@ def test_triton_strided_equals_twin():
         assert rel_max(a, b) < 1e-5
 
 
-def test_auto_choice_and_refusals():
+def test_fixed_routes_and_refusals():
     spec = spec_for()
     cpu = torch.device("cpu")
-    assert choose_impl(spec, 8, cpu, torch.float32) == "tiles"
-    assert [choose_impl(spec, r, cpu, torch.bfloat16) for r in (4, 2, 1)] == ["dense"] * 3
-    assert choose_impl(spec, 8, cpu, torch.float64) == "table"   # no fast fp64 depthwise conv on CPU
-    assert choose_impl(spec_for(3, stride=2), 8, cpu, torch.float32) == "table"
+
+    def fixed(spec, r, dtype):
+        return route(spec, r, cpu, dtype, routing="fixed").implementation
+
+    assert fixed(spec, 8, torch.float32) == "depthwise-tiles"
+    assert [fixed(spec, r, torch.bfloat16) for r in (4, 2, 1)] == ["depthwise-dense"] * 3
+    assert fixed(spec, 8, torch.float64) == "depthwise-table"   # no fast fp64 depthwise conv on CPU
+    assert fixed(spec_for(3, stride=2), 8, torch.float32) == "depthwise-table"
     assert why_unsupported("tiles", spec_for(3, stride=2)) is not None
     x, weight = inputs(2, 8, spec)
     with pytest.raises(ValueError, match="cannot run this layer"):
@@ -157,8 +162,9 @@ def test_auto_choice_and_refusals():
 def test_autocast_runs_in_bf16():
     spec = spec_for()
     x, weight = inputs(3, 8, spec)
+    impl = route(spec, x.level.r, x.features.device, torch.bfloat16, routing="fixed").implementation
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = sparse_depthwise_conv(x, weight, spec, "auto")
+        out = sparse_depthwise_conv(x, weight, spec, depthwise_kernel_name(impl))
     assert out.dtype == torch.bfloat16
     assert rel_max(out.double(), run_impl("table", x, weight, spec)[0]) < 3e-2
 

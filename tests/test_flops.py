@@ -5,6 +5,7 @@ import torch
 
 import spark_sparse as ss
 from spark_sparse.flops import dense_macs, sparse_macs
+from spark_sparse.layers.conv import SparseConv2d
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnet26d"])
@@ -26,6 +27,11 @@ def test_masked_scales_with_visible_fraction(ratio):
     counts = sparse_macs(enc, visible)
     assert counts["total"] == sum(counts["layers"].values())
     assert counts["layers"]["conv1"] == kept * 16 * 16 * 49 * 3 * 64
+    # each conv's count comes with the router's choice for it (fixed rules here, fp32 on the CPU)
+    convs = [p for p, m in enc.named_modules() if isinstance(m, SparseConv2d)]
+    assert sorted(counts["routes"]) == sorted(convs)
+    assert counts["routes"]["conv1"] == "tiles" and counts["routes"]["layer1.0.conv1"] == "matmul"
+    assert counts["routes"]["layer4.0.conv2"] == "torch"
 
 
 def test_counting_leaves_no_trace():

@@ -70,3 +70,77 @@ def test_cuda_autocast(dtype, backend):
         assert torch.isfinite(s).all()
         assert rel_norm(s, r) < 5e-2
     assert rel_norm(sp.grads_flat(), ref.grads_flat()) < 1e-1
+
+
+GPU_CANDIDATES = [("resnet18", "torch"), ("resnet18", "tiles"), ("resnet18", "spconv"),
+                  ("convnext_atto", "depthwise-table"), ("convnext_atto", "depthwise-tiles"),
+                  ("convnext_atto", "depthwise-dense"), ("convnext_atto", "depthwise-triton")]
+
+
+@pytest.mark.parametrize("arch,implementation", GPU_CANDIDATES)
+def test_cuda_every_candidate_fp32(arch, implementation):
+    """Each GPU candidate of measured routing (tiles on cuDNN, spconv's kernels, Triton, the
+    gather-GEMM) runs every layer of its kind and computes the reference's numbers."""
+    from spark_sparse.layers.conv import SparseConv2d
+    if implementation == "spconv":
+        pytest.importorskip("spconv")
+    if implementation == "depthwise-triton":
+        pytest.importorskip("triton")
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    model, images, visible, out_grads = _case(arch, 4, 128, 0.6)
+    ref = run(ss.MaskedDenseEncoder(copy.deepcopy(model)), images, visible, out_grads)
+    enc = ss.sparsify(copy.deepcopy(model))
+    if implementation.startswith("depthwise-"):
+        enc.set_depthwise(implementation)
+    else:
+        enc.set_backend(implementation)
+    used = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: used.append(m.route_for(a[0]).implementation))
+             for m in enc.modules() if isinstance(m, SparseConv2d)]
+    sp = run(enc, images, visible, out_grads)
+    for h in hooks:
+        h.remove()
+    assert implementation in used and set(used) <= {implementation, "matmul", "patchify"}
+    for s, r in zip(sp.outputs, ref.outputs):
+        assert rel_max(s, r) < 1e-4
+    assert rel_norm(sp.grads_flat(), ref.grads_flat()) < 5e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_measured_routing(dtype, tmp_path, monkeypatch):
+    """Measured routing on the GPU: it tunes, every route can run its layer in this dtype (bf16:
+    never spconv), a second encoder reads the decisions, and the numbers stay the reference's."""
+    from spark_sparse import routing
+    from spark_sparse.layers.conv import SparseConv2d
+    monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(tmp_path))
+    routing.forget_measurements()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    half = dtype != torch.float32
+    for arch in ("resnet18", "convnext_atto"):
+        model, images, visible, out_grads = _case(arch, 4, 128, 0.6)
+        ref = run(ss.MaskedDenseEncoder(copy.deepcopy(model)), images, visible, out_grads)
+        enc = ss.sparsify(copy.deepcopy(model)).set_routing("measured")
+        with torch.autocast("cuda", dtype=dtype, enabled=half):
+            sp = run(enc, images, visible, out_grads)
+        chosen = []
+        hooks = [m.register_forward_pre_hook(
+            lambda m, a: chosen.append((m.spec, a[0].level.r, m.route_for(a[0]).implementation)))
+            for m in enc.modules() if isinstance(m, SparseConv2d)]
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=half):
+            enc(images, visible)
+        for h in hooks:
+            h.remove()
+        for spec, r, impl in chosen:
+            assert routing.unsupported(impl, spec, r, images.device, dtype) is None, (spec, r, impl)
+            assert not (dtype == torch.bfloat16 and impl == "spconv")
+        for s, r in zip(sp.outputs, ref.outputs):
+            assert torch.isfinite(s).all()
+            assert (rel_norm(s, r) < 5e-2) if half else (rel_max(s, r) < 1e-4)
+    tuned = routing.tuning_stats()["tuned"]
+    assert tuned > 0
+    routing.forget_measurements()
+    enc = ss.sparsify(copy.deepcopy(model)).set_routing("measured")
+    with torch.autocast("cuda", dtype=dtype, enabled=half):
+        run(enc, images, visible, out_grads)
+    assert routing.tuning_stats()["tuned"] == 0
+    routing.forget_measurements()

@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "(dense convs, masked sites zeroed), same numbers at full cost")
     model.add_argument("--backend", default="auto", choices=list(BACKEND_NAMES),
                        help="k×k convolution backend of the sparse encoder")
+    model.add_argument("--routing", default=None, choices=["measured", "fixed"],
+                       help="how 'auto' layers choose their implementation: measured (time the candidates on "
+                            "the first step, cached in the user's cache directory for later runs) or fixed "
+                            "(the rule table, reproducible) (default: $SPARK_SPARSE_ROUTING, else measured)")
     model.add_argument("--drop-path", type=float, default=None,
                        help="stochastic depth rate (default: SparK's per model, 0.05/0.08/0.1/0.15 for "
                             "ResNet-50/101/152/200, 0.2/0.3/0.4 for ConvNeXt-S/B/L, else 0)")

@@ -8,8 +8,10 @@ spconv 2.3.8 has pitfalls, each guarded here (tests/test_spconv_guards.py shows 
 - on the CPU its scatter-add races across OpenMP threads (wrong results with >1 thread) and its
   backward calls ``torch.cuda.current_stream()`` (fails without a GPU) → on the CPU the rulebook
   is turned into our gather tables and computed by the ``torch`` backend;
-- no bf16 kernels (its autocast wrapper casts to fp16) → bf16 also goes the gather-table way;
-- no ``groups`` → depthwise convs are not its job (``unsupported``); 1×1 convs compute a wrong
+- no bf16 kernels (its autocast wrapper casts to fp16) → on CUDA it does not run bf16 layers
+  (``spconv_unsupported``: the router picks another implementation; on the CPU bf16 goes the
+  gather-table way like every dtype);
+- no ``groups`` → depthwise convs are not its job (``spconv_unsupported``); 1×1 convs compute a wrong
   reshape (upstream issues 450/772) and no bias on the CPU → 1×1 convs never reach a backend
   (they are matmuls in the layer) and bias is added by the layer, never passed to spconv.
 """
@@ -127,15 +129,23 @@ def native_kernels_usable(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" and dtype in (torch.float32, torch.float16)
 
 
+def spconv_unsupported(spec: ConvSpec, device: torch.device, dtype: torch.dtype):
+    """Why spconv cannot run ``spec`` here (None when it can). A bf16 layer on CUDA is refused rather
+    than run in spconv's fp16 behind the caller's back; fp64 runs its rulebook on our gather tables."""
+    if spec.groups != 1:
+        return "spconv has no grouped (depthwise) convolution"
+    if spec.kernel == (1, 1):
+        return "spconv computes 1x1 convolutions wrongly (upstream issues 450/772)"
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        return "spconv 2.3.8 has no bf16 kernels (its autocast runs fp16)"
+    return None
+
+
 class SpconvBackend(ConvBackend):
     name = "spconv"
 
     def unsupported(self, spec: ConvSpec, x: torch.Tensor):
-        if spec.groups != 1:
-            return "spconv has no grouped (depthwise) convolution"
-        if spec.kernel == (1, 1):
-            return "spconv computes 1x1 convolutions wrongly (upstream issues 450/772)"
-        return None
+        return spconv_unsupported(spec, x.device, compute_dtype(x))
 
     def rulebook(self, geometry: Geometry, in_stride: int, spec: ConvSpec) -> SpconvRulebook:
         key = ("spconv", in_stride, spec.kernel, spec.stride, spec.padding, spec.dilation)

@@ -43,6 +43,10 @@ def add_arguments(p):
     p.add_argument("--step-backends", nargs="+", choices=list(BACKEND_NAMES), default=S,
                    help="sparse backends also run in the whole step, which is mostly the dense decoder "
                         "(default: auto only)")
+    p.add_argument("--routing", choices=["measured", "fixed"], default=S,
+                   help="how 'auto' layers choose their implementation: measured (time the candidates on "
+                        "first use, cached in the user's cache directory) or fixed (the rule table, "
+                        "reproducible) (default: $SPARK_SPARSE_ROUTING, else measured)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=S,
                    help="fwd: encoder forward; fwd_bwd: encoder forward+backward; step: whole SparK training "
                         "step (default: all three)")
@@ -83,7 +87,8 @@ FIELDS = {"models": "models", "mask_ratios": "mask_ratios", "batch": "batches", 
           "dtypes": "dtypes", "backends": "backends", "modes": "modes", "warmup": "warmup", "repeats": "repeats",
           "threads": "threads", "dense_format": "dense_format", "seed": "seed", "profile_ratio": "profile_ratio",
           "profile_batch": "profile_batch", "profile_repeats": "profile_repeats",
-          "decoder_width": "decoder_width", "memory_modes": "memory_modes", "step_backends": "step_backends"}
+          "decoder_width": "decoder_width", "memory_modes": "memory_modes", "step_backends": "step_backends",
+          "routing": "routing"}
 
 
 def build_config(args):
@@ -164,8 +169,29 @@ def run(args) -> int:
         written.append(args.readme)
     if doc["results"]:
         print(report.headline_table(doc))
+    print_routes(doc)
     for s in doc["skipped"]:
         print(f"skipped {s['model']}: {s['reason']}")
     print(f"whole SparK step: {doc['step_status']}")
     print("wrote " + ", ".join(written))
     return 0
+
+
+def print_routes(doc: dict) -> None:
+    """How the headline sparse contender ran its convs in each case, what tuning them cost, and the
+    route of every conv that had a choice (with the router's reason) in the first case."""
+    from spark_sparse.benchmarks.routes import summary
+    shown = False
+    for rec in doc["results"]:
+        if "tuning" not in rec:
+            continue
+        t, layers = rec["tuning"], rec["routes"]["layers"]
+        print(f"routes of {rec['routes']['contender']}, {rec['model']} {rec['device']} {rec['dtype']} batch "
+              f"{rec['batch']} ({doc.get('routing', '?')} routing): {summary(layers)}; tuning {t['tuning_s']:.2f} s "
+              f"({t['tuned_layers']} layer shapes measured, {t['cached_layers']} read from the cache)")
+        if not shown:
+            shown = True
+            width = max((len(row["path"]) for row in layers), default=0)
+            for row in layers:
+                if row["choice"]:
+                    print(f"  {row['path']:<{width}}  {row['implementation']:<16} {row['reason']}")

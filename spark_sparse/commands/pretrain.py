@@ -25,5 +25,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from spark_sparse.routing import routing_mode
     from spark_sparse.train.trainer import pretrain
-    return pretrain(args)
+    with routing_mode(args.routing):
+        return pretrain(args)

@@ -1,0 +1,60 @@
+"""Timing candidate implementations of one layer, as cuDNN's benchmark mode does for its algorithms.
+
+Cheap by design, as it runs inside a user's first training step:
+- one untimed call of each candidate first. It builds the batch's index tables or tiles (later
+  layers reuse them) and creates the library's kernels. On the CPU a forward is enough for that;
+  on CUDA it is a forward + backward, so that cuDNN's algorithm search and Triton's compilation of
+  the backward kernels stay out of the timing (both are cheap there next to the CPU's convs);
+- one timed forward + backward of each; a second only for the candidates within ``CLOSE`` of the
+  fastest, where noise could flip the choice. Each keeps its fastest time. Layers whose fastest
+  candidate takes under ``CHEAP_S`` get ``CHEAP_REPEATS`` samples of every candidate: there one
+  preempted call on a busy machine would otherwise decide, and samples cost next to nothing.
+A candidate that fails (out of memory, a kernel that does not compile) drops out with its error
+instead of failing the training step.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+REPEATS = 2
+CLOSE = 1.25
+CHEAP_S = 0.02
+CHEAP_REPEATS = 3
+
+
+def time_candidates(candidates: List[str], trial: Callable[[str, bool], None], device: torch.device,
+                    repeats: int = REPEATS) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """(seconds of forward + backward per candidate, error per candidate that failed).
+
+    ``trial(implementation, backward)`` runs the layer once, with or without its backward.
+    """
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    errors: Dict[str, str] = {}
+
+    def attempt(impl: str, backward: bool) -> float:
+        """Seconds of one call, or inf after recording why it failed (any failure just drops it)."""
+        try:
+            sync()
+            start = time.perf_counter()
+            trial(impl, backward)
+            sync()
+            return time.perf_counter() - start
+        except Exception as e:  # noqa: BLE001
+            errors[impl] = f"{type(e).__name__}: {e}"
+            return float("inf")
+
+    alive = [impl for impl in candidates if attempt(impl, device.type == "cuda") < float("inf")]
+    best: Dict[str, float] = {}
+    for round_ in range(max(repeats, CHEAP_REPEATS)):
+        fastest = min(best.values(), default=0.0)
+        cheap = fastest < CHEAP_S
+        if round_ >= (CHEAP_REPEATS if cheap else repeats):
+            break
+        for impl in [i for i in alive if i not in errors]:
+            if round_ and not cheap and best[impl] > CLOSE * fastest:
+                continue  # clearly slower: another sample would not change the choice
+            best[impl] = min(best.get(impl, float("inf")), attempt(impl, True))
+    return {impl: t for impl, t in best.items() if impl not in errors}, errors

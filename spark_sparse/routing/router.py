@@ -1,0 +1,248 @@
+"""``route``: the one function that decides how a sparse conv layer runs.
+
+Policies for ``requested='auto'``:
+- ``measured`` (the default): the first call with gradients of a layer times every candidate
+  implementation on the layer's real input (forward + backward, see measure.py), keeps the fastest,
+  and stores the decision in the routing cache (cache.py) under the layer's key — spec, input patch
+  block r, compute dtype, batch-size bucket — and the
+  environment's (device name, library versions). Later calls, and later processes, read it.
+  Calls without gradients never tune: until a decision exists they follow the fixed rules.
+- ``fixed``: the rule table (rules.py), for reproducible timing.
+Choose with ``set_routing`` / ``SparseEncoder.set_routing`` / ``SPARK_SPARSE_ROUTING`` / ``--routing``.
+An explicitly requested implementation runs where it can; where it cannot, the route falls back to
+``auto`` and says why.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+
+from ..spec import ConvSpec
+from . import cache
+from .environment import environment_key
+from .implementations import IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, candidates, label, layer_kind, unsupported
+from .measure import time_candidates
+from .rules import RULES, Situation, describe
+
+ROUTING_MODES = ("measured", "fixed")
+ENV_VAR = "SPARK_SPARSE_ROUTING"
+_mode: Optional[str] = None
+
+
+def check_routing(mode: str) -> str:
+    if mode not in ROUTING_MODES:
+        raise ValueError(f"unknown routing {mode!r}; choose one of {', '.join(ROUTING_MODES)}")
+    return mode
+
+
+def set_routing(mode: Optional[str]) -> None:
+    """The process-wide policy of ``auto`` layers ('measured' or 'fixed'; None: back to the default,
+    ``$SPARK_SPARSE_ROUTING`` or 'measured')."""
+    global _mode
+    _mode = None if mode is None else check_routing(mode)
+
+
+@contextlib.contextmanager
+def routing_mode(mode: Optional[str]):
+    """``set_routing(mode)`` for a ``with`` block (None: leave the setting alone), then back."""
+    global _mode
+    kept = _mode
+    if mode is not None:
+        set_routing(mode)
+    try:
+        yield
+    finally:
+        _mode = kept
+
+
+def get_routing() -> str:
+    if _mode is not None:
+        return _mode
+    env = os.environ.get(ENV_VAR)
+    if env:
+        try:
+            return check_routing(env)
+        except ValueError as e:
+            raise ValueError(f"${ENV_VAR}: {e}") from None
+    return "measured"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a layer runs (an implementation of routing.IMPLEMENTATIONS) and why, in words."""
+    implementation: str
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return label(self.implementation)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What measured decisions are keyed on besides the layer: the batch, bucketed to a power of two."""
+    batch: int
+
+    @property
+    def bucket(self) -> int:
+        return 1 << max(self.batch - 1, 0).bit_length()
+
+
+def route(spec: ConvSpec, resolution: int, device, dtype: torch.dtype, requested: str = "auto", *,
+          routing: Optional[str] = None, workload: Optional[Workload] = None,
+          trial: Optional[Callable[[str, bool], None]] = None) -> Route:
+    """How the conv ``spec`` runs on input patch blocks of ``resolution``×``resolution`` sites.
+
+    ``requested``: 'auto' or one implementation. ``routing``: the policy (None: :func:`get_routing`).
+    Measured routing needs the ``workload`` to find a decision and ``trial(implementation, backward)``
+    (one forward, with or without its backward, of the layer on its real input) to make one.
+    """
+    device = torch.device(device)
+    mode = check_routing(routing or get_routing())
+    memo_key = (spec, resolution, device, dtype, requested, mode, workload and workload.bucket,
+                cache.cache_path() if mode == "measured" else None, torch.get_num_threads())
+    found = _MEMO.get(memo_key)
+    if found is None:
+        found, final = _route(spec, resolution, device, dtype, requested, mode, workload, trial)
+        if final:  # the layer's forward asks on every call: a settled answer is looked up, not rebuilt
+            _MEMO[memo_key] = found
+    return found
+
+
+def _route(spec, resolution, device, dtype, requested, mode, workload, trial):
+    """(Route, whether it is final: not waiting for a measurement)."""
+    kind = layer_kind(spec, resolution)
+    own = KIND_IMPLEMENTATIONS[kind]
+    note = ""
+    if requested != "auto":
+        if requested not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {requested!r}; choose 'auto' or one of "
+                             f"{', '.join(IMPLEMENTATIONS)}")
+        if requested in own:
+            why = unsupported(requested, spec, resolution, device, dtype)
+            if why is None:
+                return Route(requested, "requested"), True
+            note = f"requested '{requested}' cannot run this layer ({why}); auto: "
+        elif len(own) > 1:
+            note = f"'{requested}' does not run {kind} convs; auto: "
+    final = True
+    if mode == "measured" and workload is not None:
+        measured = _TUNER.decide(spec, resolution, device, dtype, workload, trial)
+        if isinstance(measured, Route):
+            return Route(measured.implementation, note + measured.reason), True
+        note += measured
+        final = not measured  # an empty note: nothing to choose between
+    return Route(*_fixed(Situation(spec, resolution, device, dtype), note)), final
+
+
+def _fixed(situation: Situation, note: str):
+    kind = layer_kind(situation.spec, situation.r)
+    for rule in RULES:
+        if rule.kind == kind and rule.when(situation) and unsupported(
+                rule.implementation, situation.spec, situation.r, situation.device, situation.dtype) is None:
+            return rule.implementation, note + describe(rule, situation)
+    raise AssertionError(f"no rule routes a {kind} conv")  # the table ends with a rule that always runs
+
+
+# ---- measured routing -------------------------------------------------------------------------------
+
+def layer_key(spec: ConvSpec, r: int, dtype: torch.dtype, workload: Workload) -> str:
+    s = spec
+    return (f"k{s.kernel[0]}x{s.kernel[1]} s{s.stride[0]}x{s.stride[1]} p{s.padding[0]}x{s.padding[1]} "
+            f"d{s.dilation[0]}x{s.dilation[1]} g{s.groups} c{s.in_channels}-{s.out_channels} r{r} "
+            f"{str(dtype).replace('torch.', '')} batch<={workload.bucket}")
+
+
+def _reason(decision: dict, source: str) -> str:
+    times = ", ".join(f"{impl} {ms:.2f} ms" for impl, ms in sorted(decision["ms"].items(), key=lambda kv: kv[1]))
+    failed = "".join(f"; {impl} failed" for impl in decision.get("errors", {}))
+    return f"measured ({source}), forward+backward: {times}{failed}"
+
+
+class Tuner:
+    """Measured decisions: in memory, backed by the routing cache; counts what it tuned."""
+
+    def __init__(self):
+        self.decisions: Dict[str, Dict[str, Dict[str, dict]]] = {}  # cache path → environment → key → decision
+        self.loaded = set()
+        self.tuned_here = set()   # (path, env, key) measured by this process
+        self.read = set()         # (path, env, key) taken from the file
+        self.stats = {"tuned": 0, "cached": 0, "seconds": 0.0}
+
+    def _known(self, path: str, env: str) -> Dict[str, dict]:
+        return self.decisions.setdefault(path, {}).setdefault(env, {})
+
+    def _load(self, path: str, env: str) -> None:
+        self._known(path, env).update(cache.read(path).get(env, {}))
+        self.loaded.add((path, env))
+
+    def decide(self, spec, r, device, dtype, workload: Workload, trial):
+        """A measured Route, or a note saying why there is none (then the fixed rules decide)."""
+        options = candidates(spec, r, device, dtype)
+        if len(options) < 2:
+            return ""  # nothing to choose between: the rules name the one implementation
+        path, env, key = cache.cache_path(), environment_key(device), layer_key(spec, r, dtype, workload)
+        if (path, env) not in self.loaded:
+            self._load(path, env)
+        known = self._known(path, env)
+
+        def usable():  # a decision naming an implementation that cannot run here any more is measured again
+            decision = known.get(key)
+            return decision if decision is not None and decision.get("implementation") in options else None
+
+        decision = usable()
+        if decision is None and trial is not None:
+            self._load(path, env)  # another process may have measured it meanwhile
+            decision = usable()
+            if decision is None:
+                decision = self._tune(options, trial, device)
+                if decision is not None:
+                    known[key] = decision
+                    self.tuned_here.add((path, env, key))
+                    try:
+                        cache.store(env, {key: decision}, path)
+                    except OSError as e:  # a read-only home, a full disk: training goes on regardless
+                        cache.warn_once(path, f"cannot write it: {e}; decisions are kept for this process only",
+                                        "write")
+        if decision is not None:
+            where = (path, env, key)
+            if where not in self.tuned_here and where not in self.read:
+                self.read.add(where)
+                self.stats["cached"] += 1
+            source = "tuned in this process" if where in self.tuned_here else "read from the routing cache"
+            return Route(decision["implementation"], _reason(decision, source))
+        return "not measured yet (only calls with gradients tune); rule: "
+
+    def _tune(self, options, trial, device) -> Optional[dict]:
+        start = time.perf_counter()
+        seconds, errors = time_candidates(options, trial, device)
+        self.stats["seconds"] += time.perf_counter() - start
+        self.stats["tuned"] += 1
+        if not seconds:
+            return None
+        best = min(seconds, key=seconds.get)
+        return {"implementation": best, "ms": {k: round(v * 1e3, 3) for k, v in seconds.items()}, "errors": errors}
+
+
+_TUNER = Tuner()
+_MEMO: Dict[tuple, Route] = {}
+
+
+def tuning_stats() -> dict:
+    """This process's measured routing so far: layers tuned, decisions read from the cache, and the
+    seconds spent tuning."""
+    return dict(_TUNER.stats)
+
+
+def forget_measurements() -> None:
+    """Drop this process's in-memory decisions and counters (the cache file stays): the next call
+    reads the file again, as a new process would."""
+    global _TUNER
+    _TUNER = Tuner()
+    _MEMO.clear()
+_MEMO: Dict[tuple, Route] = {}

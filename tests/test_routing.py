@@ -1,0 +1,312 @@
+"""The router (spark_sparse/routing/): every candidate computes the reference's numbers, the fixed
+rules and fallbacks, measured routing's tuning and cache, and the GPU candidates' dtype rules
+(checked on the CPU with a CUDA device named but never touched)."""
+import copy
+import json
+import multiprocessing
+import os
+
+import pytest
+import torch
+
+import spark_sparse as ss
+from spark_sparse import routing
+from spark_sparse.backends import spconv_available
+from spark_sparse.spec import ConvSpec
+from spark_sparse.layers.conv import SparseConv2d
+from spark_sparse.routing import cache
+from spark_sparse.routing import router as route_module
+from spark_sparse.routing import Workload, candidates, route
+
+from equivalence import cached_model, compare_fp64, rel_max, run
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+CONV3 = ConvSpec(64, 64, (3, 3), (1, 1), (1, 1), (1, 1))
+CONV3_STRIDED = ConvSpec(64, 128, (3, 3), (2, 2), (1, 1), (1, 1))
+DW7 = ConvSpec(96, 96, (7, 7), (1, 1), (3, 3), (1, 1), 96)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty routing cache of this test's own, and no decision remembered in memory."""
+    monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(tmp_path))
+    routing.forget_measurements()
+    yield tmp_path / "routing.json"
+    routing.forget_measurements()
+
+
+def inputs(batch=2, size=64, ratio=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    visible = ss.random_visible(batch, size // 32, ratio, generator=g)
+    return images, visible
+
+
+def conv_routes(encoder, images, visible):
+    """{path: Route} of every conv on these inputs (no tuning: a no-grad pass)."""
+    found = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: found.__setitem__(m.path, m.route_for(a[0])))
+             for m in encoder.modules() if isinstance(m, SparseConv2d)]
+    with torch.no_grad():
+        encoder(images, visible)
+    for h in hooks:
+        h.remove()
+    return found
+
+
+# ---- every candidate computes the same numbers ---------------------------------------------------
+
+CANDIDATES = [("resnet18", "torch"), ("resnet18", "tiles"), ("resnet18", "spconv"),
+              ("convnext_atto", "depthwise-table"), ("convnext_atto", "depthwise-tiles"),
+              ("convnext_atto", "depthwise-dense")]
+
+
+def forced(arch: str, implementation: str, dtype=torch.float64):
+    """``arch``'s encoder with every conv of the implementation's kind forced onto it."""
+    encoder = ss.sparsify(cached_model(arch)).to(dtype)
+    if implementation.startswith("depthwise-"):
+        return encoder.set_depthwise(implementation)
+    return encoder.set_backend(implementation)
+
+
+@pytest.mark.parametrize("arch,implementation", CANDIDATES)
+def test_every_candidate_equals_the_reference_in_fp64(arch, implementation):
+    """Each implementation runs every layer of its kind (checked, so the test cannot pass on a
+    fallback) and the encoder then matches the masked-dense reference to 1e-8 in fp64: routing
+    changes speed only. 1×1 and patchify convs (their single implementation) run in every case."""
+    if implementation == "spconv" and not spconv_available():
+        pytest.skip("spconv is not installed")
+    images, visible = inputs()
+    encoder = forced(arch, implementation)
+    routes = conv_routes(copy.deepcopy(encoder), images.double(), visible)  # (a pass updates BN statistics)
+    kinds = {p: m.kind for p, m in encoder.named_modules() if isinstance(m, SparseConv2d)}
+    mine = [p for p, r in routes.items() if r.implementation == implementation]
+    assert mine and all(routes[p].implementation in ("matmul", "patchify") for p in routes if p not in mine)
+    assert {kinds[p] for p in mine} == ({"depthwise"} if implementation.startswith("depthwise-") else {"table"})
+    reference = ss.MaskedDenseEncoder(cached_model(arch)).double()
+    out_grads = [torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+                 for o in reference(images.double(), visible)]
+    reference = ss.MaskedDenseEncoder(cached_model(arch)).double()  # undo that call's running-stat update
+    compare_fp64(run(encoder, images.double(), visible, out_grads),
+                 run(reference, images.double(), visible, out_grads))
+
+
+def test_triton_candidate_matches_the_reference():
+    """The Triton depthwise kernels (Triton's interpreter here) accumulate in fp32, so no fp64 route
+    names them: in fp32 they match the fp64 reference to fp32 rounding."""
+    pytest.importorskip("triton")
+    assert routing.unsupported("depthwise-triton", DW7, 8, CPU, torch.float64) is not None
+    images, visible = inputs(batch=1, ratio=0.5)
+    encoder = forced("convnext_atto", "depthwise-triton", torch.float32).eval()
+    routes = conv_routes(encoder, images, visible)
+    assert sum(r.implementation == "depthwise-triton" for r in routes.values()) == 12  # 2 + 2 + 6 + 2 blocks
+    reference = ss.MaskedDenseEncoder(cached_model("convnext_atto")).double().eval()
+    with torch.no_grad():
+        got = encoder(images, visible)
+        want = reference(images.double(), visible)
+    for a, b in zip(got, want):
+        assert rel_max(a.double(), b) < 1e-4
+
+
+# ---- the fixed rules and fallbacks ---------------------------------------------------------------
+
+def test_fixed_routes_name_an_implementation_that_runs_the_layer():
+    pointwise = ConvSpec(64, 256, (1, 1), (1, 1), (0, 0), (1, 1))
+    patchify = ConvSpec(96, 192, (2, 2), (2, 2), (0, 0), (1, 1))
+    assert route(pointwise, 8, CPU, torch.float32, routing="fixed").implementation == "matmul"
+    assert route(patchify, 2, CPU, torch.float32, routing="fixed").implementation == "patchify"
+    # a patchify window that does not fit the patch block reads its neighbours through the table
+    assert route(patchify, 1, CPU, torch.float32, routing="fixed").implementation in ("torch", "tiles")
+    for spec in (CONV3, CONV3_STRIDED, DW7, ConvSpec(96, 96, (3, 3), (2, 2), (1, 1), (1, 1), 96)):
+        for r in (1, 2, 4, 8, 32):
+            for device in (CPU, CUDA):
+                for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+                    got = route(spec, r, device, dtype, routing="fixed")
+                    assert routing.unsupported(got.implementation, spec, r, device, dtype) is None, (spec, r, got)
+                    assert got.reason
+
+
+def test_a_request_that_cannot_run_falls_back_and_says_why():
+    strided_dw = ConvSpec(96, 96, (3, 3), (2, 2), (1, 1), (1, 1), 96)
+    got = route(strided_dw, 8, CPU, torch.float32, "depthwise-tiles", routing="fixed")
+    assert got.implementation == "depthwise-table" and "cannot run this layer" in got.reason
+    assert route(CONV3, 8, CPU, torch.float32, "torch", routing="fixed") == routing.Route("torch", "requested")
+    assert route(DW7, 8, CPU, torch.float32, "torch", routing="fixed").implementation.startswith("depthwise-")
+    with pytest.raises(ValueError, match="unknown implementation 'cudnn'"):
+        route(CONV3, 8, CPU, torch.float32, "cudnn")
+    with pytest.raises(ValueError, match="choose one of measured, fixed"):
+        ss.set_routing("fast")
+
+
+def test_routing_setting_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SPARK_SPARSE_ROUTING", "measured")
+    assert routing.get_routing() == "measured"
+    with routing.routing_mode("fixed"):
+        assert routing.get_routing() == "fixed"
+    assert routing.get_routing() == "measured"
+    monkeypatch.setenv("SPARK_SPARSE_ROUTING", "fastest")
+    with pytest.raises(ValueError, match="SPARK_SPARSE_ROUTING"):
+        routing.get_routing()
+
+
+# ---- GPU candidates, dtype rules (no GPU needed: CUDA is only named) -----------------------------
+
+def test_gpu_candidates_and_bf16_never_spconv(monkeypatch):
+    table = candidates(CONV3, 8, CUDA, torch.float32)
+    assert {"torch", "tiles"} <= set(table) and ("spconv" in table) == spconv_available()
+    assert "spconv" not in candidates(CONV3, 8, CUDA, torch.bfloat16)
+    assert "depthwise-triton" in candidates(DW7, 8, CUDA, torch.bfloat16)
+    assert "depthwise-triton" not in candidates(DW7, 8, CPU, torch.float32)  # the interpreter is for tests
+    assert "spconv" not in candidates(CONV3, 8, CPU, torch.float32)  # the same gather-GEMM as torch
+
+    # measured routing under bf16 never times spconv, however fast it would be
+    timed = []
+
+    def fake_time(options, trial, device, repeats=2):
+        timed.extend(options)
+        return {o: (0.001 if o == "spconv" else 1.0 + len(o) * 1e-3) for o in options}, {}
+
+    monkeypatch.setattr(route_module, "time_candidates", fake_time)
+    monkeypatch.setattr(route_module, "environment_key", lambda device: "fake cuda")
+    monkeypatch.setattr(cache, "store", lambda *a, **k: None)
+    routing.forget_measurements()
+    for spec in (CONV3, CONV3_STRIDED):
+        for r in (1, 2, 4, 8):
+            for mode in ("fixed", "measured"):
+                got = route(spec, r, CUDA, torch.bfloat16, routing=mode, workload=Workload(16),
+                            trial=lambda impl, backward: None)
+                assert got.implementation != "spconv", (spec, r, mode)
+            asked = route(spec, r, CUDA, torch.bfloat16, "spconv", routing="fixed")
+            assert asked.implementation == "torch" and "bf16" in asked.reason
+    assert timed and "spconv" not in timed
+    routing.forget_measurements()
+    if spconv_available():
+        assert route(CONV3, 8, CUDA, torch.float16, routing="measured", workload=Workload(16),
+                     trial=lambda impl, backward: None).implementation == "spconv"
+    routing.forget_measurements()
+
+
+# ---- measured routing: tuning once, the cache ----------------------------------------------------
+
+def train_step(encoder, images, visible):
+    out = encoder(images, visible)
+    sum(o.sum() for o in out).backward()
+
+
+def test_measured_routing_tunes_once_then_reads_the_cache(fresh_cache):
+    images, visible = inputs()
+    encoder = ss.sparsify(cached_model("resnet18")).set_routing("measured")
+    train_step(encoder, images, visible)
+    first = routing.tuning_stats()
+    doc = json.loads(fresh_cache.read_text())
+    assert doc["version"] == cache.VERSION
+    (decisions,) = doc["environments"].values()
+    # one decision per distinct table-conv shape (the 1×1 convs have nothing to choose from)
+    assert first["tuned"] == len(decisions) > 1 and first["cached"] == 0
+    routes = conv_routes(encoder, images, visible)
+    for path, r in routes.items():
+        assert r.implementation in ("matmul", "torch", "tiles"), (path, r)
+        assert r.reason.startswith("measured") or r.implementation == "matmul"
+
+    routing.forget_measurements()  # as a new process: only the file is left
+    again = ss.sparsify(cached_model("resnet18")).set_routing("measured")
+    train_step(again, images, visible)
+    assert routing.tuning_stats()["tuned"] == 0
+    assert routing.tuning_stats()["cached"] == len(decisions)
+    assert {p: r.implementation for p, r in conv_routes(again, images, visible).items()} == \
+        {p: r.implementation for p, r in routes.items()}
+
+
+def test_calls_without_gradients_never_tune(fresh_cache):
+    images, visible = inputs()
+    encoder = ss.sparsify(cached_model("resnet18")).set_routing("measured")
+    routes = conv_routes(encoder, images, visible)
+    assert routing.tuning_stats()["tuned"] == 0 and not fresh_cache.exists()
+    assert any("not measured yet" in r.reason for r in routes.values())
+
+
+def test_fixed_routing_never_tunes(fresh_cache):
+    images, visible = inputs()
+    train_step(ss.sparsify(cached_model("convnext_atto")).set_routing("fixed"), images, visible)
+    assert routing.tuning_stats()["tuned"] == 0 and not fresh_cache.exists()
+
+
+def test_a_corrupt_cache_is_ignored_with_one_warning_and_rewritten(fresh_cache):
+    fresh_cache.write_text("{ not json")
+    images, visible = inputs()
+    encoder = ss.sparsify(cached_model("resnet18")).set_routing("measured")
+    with pytest.warns(RuntimeWarning, match="routing cache .*ignoring it") as caught:
+        train_step(encoder, images, visible)
+    assert len([w for w in caught if "routing cache" in str(w.message)]) == 1
+    assert json.loads(fresh_cache.read_text())["environments"]
+
+
+def _store_many(path, worker, count):
+    for i in range(count):
+        cache.store("env", {f"worker{worker}-layer{i}": {"implementation": "torch", "ms": {"torch": 1.0}}}, path)
+
+
+def test_concurrent_writers_lose_no_decision(tmp_path):
+    path = str(tmp_path / "routing.json")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_store_many, args=(path, w, 15)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(cache.read(path)["env"]) == 60
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]  # no temporary file left behind
+
+
+def test_cache_location(monkeypatch, tmp_path):
+    monkeypatch.delenv("SPARK_SPARSE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache.cache_path() == str(tmp_path / "spark_sparse" / "routing.json")
+    monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache.cache_path() == str(tmp_path / "mine" / "routing.json")
+
+
+def test_bench_prints_every_route_and_the_tuning_time(fresh_cache, tmp_path, capsys):
+    from spark_sparse.cli import main
+    code = main(["bench", "--quick", "--models", "resnet18", "--modes", "fwd", "--no-memory", "--no-plots",
+                 "--profile-model", "none", "--routing", "measured", "--no-progress", "--out", str(tmp_path / "b")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "routes of sparse[auto], resnet18 cpu fp32 batch 2 (measured routing)" in printed
+    assert "tuning" in printed and "layer shapes measured" in printed
+    doc = json.loads((tmp_path / "b" / "results.json").read_text())
+    (rec,) = doc["results"]
+    assert rec["tuning"]["tuned_layers"] > 0 and doc["routing"] == "measured"
+    layers = rec["routes"]["layers"]
+    assert len(layers) == 20  # every conv of resnet18
+    for row in layers:
+        if row["choice"]:  # each 3×3 conv and the stem, with its reason
+            assert f"  {row['path']}" in printed and row["reason"].startswith("measured")
+
+
+def test_an_unwritable_cache_warns_and_training_goes_on(tmp_path, monkeypatch):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(blocker / "cache"))  # cannot be created
+    routing.forget_measurements()
+    images, visible = inputs()
+    encoder = ss.sparsify(cached_model("resnet18")).set_routing("measured")
+    with pytest.warns(RuntimeWarning, match="cannot write it"):
+        train_step(encoder, images, visible)
+    assert routing.tuning_stats()["tuned"] > 0
+    tuned = routing.tuning_stats()["tuned"]
+    train_step(encoder, images, visible)  # the decisions stay in memory
+    assert routing.tuning_stats()["tuned"] == tuned
+    routing.forget_measurements()
+
+
+def test_a_failing_candidate_drops_out_with_its_error():
+    from spark_sparse.routing.measure import time_candidates
+
+    def trial(impl, backward):
+        if impl == "tiles" and backward:
+            raise RuntimeError("out of memory")
+
+    seconds, errors = time_candidates(["torch", "tiles"], trial, CPU)
+    assert list(seconds) == ["torch"] and "out of memory" in errors["tiles"]
