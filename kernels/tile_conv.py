@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..backends.base import ConvBackend, ConvSpec, compute_dtype
 from ..features import SparseFeatures
 from ..geometry import Geometry
-from .tiles import gather_tiles, tiles_to_features, window_halo
+from .tiles import gather_tiles, window_halo
 
 
 def tile_halo(spec: ConvSpec):
@@ -44,14 +44,17 @@ def tile_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.
     """(N_out, C_out) outputs of the conv at the next stride's active sites; bias not applied."""
     dtype = compute_dtype(x.features)
     tiles = gather_tiles(x.replace(x.features.to(dtype)), tile_halo(spec))
-    y = F.conv2d(tiles, weight.to(dtype), None, spec.stride, 0, spec.dilation, spec.groups)
-    return tiles_to_features(y)
+    w = weight.to(dtype)
+    return tiles.assemble([F.conv2d(t, w, None, spec.stride, 0, spec.dilation, spec.groups) for t in tiles.tensors],
+                          spec.stride[0])
 
 
 def tile_max_pool(x: SparseFeatures, kernel: int, stride: int, padding: int) -> torch.Tensor:
-    """Max-pool on active inputs only (masked and border pixels read −inf), outputs at the next level."""
-    tiles = gather_tiles(x, window_halo(kernel, stride, padding), fill=float("-inf"))
-    return tiles_to_features(F.max_pool2d(tiles, kernel, stride, 0))
+    """The max-pool of SparK's masked-dense map at the next level's active sites: masked pixels read
+    0 (the reference zeroes them), pixels outside the image −inf (max_pool2d's padding), so values
+    and the winner of every tie — hence the gradients — are the reference's."""
+    tiles = gather_tiles(x, window_halo(kernel, stride, padding), border_fill=float("-inf"))
+    return tiles.assemble([F.max_pool2d(t, kernel, stride, 0) for t in tiles.tensors], stride)
 
 
 class TilesBackend(ConvBackend):
