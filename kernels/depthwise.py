@@ -110,9 +110,8 @@ def _via_tiles(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch
 def _via_dense(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
     g, r, c = x.geometry, x.level.r, x.channels
     (h, w), p = g.grid_hw, g.patches
-    canvas = x.features.new_zeros(g.batch, h, w, r, r, c).index_put((p[:, 0], p[:, 1], p[:, 2]), x.tiles())
-    dense = canvas.permute(0, 1, 3, 2, 4, 5).reshape(g.batch, h * r, w * r, c).permute(0, 3, 1, 2)
-    y = F.conv2d(dense, weight, None, 1, spec.padding, spec.dilation, spec.groups)  # channels-last in and out
+    dense = x.dense()  # channels-last memory: oneDNN's depthwise kernels want it in and out
+    y = F.conv2d(dense, weight, None, 1, spec.padding, spec.dilation, spec.groups)
     blocks = y.permute(0, 2, 3, 1).reshape(g.batch, h, r, w, r, c).permute(0, 1, 3, 2, 4, 5)
     return blocks[p[:, 0], p[:, 1], p[:, 2]].reshape(-1, c)
 

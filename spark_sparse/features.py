@@ -36,14 +36,18 @@ class SparseFeatures:
         return self.features.view(self.geometry.num_patches, r, r, self.channels)
 
     def dense(self) -> torch.Tensor:
-        """Scatter to a dense (B, C, H/s, W/s) map with zeros at masked sites (differentiable)."""
+        """Scatter to a dense (B, C, H/s, W/s) map with zeros at masked sites (differentiable).
+
+        The map is in channels-last memory: the rows are copied once, in place into the zeros,
+        with no layout change after (a dense conv or BN reads channels-last as fast as NCHW).
+        """
         g = self.geometry
         r = self.level.r
         h, w = g.grid_hw
-        out = self.features.new_zeros(g.batch, h, w, r, r, self.channels)
+        out = self.features.new_zeros(g.batch, h, r, w, r, self.channels)
         p = g.patches
-        out = out.index_put((p[:, 0], p[:, 1], p[:, 2]), self.tiles())
-        return out.permute(0, 5, 1, 3, 2, 4).reshape(g.batch, self.channels, h * r, w * r)
+        out.permute(0, 1, 3, 2, 4, 5).index_put_((p[:, 0], p[:, 1], p[:, 2]), self.tiles())
+        return out.view(g.batch, h * r, w * r, self.channels).permute(0, 3, 1, 2)
 
     @classmethod
     def from_dense(cls, x: torch.Tensor, geometry: Geometry, stride: int) -> "SparseFeatures":
