@@ -14,7 +14,7 @@ import torch
 
 from ..geometry import ConvTable, Geometry
 from ..kernels.depthwise import table_depthwise
-from ..kernels.gather import gather_rows  # noqa: F401  (re-exported: layers import it from here)
+from ..kernels.gather import gather_rows
 from .base import ConvBackend, ConvSpec, compute_dtype
 
 
