@@ -149,29 +149,30 @@ def why_unsupported(impl: str, spec: ConvSpec) -> str | None:
 
 # oneDNN / cuDNN have fast depthwise kernels for these; fp64 falls back to a per-channel slow conv.
 FAST_CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Halo tiles pay (r + 2h)² / r² sites per site: 3.1x at r = 8, 6.3x at r = 4, 16x at r = 2, 49x at r = 1
-# for a 7×7 kernel. Below this block size the dense map (which at 60 % masking is 2.5x the active
-# sites) is cheaper.
-TILES_MIN_R = 8
+# Halo tiles pay (r + 2h)·(k·r + 2h) / (k·r²) sites per site for a run of k patches (kernels/tiles.py):
+# 2.1x at r = 8 and 3.4x at r = 4 for runs of 4 (3.1x and 6.3x for single patches), 7x at r = 2,
+# 49x at r = 1 for a 7×7 kernel; the dense map pays 1/(visible fraction) (2.5x at mask ratio 0.6)
+# plus its scatter and gather. Below this block size the dense map is cheaper (table below).
+TILES_MIN_R = 4
 
 
 def choose_impl(spec: ConvSpec, r: int, device: torch.device, dtype: torch.dtype) -> str:
     """The implementation ``auto`` runs for one layer, from its patch block size ``r`` = patch/stride.
 
-    Measured on this project's CPU with benchmarks/depthwise_select.py (ConvNeXt-T widths, 224²,
-    batch 8, mask ratio 0.6, fwd+bwd, median of 15, CPU time of 1 thread — the 2 cores were shared
-    with other jobs, so wall-clock figures swung by 2-3x between runs; ms):
+    Measured on this project's CPU (ConvNeXt-T widths, 224², batch 16, fwd+bwd, median of 5
+    interleaved calls, CPU time of 1 thread, the 2 cores shared with ~10 other jobs; ms), wide tiles
+    (runs of up to 4 patches) against the channels-last dense map:
 
-        stride (r)  C    masked-dense  table  tiles  dense
-        4 (8)       96   109           405    94     104     → tiles
-        8 (4)       192  40            111    52     44      → dense
-        16 (2)      384  30            78     50     44      → dense
-        32 (1)      768  20            35     168    27      → dense
+        stride (r)  C    mask 0.6        mask 0.75       mask 0.9
+                         tiles  dense    tiles  dense    tiles  dense
+        4 (8)       96   66-75  110-126  –      –        –      –      → tiles
+        8 (4)       192  49-56  52-58    33     66       17     70     → tiles
+        16 (2)      384  53-55  28-29    62     34       16     25     → dense
+        32 (1)      768  (49 sites of tile per site)                   → dense
 
-    Two more runs (7 repeats) agreed on tiles at stride 4 and dense at 16 and 32; at stride 8 dense
-    and tiles swapped places within 10 %. So: tiles for r >= 8, the dense map below. Tiles beat
-    channels-last masked-dense at stride 4 only by ~10-15 % here (the "~4x" of ARCHITECTURE.md was
-    against NCHW masked-dense, whose depthwise backward is slow on CPU).
+    At stride 8 the two tie at SparK's mask ratio 0.6 and tiles win 2-4x above it; at stride 16
+    tiles win only at 0.9. Single-patch tiles (before runs shared their halo) lost at stride 8
+    (102 vs 52 ms at 0.6), hence the older rule "tiles for r >= 8".
 
     CUDA: not measured yet (no GPU in this project so far); the same rule runs cuDNN's depthwise
     kernels. The Triton kernels are opt-in (``impl='triton'`` / ``encoder.set_depthwise('triton')``)
