@@ -1,14 +1,17 @@
 """The ``tiles`` backend: a dense convolution on every visible patch's block plus its halo.
 
 SparK's masks are whole patches, so a k×k conv (stride 1 or strided) on the active sites is the
-dense, unpadded conv of each patch's block grown by the border its window reads
+dense, unpadded conv of each run of adjacent visible patches grown by the border its window reads
 (``tiles.window_halo``), with zeros where the border falls on a masked patch or outside the image.
-One batched oneDNN / cuDNN call on (P, C, T, T) channels-last tiles computes exactly the sparse
-FLOPs, and its backward is the library's conv backward plus the gather's inverse (no scatter-add).
+One batched oneDNN / cuDNN call per tile shape (runs of 1, 2 and 4 patches) computes exactly the
+sparse FLOPs, and its backward is the library's conv backward plus the gather's inverse (no
+scatter-add).
 
-It pays the halo (the gather copies (T/r)² of the input: 1.6x at r = 8 for 3×3, 2.25x at r = 4)
-and small-image efficiency of the dense kernels, so it wins at fine strides and loses to the
-gather-GEMM rulebook at coarse ones: ``backends.choose_backend`` holds the measured rule.
+It pays the halo (for a 3×3 conv the gather copies (r + 2)(k·r + 2)/(k·r²) of the input: 1.33x at
+r = 8 and 1.69x at r = 4 for runs of 4, 1.56x and 2.25x for single patches; the input gradient
+computes those halo pixels too) and small-image efficiency of the dense kernels, so it wins at fine
+strides and loses to the gather-GEMM rulebook at coarse ones: ``backends.choose_backend`` holds the
+measured rule.
 """
 from __future__ import annotations
 
