@@ -158,3 +158,20 @@ def test_max_pool_whose_window_reads_no_border_after_uses_the_table():
     out = SparseMaxPool2d(1, 2, 0)(x)
     assert out.stride == 16
     torch.testing.assert_close(out.features, masked_dense_max_pool(x, 1, 2, 0), rtol=0, atol=0)
+
+
+def test_residual_add_goes_in_place_only_into_a_fresh_intermediate():
+    from spark_sparse.layers.containers import residual_add
+    block_input = torch.randn(5, 3, requires_grad=True)
+    shortcut = torch.randn(5, 3)
+    main = block_input * 2  # a fresh output of the branch's last layer
+    kept = block_input.detach().clone()
+    out = residual_add(main, shortcut, block_input)
+    assert out is main
+    torch.testing.assert_close(out, kept * 2 + shortcut)
+    out.sum().backward()
+    torch.testing.assert_close(block_input.grad, torch.full_like(kept, 2.0))
+    for main in (block_input, shortcut):  # an all-identity branch, or a tensor someone else holds
+        out = residual_add(main, shortcut, block_input)
+        assert out is not main
+    assert torch.equal(block_input.detach(), kept)
