@@ -255,6 +255,16 @@ def profile_table(profile: dict) -> str:
                       f"{_fmt(tot['sparse_whole'], '.1f')} ms (rest: index tables, residual adds, gathers, densify "
                       f"{_fmt(tot['sparse_rest'], '.1f')} ms), "
                       f"masked-dense {_fmt(tot['masked_dense_whole'], '.1f')} ms")
+    for mode in profile["modes"]:
+        tot = profile["totals"][mode]
+        whole, rest = tot.get("sparse_whole"), tot.get("sparse_rest")
+        share = _fmt(100 * rest / whole if whole and rest is not None else None, ".1f", " %")
+        totals.append(f"- **time outside the layers, {mode}: {_fmt(rest, '.1f')} ms = {share} of the sparse "
+                      "encoder** "
+                      "(the encoder timed as a training step calls it — images and mask in, four maps out"
+                      + (", backward" if mode == "fwd_bwd" else "") + " — minus the sum of its layers timed "
+                      "one by one: index tables, tile gathers, residual adds, the densify; the layers timed "
+                      "alone run on warm caches, so a small or negative figure means the rest is within noise)")
     return (f"### Per-layer profile: {profile['model']}, {profile['device']} {profile['dtype']}, batch "
             f"{profile['batch']}, {profile['image_size'][0]}×{profile['image_size'][1]}, mask ratio "
             f"{profile['mask_ratio']}, backend {profile['backend']}, dense twins {profile['dense_format']}, "

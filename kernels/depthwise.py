@@ -6,8 +6,8 @@ layer adds it).
 
 - ``table``  — the semantic twin: a K-term weighted sum per channel over the geometry's neighbour
   table, in plain PyTorch; backward through the inverse table (no scatter-add). Any stride.
-- ``tiles``  — gather each visible patch with a k//2 halo (kernels/tiles.py) and run the dense
-  depthwise conv (oneDNN / cuDNN, channels-last, no padding) on the batch of tiles.
+- ``tiles``  — gather each run of visible patches with a k//2 halo (kernels/tiles.py) and run the
+  dense depthwise conv (oneDNN / cuDNN, channels-last, no padding) on each tile shape's batch.
 - ``dense``  — scatter to the dense (B, C, H, W) map (zeros at masked sites; channels-last memory,
   as oneDNN's depthwise backward is many times slower on NCHW), dense depthwise conv, gather the
   active sites. Costs the full map, which at strides 8 to 32 is smaller than the tiles' halos.
@@ -25,7 +25,7 @@ from ..features import SparseFeatures
 from ..geometry import ConvTable
 from ..spec import ConvSpec, compute_dtype
 from .depthwise_table import table_depthwise
-from .tiles import gather_tiles, tiles_to_features
+from .tiles import gather_tiles
 
 IMPLS = ("table", "tiles", "dense", "triton")
 
@@ -40,8 +40,7 @@ def _via_table(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch
 
 def _via_tiles(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
     tiles = gather_tiles(x, spec.padding[0])
-    y = F.conv2d(tiles, weight, None, 1, 0, spec.dilation, spec.groups)
-    return tiles_to_features(y)
+    return tiles.assemble([F.conv2d(t, weight, None, 1, 0, spec.dilation, spec.groups) for t in tiles.tensors])
 
 
 def _via_dense(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:

@@ -1,15 +1,17 @@
 """Tile convolution: a dense convolution on every visible patch's block plus its halo.
 
 SparK's masks are whole patches, so a k×k conv (stride 1 or strided) on the active sites is the
-dense, unpadded conv of each patch's block grown by the border its window reads
+dense, unpadded conv of each run of adjacent visible patches grown by the border its window reads
 (``tiles.window_halo``), with zeros where the border falls on a masked patch or outside the image.
-One batched oneDNN / cuDNN call on (P, C, T, T) channels-last tiles computes exactly the sparse
-FLOPs, and its backward is the library's conv backward plus the gather's inverse (no scatter-add).
+One batched oneDNN / cuDNN call per tile shape (runs of 1, 2 and 4 patches) computes exactly the
+sparse FLOPs, and its backward is the library's conv backward plus the gather's inverse (no
+scatter-add).
 
-It pays the halo (the gather copies (T/r)² of the input: 1.6x at r = 8 for 3×3, 2.25x at r = 4)
-and small-image efficiency of the dense kernels, so it wins at fine strides and loses to the
-gather-GEMM rulebook at coarse ones: the ``tiles`` backend (backends/tiles_backend.py) runs it and
-the router (spark_sparse/routing/) decides per layer.
+It pays the halo (for a 3×3 conv the gather copies (r + 2)(k·r + 2)/(k·r²) of the input: 1.33x at
+r = 8 and 1.69x at r = 4 for runs of 4, 1.56x and 2.25x for single patches; the input gradient
+computes those halo pixels too) and small-image efficiency of the dense kernels, so it wins at fine
+strides and loses to the gather-GEMM rulebook at coarse ones: the ``tiles`` backend
+(backends/tiles_backend.py) runs it and the router (spark_sparse/routing/) decides per layer.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 
 from ..features import SparseFeatures
 from ..spec import ConvSpec, compute_dtype
-from .tiles import gather_tiles, tiles_to_features, window_halo
+from .tiles import gather_tiles, window_halo
 
 
 def tile_halo(spec: ConvSpec):
@@ -44,11 +46,15 @@ def tile_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.
     """(N_out, C_out) outputs of the conv at the next stride's active sites; bias not applied."""
     dtype = compute_dtype(x.features)
     tiles = gather_tiles(x.replace(x.features.to(dtype)), tile_halo(spec))
-    y = F.conv2d(tiles, weight.to(dtype), None, spec.stride, 0, spec.dilation, spec.groups)
-    return tiles_to_features(y)
+    w = weight.to(dtype)
+    return tiles.assemble([F.conv2d(t, w, None, spec.stride, 0, spec.dilation, spec.groups) for t in tiles.tensors],
+                          spec.stride[0])
 
 
 def tile_max_pool(x: SparseFeatures, kernel: int, stride: int, padding: int) -> torch.Tensor:
-    """Max-pool on active inputs only (masked and border pixels read −inf), outputs at the next level."""
-    tiles = gather_tiles(x, window_halo(kernel, stride, padding), fill=float("-inf"))
-    return tiles_to_features(F.max_pool2d(tiles, kernel, stride, 0))
+    """The max-pool of SparK's masked-dense map at the next level's active sites: masked pixels read
+    0 (the reference zeroes them), pixels outside the image −inf (max_pool2d's padding), so values
+    and the winner of every tie — hence the gradients — are the reference's."""
+    tiles = gather_tiles(x, window_halo(kernel, stride, padding), border_fill=float("-inf"))
+    return tiles.assemble([F.max_pool2d(t, kernel, stride, 0) for t in tiles.tensors], stride)
+

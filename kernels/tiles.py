@@ -1,29 +1,34 @@
-"""Halo tiles: each visible patch's block at one stride, with a border of its neighbours' sites.
+"""Halo tiles: runs of visible patches at one stride, with a border of their neighbours' sites.
 
 SparK's masks are whole patches, so at stride s every visible patch is an r×r block of sites
-(r = patch/s). A k×k stride-1 convolution on the active sites equals a dense, *unpadded* k×k
-convolution on each block grown by a halo of h = k//2 sites on every side, where the halo holds
-the visible neighbours' sites and zeros where the neighbour is masked or outside the image. The
-dense convolution then runs as one batched cuDNN / oneDNN call on (P, C, r+2h, r+2h) tiles.
+(r = patch/s). A k×k convolution (or pool) on the active sites equals a dense, *unpadded* one on
+each block grown by the border its window reads, where the border holds the visible neighbours'
+sites and zeros where the neighbour is masked or outside the image. The dense op then runs as one
+batched cuDNN / oneDNN call per tile shape.
 
-This module is that gather, usable by any tile-based kernel (depthwise, dense k×k, max-pool):
+Horizontally adjacent visible patches of one image share that border: a run of k patches is one
+tile of (r + lo + hi) × (k·r + lo + hi) sites instead of k tiles of (r + lo + hi)², so the gather
+copies less, the conv's input gradient computes fewer halo pixels, and the dense kernels see wider
+images. Runs are cut into power-of-two lengths (a run of 7 is 4 + 2 + 1) up to ``max_run``, so the
+dense kernels see at most log2(max_run) + 1 distinct shapes per layer::
 
-    tiles = gather_tiles(x, halo)          # (P, C, T, T), T = r + 2·halo, channels-last memory
-    y = F.conv2d(tiles, w, groups=...)     # no padding: (P, C', r, r)
-    out = tiles_to_features(y)             # (N, C'), the geometry's site order
+    tiles = gather_tiles(x, halo)                            # one (P_k, C, T, T_k) per run length k
+    y = [F.conv2d(t, w, stride=s) for t in tiles.tensors]    # no padding: (P_k, C', r/s, k·r/s)
+    out = tiles.assemble(y)                                  # (N', C') in the geometry's site order
 
 A strided window reads a border of different widths before and after the block (a 3×3/2 conv
 with padding 1 reads one site above and left of its patch, none below and right): ``halo`` may be
 a pair (before, after), see ``window_halo``.
 
-The gather is differentiable. Its backward reads every site's copies through the inverse table
-(a gather and a sum, no scatter-add), so the gradient does not depend on thread count or device.
-One table per (stride, halo) is built per batch and cached in the Geometry.
+Gather and assembly are differentiable, and neither backward scatter-adds: the gather's backward
+reads every site's copies through the inverse table (a gather and a sum), the assembly's is a
+gather by the same permutation, so gradients do not depend on thread count or device. Tables are
+built once per batch (vectorised, cached in the Geometry) and reused by forward and backward.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 
@@ -31,35 +36,51 @@ from ..features import SparseFeatures
 from ..geometry import Geometry
 from .gather import gather_rows
 
+# Longest run of patches one tile holds (a power of two). At 224² a row has 7 patches, so 4 gives
+# run lengths 1, 2 and 4: three conv shapes per layer.
+MAX_RUN = 4
+
 
 @dataclass(frozen=True)
-class HaloTileTable:
-    """Where each pixel of every halo tile reads from, and the inverse.
+class TileBucket:
+    """The tiles of one run length: ``count`` tiles of ``run`` patches each.
 
-    ``index[p, i, j]`` is the feature row at pixel (i, j) of tile p (pixel (lo, lo) is the patch's
-    top-left site), or ``num_sites`` where that pixel is masked or outside the image.
-    ``inverse[n, m]`` lists the flat tile pixels (p·T·T + i·T + j) that read row n, padded with
-    ``num_pixels``; every row has at least one (its own place in its own tile).
+    ``index`` (count, H, W): the feature row each tile pixel reads, ``num_sites`` where that pixel
+    is masked, ``num_sites + 1`` where it is outside the image. ``first_patch`` (count,): the
+    patch (in geometry order) at the run's left end; its patches are consecutive in that order.
     """
+    run: int
     index: torch.Tensor
+    first_patch: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return self.index.shape[0]
+
+
+@dataclass(frozen=True)
+class TileTable:
+    """Every visible patch in exactly one tile, tiles grouped by run length (shortest first).
+
+    ``inverse[n, m]`` lists the flat pixels (over all buckets, in order) that read row n, padded
+    with ``num_pixels``; every row has at least one (its own place in its own tile).
+    """
+    buckets: Tuple[TileBucket, ...]
     inverse: torch.Tensor
+    stride: int
     r: int
     lo: int
     hi: int
+    max_run: int
     num_sites: int
 
     @property
-    def size(self) -> int:
-        """Tile side T = lo + r + hi."""
-        return self.r + self.lo + self.hi
+    def num_pixels(self) -> int:
+        return sum(b.index.numel() for b in self.buckets)
 
     @property
     def num_tiles(self) -> int:
-        return self.index.shape[0]
-
-    @property
-    def num_pixels(self) -> int:
-        return self.index.numel()
+        return sum(b.count for b in self.buckets)
 
 
 def window_halo(kernel: int, stride: int, padding: int, dilation: int = 1) -> Tuple[int, int]:
@@ -76,23 +97,69 @@ def _pair(halo: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     return lo, hi
 
 
-def halo_tile_table(geometry: Geometry, stride: int, halo: Union[int, Tuple[int, int]]) -> HaloTileTable:
-    """The (cached) halo tile table of ``geometry`` at ``stride``; ``halo`` = h or (before, after)."""
+def tile_table(geometry: Geometry, stride: int, halo: Union[int, Tuple[int, int]],
+               max_run: int = MAX_RUN) -> TileTable:
+    """The (cached) tile table of ``geometry`` at ``stride``; ``halo`` = h or (before, after);
+    ``max_run`` = 1 gives one square tile per patch."""
     lo, hi = _pair(halo)
-    return geometry.cached(("halo_tiles", stride, lo, hi), lambda: _build_table(geometry, stride, lo, hi))
+    if max_run < 1 or max_run & (max_run - 1):
+        raise ValueError(f"max_run must be a power of two >= 1, got {max_run}")
+    return geometry.cached(("tiles", stride, lo, hi, max_run),
+                           lambda: _build_table(geometry, stride, lo, hi, max_run))
 
 
-def _build_table(geometry: Geometry, stride: int, lo: int, hi: int) -> HaloTileTable:
+def run_pieces(patches: torch.Tensor, max_run: int) -> List[Tuple[int, torch.Tensor]]:
+    """Cut the horizontal runs of visible patches into power-of-two pieces of at most ``max_run``.
+
+    ``patches`` (P, 3) are (b, py, px) rows in row-major order, so a run is a stretch of
+    consecutive rows. A run of L patches gives L // max_run pieces of ``max_run``, then one piece
+    per set bit of L % max_run, longest first. Returns [(run length, first patch of each piece)],
+    shortest run length first, pieces in patch order.
+    """
+    num = patches.shape[0]
+    dev = patches.device
+    if num == 0:
+        return []
+    same_row = torch.zeros(num, dtype=torch.bool, device=dev)
+    same_row[1:] = ((patches[1:, :2] == patches[:-1, :2]).all(1)) & (patches[1:, 2] == patches[:-1, 2] + 1)
+    starts = (~same_row).nonzero().squeeze(1)
+    lengths = torch.diff(starts, append=torch.tensor([num], device=dev))
+    full = lengths // max_run
+    pieces = []
+    if max_run > 1:
+        rest = lengths % max_run
+        bit = max_run // 2
+        while bit:
+            has = (rest & bit) > 0
+            # longest first: this piece starts after the full pieces and the higher bits of the rest
+            offset = full * max_run + (rest & ~(2 * bit - 1))
+            pieces.append((bit, (starts + offset)[has]))
+            bit //= 2
+    # full pieces: run start + j·max_run for j < full
+    reps = torch.repeat_interleave(torch.arange(starts.numel(), device=dev), full)
+    within = torch.arange(reps.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(full, 0) - full, full)
+    pieces.append((max_run, starts[reps] + within * max_run))
+    pieces = sorted(((k, torch.sort(first).values) for k, first in pieces if first.numel()), key=lambda kv: kv[0])
+    return pieces
+
+
+def _build_table(geometry: Geometry, stride: int, lo: int, hi: int, max_run: int) -> TileTable:
     level = geometry.level(stride)
-    r, n, size = level.r, level.num_sites, level.r + lo + hi
-    padded = level.grid.new_full((geometry.batch, level.height + lo + hi, level.width + lo + hi), n)
+    r, n = level.r, level.num_sites
+    padded = level.grid.new_full((geometry.batch, level.height + lo + hi, level.width + lo + hi), n + 1)
     padded[:, lo:lo + level.height, lo:lo + level.width] = level.grid
     p = geometry.patches
-    offs = torch.arange(size, device=geometry.device)
-    ys = (p[:, 1] * r).view(-1, 1, 1) + offs.view(1, size, 1)
-    xs = (p[:, 2] * r).view(-1, 1, 1) + offs.view(1, 1, size)
-    index = padded[p[:, 0].view(-1, 1, 1), ys, xs].contiguous()
-    return HaloTileTable(index, _inverse(index.view(-1), n), r, lo, hi, n)
+    buckets = []
+    for run, first in run_pieces(p, max_run):
+        height, width = r + lo + hi, run * r + lo + hi
+        start = p[first]
+        ys = (start[:, 1] * r).view(-1, 1, 1) + torch.arange(height, device=p.device).view(1, height, 1)
+        xs = (start[:, 2] * r).view(-1, 1, 1) + torch.arange(width, device=p.device).view(1, 1, width)
+        buckets.append(TileBucket(run, padded[start[:, 0].view(-1, 1, 1), ys, xs].contiguous(), first))
+    if not buckets:  # no visible patch: one empty bucket keeps every op (and its autograd) well-defined
+        buckets.append(TileBucket(1, p.new_zeros(0, r + lo + hi, r + lo + hi), p.new_zeros(0)))
+    flat = torch.cat([b.index.reshape(-1) for b in buckets])
+    return TileTable(tuple(buckets), _inverse(flat, n), stride, r, lo, hi, max_run, n)
 
 
 def _inverse(flat: torch.Tensor, num_sites: int) -> torch.Tensor:
@@ -110,42 +177,88 @@ def _inverse(flat: torch.Tensor, num_sites: int) -> torch.Tensor:
     return inverse
 
 
+def output_sites(table: TileTable, step: int, geometry: Geometry) -> Tuple[torch.Tensor, ...]:
+    """Per bucket, the output row (at stride ``step`` coarser) of every pixel of an unpadded op's
+    output (count, r/step, run·r/step) in row-major order: where ``assemble`` puts it. Cached."""
+    def build():
+        ro = table.r // step
+        sites = []
+        for b in table.buckets:
+            i = torch.arange(ro, device=b.first_patch.device).view(1, ro, 1)
+            j = torch.arange(b.run * ro, device=b.first_patch.device).view(1, 1, -1)
+            patch = b.first_patch.view(-1, 1, 1) + j // ro
+            sites.append((patch * ro * ro + i * ro + j % ro).reshape(-1))
+        return tuple(sites)
+    return geometry.cached(("tile_outputs", table.stride, table.lo, table.hi, table.max_run, step), build)
+
+
 class _GatherTiles(torch.autograd.Function):
-    """(N, C) features → (P, T, T, C) tiles; backward sums each row's copies via the inverse table."""
+    """(N, C) features → one (P_k, H, W_k, C) tensor per bucket; backward sums each row's copies."""
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, table: HaloTileTable, fill: float):
+    def forward(ctx, features: torch.Tensor, table: TileTable, masked_fill: float, border_fill: float):
         ctx.table = table
-        return gather_rows(features, table.index, fill)
+        pad = features.new_tensor([[masked_fill], [border_fill]]).expand(2, features.shape[1])
+        rows = torch.cat([features, pad])
+        return tuple(rows.index_select(0, b.index.reshape(-1)).view(*b.index.shape, features.shape[1])
+                     for b in table.buckets)
 
     @staticmethod
-    def backward(ctx, grad_tiles):
-        table: HaloTileTable = ctx.table
-        flat = grad_tiles.reshape(table.num_pixels, grad_tiles.shape[-1])  # not -1: P may be 0 (all masked)
-        return gather_rows(flat, table.inverse).sum(1), None, None
+    def backward(ctx, *grads):
+        table: TileTable = ctx.table
+        flat = torch.cat([g.flatten(0, -2) for g in grads])  # not reshape(-1, C): a bucket may be empty
+        return gather_rows(flat, table.inverse).sum(1), None, None, None
 
 
-def gather_tiles(x: SparseFeatures, halo: Union[int, Tuple[int, int]], channels_last_shape: bool = False,
-                 fill: float = 0.0) -> torch.Tensor:
-    """Every visible patch's block with a ``halo`` of neighbour sites (``fill`` where masked or outside).
+class _Assemble(torch.autograd.Function):
+    """Per-bucket output rows → (N, C) in site order: each row lands once (a permutation), so the
+    backward is a gather by the same indices."""
 
-    ``halo`` is h on every side or (before, after). Returns (P, C, T, T) in ``torch.channels_last``
-    memory format (what a dense conv wants), or with ``channels_last_shape=True`` the same memory
-    as a (P, T, T, C) tensor. Differentiable. ``fill=-inf`` makes a max-pool ignore those pixels.
+    @staticmethod
+    def forward(ctx, sites: Tuple[torch.Tensor, ...], num_rows: int, *rows: torch.Tensor):
+        ctx.sites = sites
+        out = rows[0].new_empty(num_rows, rows[0].shape[1])
+        for index, part in zip(sites, rows):
+            out.index_copy_(0, index, part)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, None) + tuple(grad.index_select(0, index) for index in ctx.sites)
+
+
+@dataclass
+class Tiles:
+    """The gathered tiles of one layer: ``tensors[i]`` is (P_k, C, H, W_k), channels-last memory."""
+    tensors: List[torch.Tensor]
+    table: TileTable
+    geometry: Geometry
+
+    def assemble(self, outputs: Sequence[torch.Tensor], step: int = 1) -> torch.Tensor:
+        """The (N', C') rows, in site order, of an unpadded op's per-bucket outputs (P_k, C', r/step,
+        run·r/step) — the active sites ``step`` times coarser than the tiles' stride."""
+        if len(outputs) != len(self.table.buckets):
+            raise ValueError(f"expected {len(self.table.buckets)} outputs (one per bucket), got {len(outputs)}")
+        rows = [y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]) for y in outputs]
+        if len(rows) == 1 and self.table.buckets[0].run == 1:
+            return rows[0]  # one square tile per patch: the outputs are already in site order
+        sites = output_sites(self.table, step, self.geometry)
+        return _Assemble.apply(sites, sum(s.numel() for s in sites), *rows)
+
+
+def gather_tiles(x: SparseFeatures, halo: Union[int, Tuple[int, int]], max_run: int = MAX_RUN,
+                 masked_fill: float = 0.0, border_fill: float = 0.0) -> Tiles:
+    """Every run of visible patches with a ``halo`` of neighbour sites, as channels-last tiles.
+
+    ``halo`` is h on every side or (before, after). Pixels on masked patches read ``masked_fill``,
+    pixels outside the image ``border_fill`` (a max-pool pads with −inf there, and SparK's masked
+    reference holds 0 at masked sites). Differentiable.
     """
-    table = halo_tile_table(x.geometry, x.stride, halo)
-    tiles = _GatherTiles.apply(x.features.contiguous(), table, fill)
-    return tiles if channels_last_shape else tiles.permute(0, 3, 1, 2)
+    table = tile_table(x.geometry, x.stride, halo, max_run)
+    parts = _GatherTiles.apply(x.features.contiguous(), table, masked_fill, border_fill)
+    return Tiles([t.permute(0, 3, 1, 2) for t in parts], table, x.geometry)
 
 
-def tiles_to_features(tiles: torch.Tensor, halo: int = 0, channels_last_shape: bool = False) -> torch.Tensor:
-    """The interiors of (P, C, T, T) tiles (or (P, T, T, C)) as (N, C) rows in site order.
-
-    ``halo`` is the border to drop: 0 for the output of an unpadded conv on halo tiles (already
-    r×r), the gather's halo to get back the features a tile was gathered from.
-    """
-    if not channels_last_shape:
-        tiles = tiles.permute(0, 2, 3, 1)
-    if halo:
-        tiles = tiles[:, halo:-halo, halo:-halo, :]
-    return tiles.reshape(-1, tiles.shape[-1])
+def patch_tiles(x: SparseFeatures, halo: Union[int, Tuple[int, int]]) -> torch.Tensor:
+    """One square (P, C, T, T) tile per visible patch (in patch order), zeros where masked or outside."""
+    return gather_tiles(x, halo, max_run=1).tensors[0]

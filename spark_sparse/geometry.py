@@ -124,9 +124,21 @@ class Geometry:
 
     def conv_table(self, in_stride: int, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair) -> ConvTable:
         key = ("conv", in_stride, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
-        return self.cached(key, lambda: self._build_conv_table(in_stride, kernel, stride, padding, dilation))
 
-    def _build_conv_table(self, in_stride, kernel, stride, padding, dilation) -> ConvTable:
+        def build():
+            rows = self.window_rows(in_stride, kernel, stride, padding, dilation)
+            n_in = self.level(in_stride).num_sites
+            return ConvTable.from_gather(rows.clamp(max=n_in), n_in, rows.shape[0], tuple(kernel))
+        return self.cached(key, build)
+
+    def window_rows(self, in_stride: int, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair) -> torch.Tensor:
+        """(N_out, kh·kw): the input row each output's window reads at each offset (row-major), or
+        ``n_in`` where that input is masked and ``n_in + 1`` where it lies outside the image (a
+        max-pool reads 0 at the one, −inf at the other, as the masked-dense reference does). Cached."""
+        key = ("window", in_stride, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
+        return self.cached(key, lambda: self._build_window_rows(in_stride, kernel, stride, padding, dilation))
+
+    def _build_window_rows(self, in_stride, kernel, stride, padding, dilation) -> torch.Tensor:
         if stride[0] != stride[1]:
             raise ValueError(f"only square strides are supported, got {tuple(stride)}")
         src = self.level(in_stride)
@@ -140,8 +152,7 @@ class Geometry:
         ix = (c[:, 2] * stride[1] - padding[1]).view(-1, 1, 1) + kx.view(1, 1, kw)
         inside = (iy >= 0) & (iy < src.height) & (ix >= 0) & (ix < src.width)
         rows = src.grid[c[:, 0].view(-1, 1, 1), iy.clamp(0, src.height - 1), ix.clamp(0, src.width - 1)]
-        gather = torch.where(inside, rows, src.num_sites).reshape(dst.num_sites, kh * kw)
-        return ConvTable.from_gather(gather, src.num_sites, dst.num_sites, (kh, kw))
+        return torch.where(inside, rows, src.num_sites + 1).reshape(dst.num_sites, kh * kw).contiguous()
 
 
 def maps_to_next_level(kernel: int, stride: int, padding: int, dilation: int = 1) -> bool:

@@ -19,38 +19,44 @@ from .base import ConvBackend, ConvSpec, compute_dtype
 
 
 class _GatherGemmConv(torch.autograd.Function):
-    """Dense-weight (groups=1) convolution on a ConvTable."""
+    """Dense-weight (groups=1) convolution on a ConvTable.
+
+    The weight is (C_out, K·C_in): the dense (C_out, C_in, kh, kw) weight with each output
+    channel's block reordered offset-major. That reorder moves only within one output channel's
+    row (cache-friendly), and every GEMM below reads the weight as is or transposed (free in BLAS),
+    so neither the forward nor the weight gradient copies a (K, C_in, C_out) transpose.
+    """
 
     @staticmethod
     def forward(ctx, x, w, table: ConvTable):
-        # w: (K, C_in, C_out)
-        k, c_in, c_out = w.shape
-        cols = gather_rows(x, table.gather).view(-1, k * c_in)
+        c_out, kc = w.shape
+        cols = gather_rows(x, table.gather).view(-1, kc)
         ctx.table = table
         ctx.save_for_backward(x, w)
-        return cols @ w.reshape(k * c_in, c_out)
+        return cols @ w.t()
 
     @staticmethod
     def backward(ctx, grad_out):
         x, w = ctx.saved_tensors
         table: ConvTable = ctx.table
-        k, c_in, c_out = w.shape
+        c_out, kc = w.shape
         grad_out = grad_out.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = _input_grad_strided(grad_out, w, table) if table.n_in > table.n_out \
                 else _input_grad_inverse(grad_out, w, table)
         if ctx.needs_input_grad[1]:
-            cols = gather_rows(x, table.gather).view(-1, k * c_in)
-            grad_w = (cols.t() @ grad_out).view(k, c_in, c_out)
+            cols = gather_rows(x, table.gather).view(-1, kc)
+            grad_w = grad_out.t() @ cols
         return grad_x, grad_w, None
 
 
 def _input_grad_inverse(grad_out, w, table: ConvTable):
     """Stride 1: every input is read at (almost) every offset, so gather through the inverse table."""
-    k, c_in, c_out = w.shape
+    c_out, kc = w.shape
+    k = table.gather.shape[1]
     gcols = gather_rows(grad_out, table.scatter).view(-1, k * c_out)
-    return gcols @ w.transpose(1, 2).reshape(k * c_out, c_in)
+    return gcols @ w.view(c_out, k, kc // k).transpose(0, 1).reshape(k * c_out, kc // k)
 
 
 def _input_grad_strided(grad_out, w, table: ConvTable):
@@ -58,9 +64,10 @@ def _input_grad_strided(grad_out, w, table: ConvTable):
     (a 3×3/2 conv would pay 4× its forward GEMM). Instead one GEMM per output row gives every
     offset's contribution, added to its input row offset by offset: within one offset no input row
     repeats, so the sums are the same for any thread count and device."""
-    k, c_in, c_out = w.shape
-    contrib = (grad_out @ w.permute(2, 0, 1).reshape(c_out, k * c_in)).view(-1, k, c_in)
-    grad_x = grad_out.new_zeros(table.n_in + 1, c_in)  # the last row takes masked/border reads
+    c_out, kc = w.shape
+    k = table.gather.shape[1]
+    contrib = (grad_out @ w).view(-1, k, kc // k)
+    grad_x = grad_out.new_zeros(table.n_in + 1, kc // k)  # the last row takes masked/border reads
     for offset in range(k):
         grad_x.index_add_(0, table.gather[:, offset], contrib[:, offset])
     return grad_x[:-1]
@@ -72,7 +79,7 @@ def table_conv(x: torch.Tensor, weight: torch.Tensor, table: ConvTable, groups: 
     x = x.to(dtype)
     c_out = weight.shape[0]
     if groups == 1:
-        w = weight.to(dtype).permute(2, 3, 1, 0).reshape(-1, weight.shape[1], c_out)
+        w = weight.to(dtype).permute(0, 2, 3, 1).reshape(c_out, -1)  # (C_out, K·C_in), offset-major
         return _GatherGemmConv.apply(x.contiguous(), w, table)
     if groups == x.shape[1] == c_out and weight.shape[1] == 1:
         return table_depthwise(x, weight.to(dtype), table)  # the twin in kernels/depthwise_table.py

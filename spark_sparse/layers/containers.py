@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import torch
 from torch import nn
 
 from ..features import SparseFeatures
@@ -41,6 +42,7 @@ class SparseResidualBlock(SparseModule):
 
     def forward(self, x: SparseFeatures) -> SparseFeatures:
         shortcut = x
+        block_input = x.features
         for name in self.program.main:
             step = getattr(self, name, None)
             if isinstance(step, nn.Parameter):
@@ -49,7 +51,21 @@ class SparseResidualBlock(SparseModule):
                 x = run_layer(step, x)
         if self.program.shortcut and getattr(self, self.program.shortcut, None) is not None:
             shortcut = run_layer(getattr(self, self.program.shortcut), shortcut)
-        x = x.replace(x.features + shortcut.features)
+        x = x.replace(residual_add(x.features, shortcut.features, block_input))
         if self.program.post:
-            x = run_layer(getattr(self, self.program.post), x)
+            x = run_layer(getattr(self, self.program.post), x)  # an in-place ReLU: no new buffer either
         return x
+
+
+def residual_add(main: torch.Tensor, shortcut: torch.Tensor, block_input: torch.Tensor) -> torch.Tensor:
+    """``main + shortcut``, into ``main``'s buffer when that is a fresh intermediate of the block.
+
+    The main branch ends in a BN, a layer scale or a drop-path, none of which keeps its output for
+    backward, so adding in place saves allocating (and page-faulting) a new (N, C) buffer per block;
+    autograd's version counters would refuse the backward if a layer did keep it. Not in place when
+    ``main`` is the block's input itself (an all-identity branch) or a leaf.
+    """
+    fresh = main.grad_fn is not None or not torch.is_grad_enabled()
+    if fresh and main is not block_input and main is not shortcut and not main._is_view():
+        return main.add_(shortcut)
+    return main + shortcut

@@ -1,12 +1,14 @@
 """Pooling on active sites: outputs exactly at the next stride's active sites."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from ..kernels.gather import gather_rows
 from ..errors import UnsupportedLayerError
 from ..features import SparseFeatures
 from ..geometry import maps_to_next_level
+from ..kernels.tile_conv import tile_max_pool
+from ..kernels.tiles import window_halo
 from .base import SparseModule
 
 
@@ -15,10 +17,13 @@ def _pair(v):
 
 
 class SparseMaxPool2d(SparseModule):
-    """Max over the active inputs of each window (masked inputs never win).
+    """SparK's masked-dense max-pool at the active output sites.
 
-    Equals SparK's masked-dense max-pool where it is used (after a ReLU, window centre active).
-    Ties resolve to the first offset in row-major window order, as the dense kernel does.
+    The reference pools the map whose masked sites hold 0 (and pads the image border with −inf),
+    so here a masked neighbour reads 0 and a pixel outside the image −inf: values, and which
+    input wins each tie (the first in row-major window order, as the dense kernel picks), hence
+    the gradients, are the reference's. Runs on halo tiles (one dense max_pool2d per tile shape)
+    when the window splits into the patch blocks, else on the window table.
     """
 
     def __init__(self, kernel_size, stride, padding):
@@ -26,9 +31,20 @@ class SparseMaxPool2d(SparseModule):
         self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
 
     def forward(self, x: SparseFeatures) -> SparseFeatures:
-        table = x.geometry.conv_table(x.stride, self.kernel_size, self.stride, self.padding, (1, 1))
-        windows = gather_rows(x.features, table.gather, fill=float("-inf"))
-        return x.replace(windows.max(dim=1).values, stride=x.stride * self.stride[0])
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        square = self.kernel_size[1] == k and self.stride[1] == s and self.padding[1] == p
+        if square and x.level.r % s == 0 and min(window_halo(k, s, p)) >= 0:
+            out = tile_max_pool(x, k, s, p)
+        else:
+            out = self._via_table(x)
+        return x.replace(out, stride=x.stride * s)
+
+    def _via_table(self, x: SparseFeatures) -> torch.Tensor:
+        rows = x.geometry.window_rows(x.stride, self.kernel_size, self.stride, self.padding, (1, 1))
+        feats = x.features
+        pad = feats.new_tensor([[0.0], [float("-inf")]]).expand(2, feats.shape[1])
+        windows = torch.cat([feats, pad]).index_select(0, rows.reshape(-1)).view(*rows.shape, feats.shape[1])
+        return windows.max(dim=1).values
 
     @classmethod
     def from_dense(cls, pool: nn.MaxPool2d, path: str) -> "SparseMaxPool2d":

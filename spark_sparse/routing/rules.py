@@ -19,9 +19,10 @@ from ..spec import ConvSpec
 # (smaller blocks pay more halo than patch, and the dense kernels run inefficiently on tiny images).
 TILES_MIN_R = 4
 TILES_MIN_R_STRIDED = 8
-# Depthwise convs: a 7×7 halo costs (r + 6)² / r² per site (3.1× at r = 8, 6.3× at r = 4); below this
-# block size the whole dense map (2.5× the active sites at mask ratio 0.6) is cheaper.
-DEPTHWISE_TILES_MIN_R = 8
+# Depthwise convs: a 7×7 halo on a run of k patches costs (r + 6)(k·r + 6) / (k·r²) per site (2.1× at
+# r = 8 and 3.4× at r = 4 for runs of 4, 7× at r = 2); below this block size the whole dense map
+# (2.5× the active sites at mask ratio 0.6) is cheaper.
+DEPTHWISE_TILES_MIN_R = 4
 # oneDNN / cuDNN have fast kernels for these; fp64 convs fall back to slow native loops.
 FAST_CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
