@@ -50,12 +50,13 @@ class Case:
     def __init__(self, model_name: str, device: str, dtype: str, batch: int, image_size: Tuple[int, int],
                  backends: List[str], seed: int = 0, formats: Optional[Dict[str, str]] = None,
                  decoder_width: int = 768, step_dtypes: Tuple[str, ...] = (), decoder_checkpointing: bool = False,
-                 published: bool = True):
+                 published: bool = True, step_backends: Optional[List[str]] = None):
         self.model_name, self.dtype, self.batch = model_name, dtype, batch
         self.image_size, self.backends, self.seed = tuple(image_size), list(backends), seed
         self.decoder_width = decoder_width
         self.step_dtypes, self.decoder_checkpointing = [d for d in step_dtypes if d != dtype], decoder_checkpointing
         self.published = published
+        self.step_backends = list(step_backends) if step_backends is not None else None  # variants of these only
         self.device = torch.device(device)
         self.amp_dtype = DTYPES[dtype]
         torch.manual_seed(seed)  # the same weights in the memory child process
@@ -72,7 +73,7 @@ class Case:
         return cls(spec["model"], spec["device"], spec["dtype"], spec["batch"], spec["image_size"],
                    spec["backends"], spec["seed"], spec["formats"], spec["decoder_width"],
                    tuple(spec.get("step_dtypes", ())), spec.get("decoder_checkpointing", False),
-                   spec.get("published", True))
+                   spec.get("published", True), spec.get("step_backends"))
 
     def spec(self, ratios: List[float], modes: List[str], threads: int) -> dict:
         return {"model": self.model_name, "device": self.device.type, "dtype": self.dtype, "batch": self.batch,
@@ -80,7 +81,7 @@ class Case:
                 "formats": {n: c.memory_format for n, c in self.contenders.items() if c.kind != "sparse"},
                 "ratios": list(ratios), "modes": list(modes), "threads": threads, "decoder_width": self.decoder_width,
                 "step_dtypes": list(self.step_dtypes), "decoder_checkpointing": self.decoder_checkpointing,
-                "published": self.published}
+                "published": self.published, "step_backends": self.step_backends}
 
     def inputs(self, ratio: float) -> Tuple[torch.Tensor, torch.Tensor]:
         return make_inputs(self.batch, self.image_size, ratio, self.seed, self.device)
@@ -92,7 +93,7 @@ class Case:
         out: Dict[str, StepContender] = {}
         for name, c in self.contenders.items():
             out[name] = StepContender(name, c.kind, c, self.dtype)
-            if c.kind != "sparse":
+            if c.kind != "sparse" or (self.step_backends is not None and c.backend not in self.step_backends):
                 continue
             for dtype in self.step_dtypes:
                 out[f"{name} {dtype}"] = StepContender(f"{name} {dtype}", "sparse", c, dtype)

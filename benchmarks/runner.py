@@ -214,7 +214,8 @@ def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[
         try:
             case = Case(model_name, device, dtype, batch, cfg.image_size, backends, cfg.seed,
                         decoder_width=cfg.decoder_width, step_dtypes=tuple(cfg.step_dtypes),
-                        decoder_checkpointing=cfg.decoder_checkpointing, published=cfg.published)
+                        decoder_checkpointing=cfg.decoder_checkpointing, published=cfg.published,
+                        step_backends=cfg.step_backends_or_default())
         except Exception as e:
             skipped.add((device, dtype, model_name))
             reason = skip_reason(e)
