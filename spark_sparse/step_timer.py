@@ -30,31 +30,37 @@ class StepTimer:
     Tensors that custom autograd functions keep as plain attributes are not seen by the count."""
 
     def __init__(self, device: Optional[torch.device] = None, count_memory: bool = False,
-                 exclude: Iterable[torch.Tensor] = ()):
+                 exclude: Iterable[torch.Tensor] = (), enabled: bool = True):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.count_memory = count_memory
+        self.enabled = enabled
+        self.count_memory = count_memory and enabled
         self.ms: Dict[str, float] = {}
         self.saved_bytes: Dict[str, int] = {}
         self._seen = {t.untyped_storage().data_ptr() for t in exclude}
         self._arrivals: Dict[str, list] = {}
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The clock, after the device has finished what was queued (CUDA)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
     def add(self, name: str, seconds: float) -> None:
-        self.ms[name] = self.ms.get(name, 0.0) + seconds * 1e3
+        if self.enabled:
+            self.ms[name] = self.ms.get(name, 0.0) + seconds * 1e3
 
     @contextmanager
     def phase(self, name: str):
-        start = self._now()
+        if not self.enabled:
+            yield
+            return
+        start = self.now()
         if self.count_memory:
             with torch.autograd.graph.saved_tensors_hooks(self._packer(name), lambda t: t):
                 yield
         else:
             yield
-        self.add(name, self._now() - start)
+        self.add(name, self.now() - start)
 
     def _packer(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -67,16 +73,21 @@ class StepTimer:
 
     def boundary(self, name: str, tensors) -> None:
         """Note when gradients reach ``tensors`` (the outputs of phase ``name``) in the backward pass."""
+        if not self.enabled:
+            return
         arrivals = self._arrivals.setdefault(name, [])
         for t in tensors:
             if isinstance(t, torch.Tensor) and t.requires_grad:
-                t.register_hook(lambda grad: arrivals.append(self._now()))
+                t.register_hook(lambda grad: arrivals.append(self.now()))
 
     def backward(self, run: Callable[[], None]) -> None:
         """Run the backward pass (``run``), split into decoder, densify and encoder backward."""
-        start = self._now()
+        if not self.enabled:
+            run()
+            return
+        start = self.now()
         run()
-        end = self._now()
+        end = self.now()
         head_done = max(self._arrivals.get("densify") or [start])
         encoder_start = min(self._arrivals.get("encoder") or [head_done])
         head_done = min(head_done, encoder_start)

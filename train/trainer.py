@@ -26,11 +26,13 @@ from torch import nn
 from .. import __version__
 from ..masks import random_visible
 from ..spark import SparK, build_spark, model_config
+from ..step_timer import StepTimer, split_of
 from . import checkpoint as ckpt
-from .config import amp_dtype, check_args, default_workers, drop_path, peak_lr, plain_args
+from .config import amp_dtype, check_args, drop_path, peak_lr, plain_args
 from .data import DataConfig, build_loader
 from .distributed import Processes, all_reduce_sum, barrier, broadcast_object, gather_objects, init_processes
 from .monitor import Monitor, reconstruction_grid
+from .resources import plan_threads
 from .schedule import Schedule, build_optimizer, lamb_betas
 from .sync_batchnorm import convert_sync_batchnorm
 
@@ -95,7 +97,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
         seed_everything(args.seed + self.procs.rank)  # drop-path draws differ per process
 
-        workers = default_workers(self.procs.local_world) if args.workers is None else args.workers
+        self.threads = plan_threads(self.device.type, self.procs.local_world, args.workers,
+                                    os.environ.get("OMP_NUM_THREADS"))
+        torch.set_num_threads(self.threads.compute_threads)
+        workers = self.threads.workers
         self.loader, self.sampler, self.source = build_loader(DataConfig(
             args.data, args.input_size, self.local_batch, workers, args.seed, self.procs.rank, world,
             pin_memory=self.device.type == "cuda"))
@@ -122,7 +127,8 @@ class Trainer:
     def _build_model(self) -> SparK:
         a = self.args
         model = build_spark(a.arch, encoder_kind=a.encoder, backend=a.backend, drop_path=drop_path(a),
-                            decoder_width=a.decoder_width, mask_ratio=a.mask_ratio, densify_norm=a.densify_norm)
+                            decoder_width=a.decoder_width, mask_ratio=a.mask_ratio, densify_norm=a.densify_norm,
+                            decoder_checkpointing=getattr(a, "decoder_checkpointing", False))
         if self.procs.distributed:
             convert_sync_batchnorm(model)  # BatchNorm statistics over the global batch's active sites
         return model.to(self.device).train()
@@ -253,17 +259,18 @@ class Trainer:
         visible = random_visible(self.global_batch, self.grid, self.args.mask_ratio, generator=self.mask_generator)
         return visible[self.procs.rank::self.procs.world].to(self.device, non_blocking=True)
 
-    def compute_loss(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool):
+    def compute_loss(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool, timer=None):
         """Forward pass: loss, or (loss, reconstruction)."""
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
                     if self.amp else nullcontext())
         with autocast:
-            return self.ddp(images, visible, return_reconstruction=with_reconstruction)
+            return self.ddp(images, visible, return_reconstruction=with_reconstruction, probe=timer)
 
     def train_step(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool,
-                   skipped: int) -> Tuple[Dict[str, float], Optional[torch.Tensor]]:
+                   skipped: int, timer: Optional[StepTimer] = None) -> Tuple[Dict[str, float], Optional[torch.Tensor]]:
+        timer = timer or StepTimer(enabled=False)
         lr, wd = self.schedule.apply(self.optimizer, self.step)
-        out = self.compute_loss(images, visible, with_reconstruction)
+        out = self.compute_loss(images, visible, with_reconstruction, timer)
         loss, reconstruction = out if with_reconstruction else (out, None)
         stop = 1.0 if self._stop_signal else 0.0
         shared = all_reduce_sum(torch.stack([loss.detach().float(), loss.new_tensor(float(skipped)),
@@ -274,11 +281,10 @@ class Trainer:
             raise NonFiniteError(f"the loss is {loss_value} at step {self.step + 1} (epoch {self.epoch}); training "
                                  f"stopped before updating the weights")
         self.optimizer.zero_grad(set_to_none=True)
+        timer.backward(lambda: (self.scaler.scale(loss) if self.scaler is not None else loss).backward())
+        optimizer_start = timer.now()
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.clip if self.args.clip > 0 else float("inf"))
         grad_norm = float(grad_norm)
@@ -290,6 +296,7 @@ class Trainer:
                 raise NonFiniteError(f"the gradient norm is {grad_norm} at step {self.step + 1} (epoch {self.epoch}, "
                                      f"loss {loss_value:.4f}); training stopped before updating the weights")
             self.optimizer.step()
+        timer.add("optimizer", timer.now() - optimizer_start)
         # decided together (a signal that arrives after this all-reduce is acted on at the next step),
         # so that every process takes part in the checkpoint's collectives
         self._stop_now = stop_all > 0
@@ -335,7 +342,9 @@ class Trainer:
                 images = images.to(self.device, non_blocking=True)
                 visible = self.next_visible()
                 want_vis = self._vis_due(self.step + 1, self.batch + 1 >= self.steps_per_epoch)
-                metrics, reconstruction = self.train_step(images, visible, want_vis, len(skipped))
+                timer = StepTimer(self.device, enabled=self.monitor.logs(self.step + 1))
+                timer.add("data", data_time)
+                metrics, reconstruction = self.train_step(images, visible, want_vis, len(skipped), timer)
                 self.step += 1
                 self.batch += 1
                 epoch_done = self.batch >= self.steps_per_epoch
@@ -345,6 +354,7 @@ class Trainer:
                 step_time = time.perf_counter() - tick
                 metrics.update(img_per_s=self.global_batch / max(step_time, 1e-9), data_time=data_time,
                                step_time=step_time, skipped_images=float(self.skipped_images))
+                metrics.update({f"step_ms/{name}": ms for name, ms in split_of(timer.ms).items()})
                 self.monitor.step(self.step, self.epoch if not epoch_done else self.epoch - 1, metrics)
                 if reconstruction is not None:
                     self._save_grid(images, visible, reconstruction)
@@ -390,7 +400,9 @@ class Trainer:
                 f"  {self.procs.world} process(es) on {self.device}, global batch {self.global_batch} "
                 f"({self.local_batch} per process), {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
                 f"warm-up {self.schedule.warmup_steps} steps, peak lr {self.schedule.peak_lr:.3e}, {a.opt}, "
-                f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}\n"
+                f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}"
+                f"{', decoder checkpointing' if getattr(a, 'decoder_checkpointing', False) else ''}\n"
+                f"  threads: {self.threads.describe()}\n"
                 f"  output: {os.path.abspath(self.out)}")
 
     def _log(self, text: str) -> None:
