@@ -117,6 +117,7 @@ class Trainer:
         self.epoch, self.batch, self.step = 0, 0, 0
         self.skipped_images = 0
         self.last_loss = float("nan")
+        self.step_timer: Optional[StepTimer] = None  # the running step's phases, when they are timed
         self._stop_signal = None  # set by the signal handler
         self._stop_now = False    # the processes' joint decision, taken once per step
         self.resumed_from = self._resume()
@@ -259,18 +260,18 @@ class Trainer:
         visible = random_visible(self.global_batch, self.grid, self.args.mask_ratio, generator=self.mask_generator)
         return visible[self.procs.rank::self.procs.world].to(self.device, non_blocking=True)
 
-    def compute_loss(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool, timer=None):
-        """Forward pass: loss, or (loss, reconstruction)."""
+    def compute_loss(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool):
+        """Forward pass: loss, or (loss, reconstruction); its phases go to this step's timer."""
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
                     if self.amp else nullcontext())
         with autocast:
-            return self.ddp(images, visible, return_reconstruction=with_reconstruction, probe=timer)
+            return self.ddp(images, visible, return_reconstruction=with_reconstruction, probe=self.step_timer)
 
     def train_step(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool,
                    skipped: int, timer: Optional[StepTimer] = None) -> Tuple[Dict[str, float], Optional[torch.Tensor]]:
-        timer = timer or StepTimer(enabled=False)
+        timer = self.step_timer = timer or StepTimer(enabled=False)
         lr, wd = self.schedule.apply(self.optimizer, self.step)
-        out = self.compute_loss(images, visible, with_reconstruction, timer)
+        out = self.compute_loss(images, visible, with_reconstruction)
         loss, reconstruction = out if with_reconstruction else (out, None)
         stop = 1.0 if self._stop_signal else 0.0
         shared = all_reduce_sum(torch.stack([loss.detach().float(), loss.new_tensor(float(skipped)),
