@@ -49,6 +49,8 @@ class BenchConfig:
     published: bool = True                      # the step of SparK as published (NCHW, fp32, eager) beside
     step_contenders: Optional[List[str]] = None  # step contenders to run; None = every one
     background_load: List[int] = field(default_factory=lambda: [0])  # busy processes beside each case
+    head_variants: bool = False                 # the dense head's exact alternatives, speed and fp32 error
+    compile_head: bool = False                  # ... with a torch.compile-d decoder among them
     tf32: bool = False
     seed: int = 0
     profile_model: Optional[str] = ""           # '' = first model that runs; None = no profile

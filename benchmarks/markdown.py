@@ -149,6 +149,25 @@ def step_tables(doc: dict) -> str:
     return "\n".join(out)
 
 
+def head_variants_tables(hv: dict) -> str:
+    """The dense head's exact alternatives: fwd+bwd ms beside the fp32 error against fp64."""
+    out = [f"Batch {hv['batch']}, {hv['image_size'][0]}×{hv['image_size'][1]}, decoder width {hv['width']}, "
+           f"fwd+bwd, median of {hv['repeats']} interleaved; error = max |fp32 − fp64| / max |fp64| of the output "
+           f"and of the input gradient.", ""]
+    rows = [[r["variant"], _fmt(r.get("time_ms"), ".0f"), _fmt(r["error"], ".1e"), _fmt(r["grad_error"], ".1e"),
+             _fmt(r.get("compile_s"), ".0f", " s") if "compile_s" in r else "–"] for r in hv["decoder"]]
+    out += ["#### The whole decoder", "", _table(["variant", "ms", "output error", "input-grad error", "compile"],
+                                                 rows), ""]
+    for fmt, layers in hv["upsampling"].items():
+        names = list(layers[0]["time_ms"]) if layers else []
+        rows = [[l["layer"], str(l["channels"]), "×".join(map(str, l["input_hw"]))]
+                + [f"{_fmt(l['time_ms'].get(n), '.1f')} ({_fmt(l['error'][n], '.1e')} / {_fmt(l['grad_error'][n], '.1e')})"
+                   for n in names] for l in layers]
+        out += [f"#### ConvTranspose2d(k4, s2, p1), {fmt}: ms (output error / input-grad error)", "",
+                _table(["layer", "channels", "input"] + names, rows), ""]
+    return "\n".join(out)
+
+
 def contention_table(doc: dict) -> str:
     rows = [[c["model"], c["dtype"], str(c["batch"]), f"{c['mask_ratio']:.2f}", str(c["load"]),
              _fmt(c["quiet"], ".2f", "×"), _fmt(c["loaded"], ".2f", "×"), _fmt(100 * c["kept"], ".0f", " %")]
@@ -300,6 +319,8 @@ def markdown(doc: dict, plots: Iterable[str] = ()) -> str:
         out += ["## Times of every contender", "", times_tables(doc), "",
                 "## Peak memory", "", memory_tables(doc), "",
                 "## Exact MACs (forward)", "", macs_table(doc), ""]
+    if doc.get("head_variants"):
+        out += ["## The dense head's exact alternatives", "", head_variants_tables(doc["head_variants"]), ""]
     if doc["skipped"]:
         out += ["## Skipped", ""] + [f"- {s['model']} ({s['device']} {s['dtype']}): {s['reason']}"
                                      for s in doc["skipped"]] + [""]

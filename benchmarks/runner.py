@@ -249,6 +249,10 @@ def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[
     if checkpoint is not None:
         checkpoint(doc)
     _profile(cfg, doc, backends, progress)
+    if cfg.head_variants:
+        from .head_variants import measure
+        doc["head_variants"] = measure(cfg.profile_batch or cfg.batches[0], cfg.image_size, cfg.decoder_width,
+                                       cfg.warmup, cfg.repeats, cfg.compile_head)
     doc["environment"]["load_average_end"] = load_average()
     return doc
 

@@ -55,6 +55,11 @@ def add_arguments(p):
     p.add_argument("--background-load", nargs="+", type=int, default=S, metavar="N",
                    help="measure each case with N busy processes beside it, once per N given (e.g. 0 2: quiet "
                         "and with two; default: 0)")
+    p.add_argument("--head-variants", action="store_true",
+                   help="also time the dense head's exact alternatives (transposed conv native / four phase "
+                        "convs / sub-pixel; decoder NCHW / channels-last / bf16) with their fp32 error vs fp64")
+    p.add_argument("--compile-head", action="store_true",
+                   help="with --head-variants: a torch.compile-d decoder too (compile time reported)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=S,
                    help="fwd: encoder forward; fwd_bwd: encoder forward+backward; step: whole SparK training "
                         "step (default: all three)")
@@ -111,6 +116,8 @@ def build_config(args):
     cfg.memory = not args.no_memory
     cfg.decoder_checkpointing = args.decoder_checkpointing
     cfg.published = not args.no_published
+    cfg.head_variants = args.head_variants
+    cfg.compile_head = args.compile_head
     cfg.tf32 = args.tf32
     cfg.profile_only = args.profile_only
     cfg.note = args.note
