@@ -322,3 +322,15 @@ def test_profile_times_every_depthwise_implementation_side_by_side():
         assert "sparse[dw triton]" not in layer["time_ms"]["fwd"]  # timed on CUDA only
     table = markdown.backend_table(prof)
     assert "fwd dw tiles ms" in table and "| stages.0.blocks.0.conv_dw | 4 | 40 | 7x7 dw " in table
+
+
+def test_transposed_conv_variants_are_the_same_function():
+    """Four phase convs and the sub-pixel conv equal ConvTranspose2d(k4, s2, p1) in fp64."""
+    from spark_sparse.benchmarks.head_variants import UPSAMPLERS
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(3, generator=g, dtype=torch.float64)
+    ref = torch.nn.functional.conv_transpose2d(x, w, b, stride=2, padding=1)
+    for name, fn in UPSAMPLERS.items():
+        assert (fn(x, w, b) - ref).abs().max() <= 1e-12, name
