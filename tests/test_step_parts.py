@@ -106,6 +106,7 @@ def test_threads_fit_the_cores_the_process_was_given(tmp_path, monkeypatch):
     plan = plan_threads("cpu", 1, cgroup_path=str(quota))  # the quota, not the affinity, limits
     assert (plan.compute_threads, plan.workers, plan.cores) == (1, 1, 1) and "quota 1.5" in plan.why
     assert plan_threads("cpu", 2, cgroup_path=str(tmp_path / "none")).compute_threads == 2  # per process
+    assert plan_threads("cpu", 1, cgroup_path=str(tmp_path / "none"), default_threads=2).compute_threads == 2
     assert plan_threads("cpu", 1, workers=0, cgroup_path=str(tmp_path / "none")).workers == 0
     assert plan_threads("cpu", 1, threads_env="3", cgroup_path=str(tmp_path / "none")).compute_threads == 3
     cuda = plan_threads("cuda", 1, cgroup_path=str(tmp_path / "none"))

@@ -46,13 +46,16 @@ class ThreadPlan:
 
 
 def plan_threads(device_type: str, local_world: int, workers: Optional[int] = None,
-                 threads_env: Optional[str] = None, cgroup_path: str = CGROUP_CPU_MAX) -> ThreadPlan:
+                 threads_env: Optional[str] = None, cgroup_path: str = CGROUP_CPU_MAX,
+                 default_threads: Optional[int] = None) -> ThreadPlan:
     """Compute threads and data workers that together fit the cores this process was given.
 
     On the CPU the compute threads take every core of the process's share and one data worker
     prefetches (decoding a batch costs far less than a step, so one is enough and the busy time it
     takes is small); a GPU process keeps one core for itself and gives the rest to workers.
-    ``workers`` (--workers) and OMP_NUM_THREADS (``threads_env``), when set, are respected.
+    ``workers`` (--workers) and OMP_NUM_THREADS (``threads_env``), when set, are respected;
+    ``default_threads`` (torch's own choice: the physical cores) caps the compute threads, so
+    hyper-threads are not added where torch would not use them.
     """
     affinity = affinity_cores()
     quota = cgroup_cpu_limit(cgroup_path)
@@ -66,7 +69,7 @@ def plan_threads(device_type: str, local_world: int, workers: Optional[int] = No
         compute = max(1, share - chosen_workers)
     else:
         chosen_workers = min(1, share) if workers is None else workers
-        compute = share
+        compute = share if default_threads is None else max(1, min(share, default_threads))
     if threads_env:
         compute = int(threads_env)
         why += ", OMP_NUM_THREADS set"

@@ -98,7 +98,7 @@ class Trainer:
         seed_everything(args.seed + self.procs.rank)  # drop-path draws differ per process
 
         self.threads = plan_threads(self.device.type, self.procs.local_world, args.workers,
-                                    os.environ.get("OMP_NUM_THREADS"))
+                                    os.environ.get("OMP_NUM_THREADS"), default_threads=torch.get_num_threads())
         torch.set_num_threads(self.threads.compute_threads)
         workers = self.threads.workers
         self.loader, self.sampler, self.source = build_loader(DataConfig(
