@@ -44,6 +44,13 @@ class BenchConfig:
     memory_modes: Optional[List[str]] = None    # modes whose peak memory is measured; None = every timed mode
     decoder_width: int = 768                    # the SparK step's LightDecoder width (SparK's default)
     step_backends: Optional[List[str]] = None   # sparse backends run in the whole step; None = 'auto' only
+    step_dtypes: List[str] = field(default_factory=list)  # the sparse step also under these autocast dtypes
+    decoder_checkpointing: bool = False         # the sparse step also with --decoder-checkpointing
+    published: bool = True                      # the step of SparK as published (NCHW, fp32, eager) beside
+    step_contenders: Optional[List[str]] = None  # step contenders to run; None = every one
+    background_load: List[int] = field(default_factory=lambda: [0])  # busy processes beside each case
+    head_variants: bool = False                 # the dense head's exact alternatives, speed and fp32 error
+    compile_head: bool = False                  # ... with a torch.compile-d decoder among them
     tf32: bool = False
     seed: int = 0
     profile_model: Optional[str] = ""           # '' = first model that runs; None = no profile
@@ -96,6 +103,12 @@ class BenchConfig:
         for m in self.modes + (self.memory_modes or []):
             if m not in MODES:
                 raise ValueError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+        for n in self.background_load:
+            if n < 0:
+                raise ValueError(f"background load must be >= 0 busy processes, got {n}")
+        for d in self.step_dtypes:
+            if d not in DTYPES:
+                raise ValueError(f"unknown step dtype {d!r}; choose from {', '.join(DTYPES)}")
         for device in self.devices:
             if device not in ("cpu", "cuda"):
                 raise ValueError(f"unknown device {device!r}; choose cpu or cuda")

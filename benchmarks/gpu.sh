@@ -49,7 +49,7 @@ PY
 if [ "${GPU_SH_DRY_RUN:-0}" = "1" ]; then
     DEVICE_ARGS=(--devices cpu --quick --routing measured)
     ROUTE_ARGS=(--device cpu --models resnet18 convnext_atto --dtypes fp32 --batch 2 --size 64)
-    TESTS=(tests/test_bench.py -k "readme or tables")
+    TESTS=(tests/test_bench_units.py -k "readme or tables")
 else
     DEVICE_ARGS=(--devices cuda --models resnet50 convnext_tiny --mask-ratios 0 0.6 0.9 --batch 64
                  --dtypes fp32 bf16 fp16 --warmup 1 --repeats 4 --profile-model resnet50 --profile-batch 32

@@ -81,53 +81,10 @@ def child_env() -> Dict[str, str]:
 
 
 def measure_cpu_in_child(specs: List[Dict[str, object]], timeout: float = 7200) -> List[Dict[str, object]]:
-    """Run :func:`child_main` in one fresh interpreter on every case spec; returns their measurements."""
-    proc = subprocess.run([sys.executable, "-m", "spark_sparse.benchmarks.memory"], input=json.dumps(specs),
+    """Run ``memory_child`` in one fresh interpreter on every case spec; returns their measurements."""
+    proc = subprocess.run([sys.executable, "-m", "spark_sparse.benchmarks.memory_child"], input=json.dumps(specs),
                           capture_output=True, text=True, env=child_env(), timeout=timeout)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-5:]
         raise RuntimeError(f"memory child process failed ({proc.returncode}): " + " | ".join(tail))
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def measure_case(spec: Dict[str, object]) -> Dict[str, Dict[str, Dict[str, object]]]:
-    """{ratio: {mode: {contender: bytes | 'error: …' | reason}}} of one case, in this process."""
-    from .runner import Case
-    from .timing import settle_gc
-    case = Case.from_spec(spec)
-    settle_gc()
-    result: Dict[str, Dict[str, Dict[str, object]]] = {}
-    warmed = set()
-    for ratio in spec["ratios"]:
-        images, visible = case.inputs(ratio)
-        per_mode = result.setdefault(str(ratio), {})
-        for mode in spec["modes"]:
-            calls, unavailable = case.calls(mode, images, visible, only=spec["measure"][str(ratio)][mode])
-            out = per_mode.setdefault(mode, {})
-            for name, call in calls.items():
-                try:
-                    if (mode, name) not in warmed:  # one-time allocations (thread pools, caches)
-                        call.reset()
-                        call()
-                        warmed.add((mode, name))
-                    out[name] = rss_peak_growth(call)
-                except Exception as e:
-                    out[name] = f"error: {type(e).__name__}: {e}"
-            out.update(unavailable)
-    return result
-
-
-def child_main() -> None:
-    """Read a JSON list of case specs on stdin; print the list of their measurements as JSON."""
-    specs = json.load(sys.stdin)
-    if specs and specs[0].get("threads"):
-        torch.set_num_threads(int(specs[0]["threads"]))
-    results = []
-    for spec in specs:
-        results.append(measure_case(spec))
-        gc.collect()
-    print(json.dumps(results))
-
-
-if __name__ == "__main__":
-    child_main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List
 
-from .report import _group, headline_sparse, sparse_names
+from .ratios import group_results, headline_sparse, sparse_names
 
 MODE_STYLE = {"fwd": ("encoder fwd", "tab:blue"), "fwd_bwd": ("encoder fwd+bwd", "tab:orange"),
               "step": ("whole SparK step", "tab:green")}
@@ -20,11 +20,11 @@ def _pyplot():
 def plot_speedups(doc: dict, path: str) -> str:
     """One panel per model (and device, dtype, batch): speed-up of the sparse encoder vs mask ratio."""
     plt = _pyplot()
-    groups = _group(doc["results"])
+    groups = group_results(doc["results"])
     cols = min(len(groups), 3)
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
-    for ax, ((model, device, dtype, batch, size), recs) in zip(axes.flat, groups.items()):
+    for ax, ((model, device, dtype, batch, size, load), recs) in zip(axes.flat, groups.items()):
         ratios = [r["mask_ratio"] for r in recs]
         s = headline_sparse(recs[0])
         ax.plot(ratios, [r["ideal_ratio"] for r in recs], "k--", marker="x", label="ideal = 1 / visible fraction")
@@ -45,7 +45,9 @@ def plot_speedups(doc: dict, path: str) -> str:
             if any(y is not None for y in ys):
                 ax.plot(ratios, [float("nan") if y is None else y for y in ys], lw=0.9, alpha=0.6,
                         label=f"{other} fwd+bwd vs masked-dense")
-        ax.set_title(f"{model} · {device} {dtype} · batch {batch} · {size[0]}×{size[1]}\n(sparse = {s})", fontsize=9)
+        busy = f" · {load} busy processes" if load else ""
+        ax.set_title(f"{model} · {device} {dtype} · batch {batch} · {size[0]}×{size[1]}{busy}\n(sparse = {s})",
+                     fontsize=9)
         ax.set_xlabel("mask ratio")
         ax.set_ylabel("speed-up (× faster than the other)")
         ax.set_yscale("log", base=2)
@@ -55,6 +57,40 @@ def plot_speedups(doc: dict, path: str) -> str:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+PHASE_COLORS = {"data": "tab:grey", "encoder_fwd": "tab:orange", "densify": "tab:olive", "decoder_fwd": "tab:blue",
+                "loss": "tab:pink", "decoder_bwd": "tab:cyan", "densify_bwd": "tab:green", "encoder_bwd": "tab:red",
+                "optimizer": "tab:purple"}
+
+
+def plot_step_phases(doc: dict, path: str) -> str:
+    """One stacked bar per step contender (per model, dtype, batch, mask ratio and load): where its
+    median step time goes, phase by phase."""
+    plt = _pyplot()
+    bars = [(f"{rec['model']} {rec['dtype']} b{rec['batch']} r{rec['mask_ratio']:.2f}"
+             + (f" load {rec['background_load']}" if rec.get("background_load") else "") + f" · {name}", split)
+            for rec in doc["results"] for name, split in rec.get("step_phases_ms", {}).items()]
+    fig, ax = plt.subplots(figsize=(11, 0.4 * len(bars) + 1.6))
+    for y, (_, split) in enumerate(bars):
+        left = 0.0
+        for phase, ms in split.items():
+            ax.barh(y, ms / 1e3, left=left, color=PHASE_COLORS.get(phase), height=0.7,
+                    label=phase if y == 0 or phase not in bars[0][1] else None)
+            left += ms / 1e3
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels([label for label, _ in bars], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per step (median of the timed repeats)")
+    ax.grid(axis="x", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    ax.legend(seen.values(), seen.keys(), fontsize=7, ncol=5, loc="lower right")
+    ax.set_title("Where the whole SparK step's time goes", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

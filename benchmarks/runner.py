@@ -1,9 +1,5 @@
-"""The sweep: every model × batch × device × dtype × mask ratio, every contender, every mode.
-
-One :class:`Case` is one model at one batch size on one device and dtype: the contenders built
-from one set of weights, and (lazily) their SparK steps. The CPU memory child process rebuilds the
-same Case from :meth:`Case.spec`, so both see the same weights, masks and formats.
-"""
+"""The sweep: every model × batch × device × dtype × background load × mask ratio, every contender,
+every mode (one :class:`~.case.Case` per model, batch, device and dtype)."""
 from __future__ import annotations
 
 import gc
@@ -14,109 +10,17 @@ import torch
 
 from spark_sparse.routing import get_routing, routing_mode
 
-from .config import DTYPES, BenchConfig, available_backends
-from .contenders import (Call, build_contenders, choose_dense_format, create_model, encoder_call,
-                         make_inputs)
+from .case import Case
+from .config import BenchConfig, available_backends
+from .contenders import choose_dense_format
 from .environment import environment, load_average
+from .load import background_load
 from .macs import dense_encoder_macs, encoder_macs, ideal_ratio, step_macs
 from .memory import cpu_peak_rss_supported, cuda_peak_growth, measure_cpu_in_child
-from .report import SCHEMA, add_ratios
+from .ratios import add_ratios, headline_sparse
+from .schema import SCHEMA
 from .routes import routes, tune
-from .step import make_step, spark_status
 from .timing import median_ms, settle_gc, time_interleaved
-
-
-class Case:
-    """One model at one batch size on one device and dtype: its contenders, inputs and SparK steps."""
-
-    def __init__(self, model_name: str, device: str, dtype: str, batch: int, image_size: Tuple[int, int],
-                 backends: List[str], seed: int = 0, formats: Optional[Dict[str, str]] = None,
-                 decoder_width: int = 768):
-        self.model_name, self.dtype, self.batch = model_name, dtype, batch
-        self.image_size, self.backends, self.seed = tuple(image_size), list(backends), seed
-        self.decoder_width = decoder_width
-        self.device = torch.device(device)
-        self.amp_dtype = DTYPES[dtype]
-        torch.manual_seed(seed)  # the same weights in the memory child process
-        self.model = create_model(model_name, self.device)
-        self.contenders = {c.name: c for c in build_contenders(self.model, self.backends)}
-        for name, fmt in (formats or {}).items():
-            self.contenders[name].set_format(fmt)
-        self.step_status = spark_status()
-        self._steps: Dict[str, object] = {}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "Case":
-        return cls(spec["model"], spec["device"], spec["dtype"], spec["batch"], spec["image_size"],
-                   spec["backends"], spec["seed"], spec["formats"], spec["decoder_width"])
-
-    def spec(self, ratios: List[float], modes: List[str], threads: int) -> dict:
-        return {"model": self.model_name, "device": self.device.type, "dtype": self.dtype, "batch": self.batch,
-                "image_size": list(self.image_size), "backends": self.backends, "seed": self.seed,
-                "formats": {n: c.memory_format for n, c in self.contenders.items() if c.kind != "sparse"},
-                "ratios": list(ratios), "modes": list(modes), "threads": threads, "decoder_width": self.decoder_width}
-
-    def inputs(self, ratio: float) -> Tuple[torch.Tensor, torch.Tensor]:
-        return make_inputs(self.batch, self.image_size, ratio, self.seed, self.device)
-
-    def step(self, name: str):
-        """The SparK step of contender ``name`` (built once), or a string saying why there is none."""
-        if self.step_status is not None:
-            return self.step_status
-        if name not in self._steps:
-            c = self.contenders[name]
-            try:
-                self._steps[name] = make_step(c.kind, self.model_name, c.encoder, amp_dtype=self.amp_dtype,
-                                              decoder_width=self.decoder_width)
-            except Exception as e:
-                self._steps[name] = f"unavailable (SparK({c.kind}) failed: {type(e).__name__}: {e})"
-        return self._steps[name]
-
-    def conv_plans(self, images: torch.Tensor, visible: torch.Tensor) -> Dict[str, List[str]]:
-        """How each sparse contender runs each of its convs on these inputs ('3x3 torch', '1x1 matmul', …)."""
-        from .contenders import autocast
-        from .profile_layers import how
-        from spark_sparse.layers.conv import SparseConv2d
-        plans: Dict[str, List[str]] = {}
-        for name, c in self.contenders.items():
-            if c.kind != "sparse":
-                continue
-            plan = plans.setdefault(name, [])
-            hooks = [m.register_forward_pre_hook(lambda m, args: plan.append(how(m, args[0])))
-                     for m in c.encoder.modules() if isinstance(m, SparseConv2d)]
-            try:
-                with torch.no_grad(), autocast(self.device, self.amp_dtype):
-                    c.encoder.forward_sparse(images, visible)
-            finally:
-                for h in hooks:
-                    h.remove()
-        return plans
-
-    def calls(self, mode: str, images: torch.Tensor, visible: torch.Tensor,
-              only=None) -> Tuple[Dict[str, Call], Dict[str, str]]:
-        """The call of every contender (of ``only`` those, when given) in ``mode``, and why any has none."""
-        calls: Dict[str, Call] = {}
-        unavailable: Dict[str, str] = {}
-        for name, c in self.contenders.items():
-            if only is not None and name not in only:
-                continue
-            if mode != "step":
-                calls[name] = encoder_call(c, mode, images, visible, self.amp_dtype)
-                continue
-            step = self.step(name)
-            if isinstance(step, str):
-                unavailable[name] = step
-            else:
-                x = c.format_input(images)
-                calls[name] = Call(lambda step=step, x=x: step(x, visible), step.reset)
-        return calls, unavailable
-
-    def head_macs(self, images: torch.Tensor, visible: torch.Tensor, dense: int) -> Optional[int]:
-        """Forward MACs of the dense SparK head (densify + decoder), the same for every contender."""
-        step = self.step("masked-dense")
-        if isinstance(step, str):
-            return None
-        return step.forward_macs(self.contenders["masked-dense"].format_input(images), visible) - dense
 
 
 def find_aliases(plans: Dict[str, List[str]]) -> Dict[str, str]:
@@ -132,19 +36,25 @@ def find_aliases(plans: Dict[str, List[str]]) -> Dict[str, str]:
 
 
 def measured_in(mode: str, contenders: Dict[str, dict], aliases: Dict[str, str],
-                step_backends: Optional[List[str]]) -> Tuple[List[str], Dict[str, str]]:
+                step_backends: Optional[List[str]],
+                step_only: Optional[List[str]] = None) -> Tuple[List[str], Dict[str, str]]:
     """Which contenders ``mode`` runs, and the reason for each sparse one it leaves out.
 
     An alias runs as its target (measured once). The whole step is dominated by the dense decoder,
-    so by default it runs only the 'auto' sparse contender (``step_backends``) beside the dense ones.
+    so by default it runs only the 'auto' sparse contender (``step_backends``) beside the dense ones;
+    ``step_only`` names the step contenders to run, when not all.
     """
-    wanted = list(contenders)
+    wanted = [n for n, c in contenders.items() if mode in c.get("modes", (mode,))]
     left_out: Dict[str, str] = {}
     if mode == "step" and step_backends is not None:
         for name, c in contenders.items():
-            if c["kind"] == "sparse" and c["backend"] not in step_backends:
+            if c["kind"] == "sparse" and c["backend"] not in step_backends and name in wanted:
                 wanted.remove(name)
                 left_out[name] = "not measured in the whole step (--step-backends)"
+    if mode == "step" and step_only is not None:
+        for name in [n for n in wanted if n not in step_only]:
+            wanted.remove(name)
+            left_out[name] = "not measured in the whole step (--step-contenders)"
     run = list(dict.fromkeys(aliases.get(n, n) for n in wanted))
     return run, {n: why for n, why in left_out.items() if n not in run}
 
@@ -172,8 +82,9 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="bench", unit="measure", disable=not enabled, file=sys.stderr, leave=False)
 
 
-def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
-    """Every mask ratio and mode of one case, as result records (ratios filled in by the report)."""
+def run_case(case: Case, cfg: BenchConfig, bar, load: int = 0) -> List[dict]:
+    """Every mask ratio and mode of one case, as result records (with their ratios); ``load`` is the
+    number of busy processes running meanwhile (recorded)."""
     device = case.device
     images, visible = case.inputs(cfg.mask_ratios[0])
     format_mode = "fwd_bwd" if "fwd_bwd" in cfg.modes else "fwd"
@@ -194,11 +105,16 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
             "image_size": list(case.image_size), "mask_ratio": ratio, "threads": torch.get_num_threads(),
             "visible_patches": int(visible.sum()), "total_patches": visible.numel(),
             "visible_fraction": int(visible.sum()) / visible.numel(), "ideal_ratio": ideal_ratio(visible),
+            "background_load": load,
             "contenders": {n: {"kind": c.kind, "backend": c.backend, "memory_format": c.memory_format}
                            for n, c in case.contenders.items()},
             "macs": {"encoder": enc_macs, "head": head, "step": step_macs(enc_macs, head)},
             "time_ms": {}, "unavailable": {}, "errors": {}, "peak_memory_bytes": {}, "aliases": aliases,
         }
+        if "step" in cfg.modes:
+            rec["contenders"].update({n: sc.describe() for n, sc in case.step_contenders().items()
+                                      if n not in case.contenders})
+            rec["step_phases_ms"], rec["step_memory_bytes"] = {}, {}
         for name, plan in plans.items():
             rec["contenders"][name]["convs"] = plan_summary(plan)
         headline = case.contenders.get("sparse[auto]", first_sparse)
@@ -207,7 +123,8 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
         if tuning is not None:
             rec["tuning"], tuning = tuning, None  # once per case: later ratios reuse the decisions
         for mode in cfg.modes:
-            run, left_out = measured_in(mode, rec["contenders"], aliases, cfg.step_backends_or_default())
+            run, left_out = measured_in(mode, rec["contenders"], aliases, cfg.step_backends_or_default(),
+                                        cfg.step_contenders)
             calls, unavailable = case.calls(mode, images, visible, only=run)
             times, errors = time_interleaved(calls, warmup=cfg.warmup, repeats=cfg.repeats, device=device)
             for alias, target in aliases.items():  # measured once, reported under both names
@@ -225,6 +142,11 @@ def run_case(case: Case, cfg: BenchConfig, bar) -> List[dict]:
                 mem = {n: cuda_peak_growth(calls[n], device) for n in calls if n in times}
                 rec["peak_memory_bytes"][mode] = dict(mem, **{a: mem[t] for a, t in aliases.items()
                                                               if t in mem and a in times})
+            if mode == "step":
+                for name in times:
+                    step = case.step(aliases.get(name, name))
+                    rec["step_phases_ms"][name] = step.median_phases(cfg.repeats)
+                    rec["step_memory_bytes"][name] = dict(step.memory)
             bar.update(1)
         add_ratios(rec)
         bar.write(summary_line(rec))
@@ -273,7 +195,6 @@ def cpu_memory(pending: List[Tuple[dict, List[dict]]]) -> None:
 
 
 def summary_line(rec: dict) -> str:
-    from .report import headline_sparse
     s = headline_sparse(rec)
     parts = [f"{rec['model']} {rec['device']} {rec['dtype']} b{rec['batch']} r{rec['mask_ratio']:.2f}"]
     for mode, per in rec["time_ms"].items():
@@ -286,7 +207,7 @@ def summary_line(rec: dict) -> str:
 
 
 def run(cfg: BenchConfig, progress: bool = True, checkpoint: Optional[Callable[[dict], None]] = None) -> dict:
-    """Run the whole benchmark described by ``cfg``; returns the results document (see report.py).
+    """Run the whole benchmark described by ``cfg``; returns the results document (see schema.py).
 
     ``checkpoint(doc)`` is called after every case, so a long run that is stopped keeps what it
     measured so far.
@@ -303,35 +224,43 @@ def _run(cfg: BenchConfig, progress: bool, checkpoint: Optional[Callable[[dict],
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
     doc = {"schema": SCHEMA, "command": cfg.command, "note": cfg.note, "environment": environment(),
-           "config": cfg.to_json(), "step_status": spark_status() or "available",
-           "results": [], "skipped": [], "profiles": [], "routing": get_routing()}
+           "config": cfg.to_json(), "results": [], "skipped": [], "profiles": [], "routing": get_routing()}
     backends = cfg.backends or available_backends()
     doc["config"]["backends"] = backends
     jobs = [(d, t, m, b) for d in cfg.devices for t in cfg.dtypes_for(d) for m in cfg.models for b in cfg.batches]
-    bar = _progress(0 if cfg.profile_only else len(jobs) * len(cfg.mask_ratios) * len(cfg.modes), progress)
+    per_case = len(cfg.mask_ratios) * len(cfg.modes) * len(cfg.background_load)
+    bar = _progress(0 if cfg.profile_only else len(jobs) * per_case, progress)
     skipped = set()
     pending_memory: List[Tuple[dict, List[dict]]] = []  # CPU cases: measured together in one child
     for device, dtype, model_name, batch in ([] if cfg.profile_only else jobs):
         if (device, dtype, model_name) in skipped:
-            bar.update(len(cfg.mask_ratios) * len(cfg.modes))
+            bar.update(per_case)
             continue
         try:
             case = Case(model_name, device, dtype, batch, cfg.image_size, backends, cfg.seed,
-                        decoder_width=cfg.decoder_width)
+                        decoder_width=cfg.decoder_width, step_dtypes=tuple(cfg.step_dtypes),
+                        decoder_checkpointing=cfg.decoder_checkpointing, published=cfg.published,
+                        step_backends=cfg.step_backends_or_default())
         except Exception as e:
             skipped.add((device, dtype, model_name))
             reason = skip_reason(e)
             if not any(s["model"] == model_name and s["reason"] == reason for s in doc["skipped"]):
                 doc["skipped"].append({"model": model_name, "device": device, "dtype": dtype, "reason": reason})
             bar.write(f"skipped {model_name}: {reason}")
-            bar.update(len(cfg.mask_ratios) * len(cfg.modes))
+            bar.update(per_case)
             continue
-        records = run_case(case, cfg, bar)
-        doc["results"].extend(records)
+        measured = []
+        for load in cfg.background_load:
+            with background_load(load):
+                records = run_case(case, cfg, bar, load)
+            doc["results"].extend(records)
+            measured.append(records)
+        records = measured[0]  # memory: once, under the first load
         if cfg.measured_memory_modes() and device == "cpu":
             spec = case.spec(cfg.mask_ratios, cfg.measured_memory_modes(), torch.get_num_threads())
             spec["measure"] = {str(rec["mask_ratio"]): {m: measured_in(m, rec["contenders"], rec["aliases"],
-                                                                       cfg.step_backends_or_default())[0]
+                                                                       cfg.step_backends_or_default(),
+                                                                       cfg.step_contenders)[0]
                                                         for m in spec["modes"]} for rec in records}
             pending_memory.append((spec, records))
         if checkpoint is not None:
@@ -345,6 +274,10 @@ def _run(cfg: BenchConfig, progress: bool, checkpoint: Optional[Callable[[dict],
     if checkpoint is not None:
         checkpoint(doc)
     _profile(cfg, doc, backends, progress)
+    if cfg.head_variants:
+        from .head_variants import measure
+        doc["head_variants"] = measure(cfg.profile_batch or cfg.batches[0], cfg.image_size, cfg.decoder_width,
+                                       cfg.warmup, cfg.repeats, cfg.compile_head)
     doc["environment"]["load_average_end"] = load_average()
     return doc
 

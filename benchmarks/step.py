@@ -1,62 +1,82 @@
-"""The whole SparK training step: the one adapter between the benchmark and ``spark_sparse.spark``.
+"""The whole SparK training step as the benchmark runs it: the one adapter to ``spark_sparse.spark``.
 
-Written against the expected API ``SparK(encoder)`` and ``loss = model(images, visible)`` — a
-model wrapping any encoder (SparseEncoder, MaskedDenseEncoder, or the plain DenseEncoder) with
-densify, the dense LightDecoder and the loss. When that API differs, this file is the only one
-to adjust. Until ``spark_sparse.spark`` exists the step is reported as unavailable: never
-approximated by something else.
+Every step contender is ``SparK(encoder)`` with the same decoder, loss and optimizer; each call is
+split into phases by :class:`~spark_sparse.step_timer.StepTimer` (encoder / densify / decoder / loss
+forward, decoder / densify / encoder backward, optimizer) and counts the activation memory each
+forward phase keeps for the backward pass.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Optional
+import statistics
+from typing import Dict, List
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from spark_sparse.spark import SparK
+from spark_sparse.step_timer import StepTimer
+
 from .contenders import autocast
 
-NOT_INSTALLED = "unavailable (SparK head not installed)"
 
-
-def spark_status() -> Optional[str]:
-    """None when ``spark_sparse.spark.SparK`` can be used; otherwise why not, as reported."""
-    try:
-        module = importlib.import_module("spark_sparse.spark")
-    except ModuleNotFoundError as e:
-        if e.name == "spark_sparse.spark":
-            return NOT_INSTALLED
-        return f"unavailable (spark_sparse.spark cannot be imported: {e})"
-    if not hasattr(module, "SparK"):
-        return "unavailable (spark_sparse.spark has no SparK)"
-    return None
+def tensor_bytes(tensors) -> int:
+    return sum(t.nelement() * t.element_size() for t in tensors)
 
 
 class SparkStep:
-    """``step(images, visible)``: forward with the loss, backward, optimizer step; ``reset()`` zeroes grads."""
+    """``step(images, visible)``: forward with the loss, backward, optimizer step; ``reset()`` zeroes grads.
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype,
+    ``phases`` holds every call's milliseconds per phase; ``memory`` the last call's memory split.
+    """
+
+    def __init__(self, model: SparK, optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype,
                  device: torch.device):
         self.model = model
         self.optimizer = optimizer
         self.amp_dtype = amp_dtype
+        self.device = device
         # fp16 trains with loss scaling (as real fp16 training does); bf16 and fp32 need none
         self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+        self.phases: List[Dict[str, float]] = []
+        self.memory: Dict[str, int] = {}
 
-    def loss(self, images: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, visible: torch.Tensor, probe=None) -> torch.Tensor:
         with autocast(images.device, self.amp_dtype):
-            return self.model(images, visible)
+            return self.model(images, visible, probe=probe)
 
     def __call__(self, images: torch.Tensor, visible: torch.Tensor) -> None:
-        loss = self.loss(images, visible)
+        timer = StepTimer(self.device, count_memory=True, exclude=list(self.model.parameters()))
+        loss = self.loss(images, visible, probe=timer)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            timer.backward(lambda: self.scaler.scale(loss).backward())
+            with timer.phase("optimizer"):
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
         else:
-            loss.backward()
-            self.optimizer.step()
+            timer.backward(loss.backward)
+            with timer.phase("optimizer"):
+                self.optimizer.step()
+        self.phases.append(timer.ms)
+        self.memory = self.memory_split(timer.saved_bytes)
+
+    def memory_split(self, saved: Dict[str, int]) -> Dict[str, int]:
+        """Bytes of the step by owner: each part's activations kept for backward, its parameters and
+        gradients, and the optimizer's state."""
+        enc = list(self.model.encoder.parameters())
+        ids = {id(p) for p in enc}
+        head = [p for p in self.model.parameters() if id(p) not in ids]
+        state = [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        return {"encoder_activations": saved.get("encoder_fwd", 0),
+                "encoder_weights_grads": 2 * tensor_bytes(enc),
+                "head_activations": sum(saved.get(p, 0) for p in ("densify", "decoder_fwd", "loss")),
+                "head_weights_grads": 2 * tensor_bytes(head),
+                "optimizer_state": tensor_bytes(state)}
+
+    def median_phases(self, last: int) -> Dict[str, float]:
+        """Median milliseconds of each phase over the last ``last`` calls (the timed ones)."""
+        calls = self.phases[-last:]
+        return {name: statistics.median(c.get(name, 0.0) for c in calls) for name in calls[0]} if calls else {}
 
     def reset(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -69,17 +89,16 @@ class SparkStep:
         return counter.get_total_flops() // 2
 
 
-def make_step(encoder_kind: str, model_name: str, encoder: nn.Module, *,
-              amp_dtype: torch.dtype = torch.float32, decoder_width: int = 768, lr: float = 1e-4) -> SparkStep:
-    """A SparK pre-training step around ``encoder`` (of ``encoder_kind`` 'sparse', 'masked_dense' or
-    'dense', for timm model ``model_name``): the place for per-kind or per-model SparK options.
+def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, decoder_width: int = 768,
+              lr: float = 1e-4, head_format: str = "channels_last", decoder_checkpointing: bool = False) -> SparkStep:
+    """A SparK pre-training step around ``encoder`` (sparse, masked-dense or dense).
     ``decoder_width`` is the LightDecoder's (SparK's 768 unless a test wants a small head).
 
     The optimizer is AdamW: SparK trains with LAMB, whose per-parameter cost is of the same
     (elementwise) kind and small next to the convolutions; every contender gets the same one.
     """
-    from spark_sparse.spark import SparK
     device = next(encoder.parameters()).device
-    model = SparK(encoder, decoder_width=decoder_width).to(device).train()
+    model = SparK(encoder, decoder_width=decoder_width, head_format=head_format,
+                  decoder_checkpointing=decoder_checkpointing).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.04)
     return SparkStep(model, optimizer, amp_dtype, device)

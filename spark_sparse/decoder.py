@@ -11,10 +11,12 @@ released checkpoints, so their decoder weights load by a plain prefix rename.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class UpsampleBlock(nn.Module):
@@ -40,10 +42,13 @@ class LightDecoder(nn.Module):
 
     ``width`` is the channel count at the deepest stage (SparK: 768); each step halves it.
     ``widths`` tells a head which width to project each stage to: (768, 384, 192, 96, ...).
+    ``checkpointing``: in training, keep only each block's input and recompute the block in the
+    backward pass (torch.utils.checkpoint), trading one more decoder forward for its activations.
     """
 
-    def __init__(self, patch_size: int = 32, width: int = 768, out_channels: int = 3):
+    def __init__(self, patch_size: int = 32, width: int = 768, out_channels: int = 3, checkpointing: bool = False):
         super().__init__()
+        self.checkpointing = checkpointing
         steps = int(round(math.log2(patch_size)))
         if 2 ** steps != patch_size:
             raise ValueError(f"patch_size must be a power of 2 (the decoder doubles the resolution per step), "
@@ -78,9 +83,31 @@ class LightDecoder(nn.Module):
         for i, block in enumerate(self.dec):
             if i < len(stage_maps) and stage_maps[i] is not None:
                 x = x + stage_maps[i]
-            x = block(x)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False,
+                               context_fn=lambda block=block: (_nothing(), _buffers_kept(block)))
+            else:
+                x = block(x)
         return self.proj(x)
 
     def stage_widths(self, num_stages: int) -> List[int]:
         """Decoder widths of the deepest ``num_stages`` encoder stages, deepest first."""
         return list(self.widths[:num_stages])
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+@contextmanager
+def _buffers_kept(module: nn.Module):
+    """The recomputation runs the block's BatchNorms in training mode a second time: keep their
+    running statistics (and batch counters) as the first forward left them."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)

@@ -14,6 +14,7 @@ with statistics over active sites. Both give the same numbers (tests/test_spark_
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import List, Optional, Tuple, Union
 
 import timm
@@ -30,6 +31,20 @@ from .reference import MaskedDenseEncoder
 from .registry import masked_forward
 
 DENSIFY_NORMS = ("auto", "bn", "ln", "none")
+HEAD_FORMATS = ("channels_last", "contiguous")
+
+
+class _NoProbe:
+    """What ``SparK.forward`` reports its phases to when nobody is timing it."""
+
+    def phase(self, name: str):
+        return nullcontext()
+
+    def boundary(self, name: str, tensors) -> None:
+        pass
+
+
+NO_PROBE = _NoProbe()
 
 
 def densify_norm_for(encoder: nn.Module) -> str:
@@ -72,18 +87,25 @@ class SparK(nn.Module):
     passed whole: the encoder reads only the visible patches, the loss reads the masked ones.
     ``visible`` (B, H/32, W/32) bool, True = visible, is drawn with ``mask_ratio`` when omitted.
     ``densify_norm``: 'auto' picks 'bn' for BatchNorm backbones and 'ln' otherwise.
+    ``head_format``: memory format of the dense head (densify projections and decoder):
+    'channels_last' (ours: faster) or 'contiguous' (NCHW, as SparK's own code runs it).
+    ``decoder_checkpointing``: recompute each decoder block in the backward pass instead of keeping
+    its activations (less memory, one more decoder forward; same numbers).
     """
 
     def __init__(self, encoder: nn.Module, *, decoder_width: int = 768, mask_ratio: float = 0.6,
-                 densify_norm: str = "auto"):
+                 densify_norm: str = "auto", head_format: str = "channels_last",
+                 decoder_checkpointing: bool = False):
         super().__init__()
         if densify_norm not in DENSIFY_NORMS:
             raise ValueError(f"densify_norm must be one of {DENSIFY_NORMS}, got {densify_norm!r}")
+        if head_format not in HEAD_FORMATS:
+            raise ValueError(f"head_format must be one of {HEAD_FORMATS}, got {head_format!r}")
         self.encoder = encoder
         self.mask_ratio = check_mask_ratio(mask_ratio)
         self.patch_size = int(encoder.patch_size)
         self.densify_norm = densify_norm_for(encoder) if densify_norm == "auto" else densify_norm
-        self.decoder = LightDecoder(self.patch_size, width=decoder_width)
+        self.decoder = LightDecoder(self.patch_size, width=decoder_width, checkpointing=decoder_checkpointing)
         encoder_widths = list(reversed(encoder.channels))  # deepest first, as the decoder consumes them
         decoder_widths = self.decoder.stage_widths(len(encoder_widths))
         self.mask_tokens = nn.ParameterList()
@@ -95,11 +117,13 @@ class SparK(nn.Module):
             self.mask_tokens.append(token)
             self.densify_norms.append(self._make_norm(e_width))
             self.densify_projs.append(self._make_proj(i, e_width, d_width))
-        # The dense head runs channels-last: densify already builds its maps that way (one copy, see
-        # SparseFeatures.dense), and oneDNN / cuDNN are faster on it (decoder fwd+bwd, batch 16, 2 CPU
-        # threads: 15.8 s against 17.3 s contiguous).
-        self.densify_projs.to(memory_format=torch.channels_last)
-        self.decoder.to(memory_format=torch.channels_last)
+        # The dense head runs channels-last by default: densify already builds its maps that way (one
+        # copy, see SparseFeatures.dense), and oneDNN / cuDNN are faster on it (decoder fwd+bwd, batch 16,
+        # 2 CPU threads: 15.8 s against 17.3 s contiguous).
+        self.head_format = head_format
+        memory_format = torch.channels_last if head_format == "channels_last" else torch.contiguous_format
+        self.densify_projs.to(memory_format=memory_format)
+        self.decoder.to(memory_format=memory_format)
 
     def _make_norm(self, channels: int) -> nn.Module:
         if self.densify_norm == "bn":
@@ -132,20 +156,29 @@ class SparK(nn.Module):
         return random_visible(images.shape[0], self.grid(images), self.mask_ratio, generator=generator,
                               device=images.device)
 
+    def encode(self, images: torch.Tensor, visible: torch.Tensor) -> list:
+        """The encoder's stages, deepest first: SparseFeatures (sparse encoder) or dense maps (reference)."""
+        if is_sparse_encoder(self.encoder):
+            return list(reversed(self.encoder.forward_sparse(images, visible)))
+        return list(reversed(self.encoder(images, visible)))
+
+    def densify_stages(self, stages: list, visible: torch.Tensor) -> List[torch.Tensor]:
+        """One dense map per stage at the decoder's width, deepest first (masked sites: mask tokens)."""
+        if is_sparse_encoder(self.encoder):
+            maps = [self._norm_rows(norm, x).dense(fill=token, memory_format=torch.channels_last)
+                    for x, norm, token in zip(stages, self.densify_norms, self.mask_tokens)]
+        else:
+            masks = MaskPyramid(visible, self.patch_size, stages[0].dtype)
+            maps = [torch.where(masks.like(x) > 0, y, token.to(y.dtype))
+                    for x, norm, token in zip(stages, self.densify_norms, self.mask_tokens)
+                    for y in (self._norm_dense(norm, x, masks),)]
+        if self.head_format == "contiguous":
+            maps = [m.contiguous() for m in maps]
+        return [proj(m) for m, proj in zip(maps, self.densify_projs)]
+
     def densify(self, images: torch.Tensor, visible: torch.Tensor) -> List[torch.Tensor]:
         """Encode, then one dense map per stage at the decoder's width, deepest first."""
-        if is_sparse_encoder(self.encoder):
-            stages = list(reversed(self.encoder.forward_sparse(images, visible)))
-            return [proj(self._norm_rows(norm, x).dense(fill=token, memory_format=torch.channels_last))
-                    for x, norm, token, proj in zip(stages, self.densify_norms, self.mask_tokens, self.densify_projs)]
-        stages = list(reversed(self.encoder(images, visible)))
-        masks = MaskPyramid(visible, self.patch_size, images.dtype)
-        out = []
-        for x, norm, token, proj in zip(stages, self.densify_norms, self.mask_tokens, self.densify_projs):
-            active = masks.like(x) > 0
-            y = self._norm_dense(norm, x, masks)
-            out.append(proj(torch.where(active, y, token.to(y.dtype))))
-        return out
+        return self.densify_stages(self.encode(images, visible), visible)
 
     @staticmethod
     def _norm_rows(norm: nn.Module, x: SparseFeatures) -> SparseFeatures:
@@ -183,15 +216,28 @@ class SparK(nn.Module):
         return unpatchify(rec, self.patch_size, self.grid(images))
 
     def forward(self, images: torch.Tensor, visible: Optional[torch.Tensor] = None, *,
-                generator: Optional[torch.Generator] = None,
-                return_reconstruction: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+                generator: Optional[torch.Generator] = None, return_reconstruction: bool = False,
+                probe=None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """Loss; with ``return_reconstruction`` also the (B, 3, H, W) reconstruction in input space
-        (per-patch statistics restored; paste the visible patches back with :func:`paste_visible`)."""
+        (per-patch statistics restored; paste the visible patches back with :func:`paste_visible`).
+
+        ``probe`` (e.g. a :class:`~spark_sparse.step_timer.StepTimer`) is told each phase and the
+        tensors between phases, so a step can be split into where its time and memory go.
+        """
+        probe = probe or NO_PROBE
         if visible is None:
             visible = self.mask(images, generator)
         visible = check_visible(visible, images, self.patch_size)
-        reconstruction = self.decoder(self.densify(images, visible))
-        loss = self.loss(images, reconstruction, visible)
+        with probe.phase("encoder_fwd"):
+            stages = self.encode(images, visible)
+        probe.boundary("encoder", [x.features if isinstance(x, SparseFeatures) else x for x in stages])
+        with probe.phase("densify"):
+            maps = self.densify_stages(stages, visible)
+        probe.boundary("densify", maps)
+        with probe.phase("decoder_fwd"):
+            reconstruction = self.decoder(maps)
+        with probe.phase("loss"):
+            loss = self.loss(images, reconstruction, visible)
         if return_reconstruction:
             return loss, self.to_pixels(images, reconstruction)
         return loss
@@ -199,7 +245,7 @@ class SparK(nn.Module):
 
 def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto", drop_path: float = 0.0,
                 decoder_width: int = 768, mask_ratio: float = 0.6, densify_norm: str = "auto",
-                pretrained: bool = False, **ignored) -> SparK:
+                pretrained: bool = False, decoder_checkpointing: bool = False, **ignored) -> SparK:
     """A SparK model around a fresh timm backbone; the keyword names are a checkpoint's ``model_config``.
 
     ``encoder_kind``: 'sparse' (SparseEncoder) or 'masked_dense' (SparK's reference encoder).
@@ -210,7 +256,8 @@ def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto
         raise ValueError(f"encoder_kind must be 'sparse' or 'masked_dense', got {encoder_kind!r}")
     backbone = timm.create_model(arch, pretrained=pretrained, drop_path_rate=drop_path)
     encoder = sparsify(backbone, backend=backend) if kind == "sparse" else MaskedDenseEncoder(backbone)
-    return SparK(encoder, decoder_width=decoder_width, mask_ratio=mask_ratio, densify_norm=densify_norm)
+    return SparK(encoder, decoder_width=decoder_width, mask_ratio=mask_ratio, densify_norm=densify_norm,
+                 decoder_checkpointing=decoder_checkpointing)
 
 
 def model_config(model: SparK, arch: str, *, backend: str, drop_path: float, input_size: int) -> dict:

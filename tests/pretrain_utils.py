@@ -14,8 +14,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The smallest run that still exercises everything: a ResNet-10-T (timm's smallest ResNet: the
 # ResNet-18 layout with one block per stage, a deep stem and average-pool shortcuts) at 64 px, a
-# narrow decoder.
+# narrow decoder; fp32 (--amp auto would pick bf16 on CPUs with native bf16).
 TINY = ["--arch", "resnet10t", "--input-size", "64", "--batch-size", "4", "--decoder-width", "32", "--workers", "0",
+        "--amp", "off",
         "--log-every", "1", "--vis-every", "0", "--warmup-epochs", "0.5", "--base-lr", "0.05", "--no-progress"]
 
 

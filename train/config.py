@@ -16,6 +16,7 @@ from ..backends import BACKEND_NAMES
 from ..masks import check_patches_both_ways, patch_grid
 from ..plan import PATCH_SIZE
 from ..recipe import default_drop_path
+from .resources import cpu_has_native_bf16
 
 # Peak lr of the no-argument demo run: SparK's on ImageNet (2e-4 × 4096 / 256).
 DEMO_PEAK_LR = 3.2e-3
@@ -29,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--input-size", type=int, default=96,
                       help="training crop size in pixels, a multiple of 32 (SparK on ImageNet: 224)")
     data.add_argument("--workers", type=int, default=None,
-                      help="data-loading processes per training process (default: min(8, CPUs per process))")
+                      help="data-loading processes per training process (default: chosen with the compute "
+                           "threads to fit the cores this process was given; logged at the start)")
 
     model = p.add_argument_group("model")
     model.add_argument("--arch", default="resnet18",
@@ -49,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--mask-ratio", type=float, default=0.6, help="fraction of 32×32 patches hidden")
     model.add_argument("--decoder-width", type=int, default=768,
                        help="LightDecoder width at stride 32, halved at every upsampling step")
+    model.add_argument("--decoder-checkpointing", action="store_true",
+                       help="recompute decoder blocks in the backward pass instead of keeping their activations "
+                            "(less memory, about one more decoder forward per step; same numbers)")
     model.add_argument("--densify-norm", default="auto", choices=["auto", "bn", "ln", "none"],
                        help="norm of the active sites before densifying: auto = BatchNorm for BatchNorm "
                             "backbones (ResNets), LayerNorm otherwise (ConvNeXts)")
@@ -71,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--opt", default="lamb", choices=["lamb", "adamw"],
                      help="optimiser; betas (0.9, 0.95) for ResNets and (0.9, 0.999) for ConvNeXts, as SparK")
     opt.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                     help="mixed precision: auto = bf16 on CUDA GPUs that support it, off on the CPU")
+                     help="mixed precision (autocast; the loss stays fp32): auto = bf16 on CUDA GPUs that support "
+                          "it (else fp16), bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else off")
 
     run = p.add_argument_group("run")
     run.add_argument("--out", default=os.path.join("runs", "pretrain"), metavar="DIR",
@@ -88,7 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="also save every N steps (0: only at the end of each epoch and of the run)")
     run.add_argument("--keep-ckpts", type=int, default=3,
                      help="checkpoints kept: the newest this run wrote (<= 0: all); other runs' files are never pruned")
-    run.add_argument("--log-every", type=int, default=10, help="print a log line every N steps")
+    run.add_argument("--log-every", type=int, default=10,
+                     help="print a log line every N steps, and time that step's phases (data, encoder, densify, "
+                          "decoder, loss, backward, optimizer) into TensorBoard's step_ms/")
     run.add_argument("--vis-every", type=int, default=0,
                      help="also save a reconstruction grid every N steps (always: after the first step, at the "
                           "end of each epoch and of the run)")
@@ -127,10 +135,6 @@ def check_args(args) -> None:
         raise ValueError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
 
 
-def default_workers(local_world: int) -> int:
-    return max(0, min(8, (os.cpu_count() or 1) // max(1, local_world)))
-
-
 def peak_lr(args, global_batch: int) -> float:
     """SparK's linear scaling, except on the embedded demo data where its batch of 16 would give
     1.25e-5 — a rate at which 36 LAMB steps move no weight visibly."""
@@ -146,12 +150,13 @@ def drop_path(args) -> float:
 
 
 def amp_dtype(name: str, device) -> Optional[str]:
-    """'bf16', 'fp16' or None (off)."""
+    """'bf16', 'fp16' or None (off). On the CPU, auto means bf16 only where it is native (the demo's
+    loss curves in fp32 and bf16 match there: README)."""
     if name == "auto":
         if device.type == "cuda":
             import torch
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return None
+        return "bf16" if cpu_has_native_bf16() else None
     return None if name == "off" else name
 
 

@@ -38,6 +38,12 @@ def _eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(0.0, seconds))))
 
 
+def phase_line(metrics: Dict[str, float]) -> str:
+    """'  ms: encoder_fwd 120 densify 4 …' from a step's ``step_ms/`` metrics (empty when not timed)."""
+    phases = [(k.split("/", 1)[1], v) for k, v in metrics.items() if k.startswith("step_ms/")]
+    return ("\n    step ms: " + "  ".join(f"{name} {ms:.0f}" for name, ms in phases)) if phases else ""
+
+
 class Monitor:
     def __init__(self, out_dir: str, enabled: bool, total_steps: int, start_step: int, log_every: int = 10,
                  progress: Optional[bool] = None):
@@ -93,8 +99,8 @@ class Monitor:
             return
         self.step_times.append(metrics.get("step_time", 0.0))
         for name, value in metrics.items():
-            if name != "step_time":
-                self.writer.add_scalar(f"train/{name}", value, step)
+            if name != "step_time":  # 'group/name' keeps its own group (step_ms/… : where the step's time went)
+                self.writer.add_scalar(name if "/" in name else f"train/{name}", value, step)
         record = {"step": step, "epoch": epoch, "time": time.time(), **metrics}
         self.metrics_file.write(json.dumps(record) + "\n")
         eta = _eta(sum(self.step_times) / len(self.step_times) * (self.total_steps - step))
@@ -102,11 +108,16 @@ class Monitor:
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
                                  img_s=f"{metrics['img_per_s']:.1f}", refresh=False)
             self.bar.update(step - self.bar.n)
-        if step % self.log_every == 0 or step == self.total_steps or step == 1:
+        if self.logs(step):
             self.metrics_file.flush()
             self.message(f"step {step}/{self.total_steps}  epoch {epoch}  loss {metrics['loss']:.4f}  "
                          f"lr {metrics['lr']:.3e}  wd {metrics['wd']:.3f}  grad_norm {metrics['grad_norm']:.3f}  "
-                         f"{metrics['img_per_s']:.1f} img/s  data {metrics['data_time'] * 1000:.0f} ms  ETA {eta}")
+                         f"{metrics['img_per_s']:.1f} img/s  data {metrics['data_time'] * 1000:.0f} ms  ETA {eta}"
+                         + phase_line(metrics))
+
+    def logs(self, step: int) -> bool:
+        """Whether step ``step`` gets a log line (and its phases timed)."""
+        return self.enabled and (step % self.log_every == 0 or step == self.total_steps or step == 1)
 
     def images(self, step: int, grid: torch.Tensor) -> Optional[str]:
         """Save a (3, H, W) [0, 1] image grid as PNG and to TensorBoard; return the PNG's path."""

@@ -27,10 +27,12 @@ from torch import nn
 from ..io import checkpoint as ckpt
 from ..masks import random_visible
 from ..spark import SparK, build_spark, model_config
-from .config import amp_dtype, check_args, default_workers, drop_path, peak_lr
+from ..step_timer import StepTimer, split_of
+from .config import amp_dtype, check_args, drop_path, peak_lr
 from .data import DataConfig, UnreadableFiles, build_loader, shutdown_workers
 from .distributed import Processes, barrier, broadcast_object, init_processes, shutdown
 from .monitor import Monitor
+from .resources import plan_threads
 from .rng import seed_everything
 from .run_folder import ResumePlan, RunFolderError, claim, plan_resume
 from .schedule import Schedule, build_optimizer, lamb_betas
@@ -70,7 +72,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
         seed_everything(args.seed + self.procs.rank)  # drop-path draws differ per process
 
-        workers = default_workers(self.procs.local_world) if args.workers is None else args.workers
+        self.threads = plan_threads(self.device.type, self.procs.local_world, args.workers,
+                                    os.environ.get("OMP_NUM_THREADS"), default_threads=torch.get_num_threads())
+        torch.set_num_threads(self.threads.compute_threads)
+        workers = self.threads.workers
         self.loader, self.sampler, self.source = build_loader(DataConfig(
             args.data, args.input_size, self.local_batch, workers, args.seed, self.procs.rank, world,
             pin_memory=self.device.type == "cuda"))
@@ -92,6 +97,7 @@ class Trainer:
         self.last_loss = float("nan")
         self.stop = StopSignals()
         self.run_id: Optional[str] = None
+        self.step_timer: Optional[StepTimer] = None  # the running step's phases, when they are timed
         self.resumed_from = self._resume()
         self.monitor = Monitor(self.out, self.procs.is_main, self.total_steps, self.step, args.log_every,
                                args.progress)
@@ -102,7 +108,8 @@ class Trainer:
     def _build_model(self) -> SparK:
         a = self.args
         model = build_spark(a.arch, encoder_kind=a.encoder, backend=a.backend, drop_path=drop_path(a),
-                            decoder_width=a.decoder_width, mask_ratio=a.mask_ratio, densify_norm=a.densify_norm)
+                            decoder_width=a.decoder_width, mask_ratio=a.mask_ratio, densify_norm=a.densify_norm,
+                            decoder_checkpointing=getattr(a, "decoder_checkpointing", False))
         if self.procs.distributed:
             convert_sync_batchnorm(model)  # BatchNorm statistics over the global batch's active sites
         return model.to(self.device).train()
@@ -169,18 +176,20 @@ class Trainer:
         return visible[self.procs.rank::self.procs.world].to(self.device, non_blocking=True)
 
     def compute_loss(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool):
-        """Forward pass: loss, or (loss, reconstruction)."""
+        """Forward pass: loss, or (loss, reconstruction); its phases go to this step's timer."""
         with autocast_context(self.amp, self.device):
-            return self.ddp(images, visible, return_reconstruction=with_reconstruction)
+            return self.ddp(images, visible, return_reconstruction=with_reconstruction, probe=self.step_timer)
 
-    def train_step(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool, skipped):
+    def train_step(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool, skipped,
+                   timer: Optional[StepTimer] = None):
+        timer = self.step_timer = timer or StepTimer(enabled=False)
         lr, wd = self.schedule.apply(self.optimizer, self.step)
         out = self.compute_loss(images, visible, with_reconstruction)
         loss, reconstruction = out if with_reconstruction else (out, None)
         update = apply_update(loss, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
                               clip=self.args.clip, procs=self.procs, skipped=len(skipped),
                               stop_requested=self.stop.received is not None,
-                              where=f"step {self.step + 1} (epoch {self.epoch})")
+                              where=f"step {self.step + 1} (epoch {self.epoch})", timer=timer)
         if update.stop:  # decided together, so that every process takes part in the checkpoint's collectives
             self.stop.received = self.stop.received or "SIGTERM"
         self._count_unreadable(skipped, update.skipped)
@@ -224,7 +233,9 @@ class Trainer:
                 images = images.to(self.device, non_blocking=True)
                 visible = self.next_visible()
                 want_vis = self.reconstructions.due(self.step + 1, self.batch + 1 >= self.steps_per_epoch)
-                metrics, reconstruction, stop = self.train_step(images, visible, want_vis, skipped)
+                timer = StepTimer(self.device, enabled=self.monitor.logs(self.step + 1))
+                timer.add("data", data_time)
+                metrics, reconstruction, stop = self.train_step(images, visible, want_vis, skipped, timer)
                 self.step += 1
                 self.batch += 1
                 epoch_done = self.batch >= self.steps_per_epoch
@@ -234,6 +245,7 @@ class Trainer:
                 step_time = time.perf_counter() - tick
                 metrics.update(img_per_s=self.global_batch / max(step_time, 1e-9), data_time=data_time,
                                step_time=step_time, skipped_images=float(self.unreadable.reads))
+                metrics.update({f"step_ms/{name}": ms for name, ms in split_of(timer.ms).items()})
                 self.monitor.step(self.step, self.epoch if not epoch_done else self.epoch - 1, metrics)
                 if reconstruction is not None:
                     path = self.reconstructions.save(self.step, images, visible, reconstruction)
@@ -266,7 +278,9 @@ class Trainer:
                 f"  {self.procs.world} process(es) on {self.device}, global batch {self.global_batch} "
                 f"({self.local_batch} per process), {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
                 f"warm-up {self.schedule.warmup_steps} steps, peak lr {self.schedule.peak_lr:.3e}, {a.opt}, "
-                f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}\n"
+                f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}"
+                f"{', decoder checkpointing' if getattr(a, 'decoder_checkpointing', False) else ''}\n"
+                f"  threads: {self.threads.describe()}\n"
                 f"  output: {os.path.abspath(self.out)} (run {self.run_id})")
 
     def log(self, text: str) -> None:

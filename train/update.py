@@ -6,12 +6,14 @@ same step.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
+from ..step_timer import StepTimer
 from .distributed import Processes, all_reduce_sum
 
 EXIT_NON_FINITE = 3
@@ -29,8 +31,10 @@ class Update:
 
 
 def apply_update(loss: torch.Tensor, *, model, optimizer, scaler, clip: float, procs: Processes,
-                 where: str, skipped: int, stop_requested: bool) -> Update:
-    """Backward, clip and step on ``loss`` (``where`` names the step in error messages)."""
+                 where: str, skipped: int, stop_requested: bool, timer: Optional[StepTimer] = None) -> Update:
+    """Backward, clip and step on ``loss`` (``where`` names the step in error messages); the backward
+    pass and the optimizer's part go to ``timer`` when given."""
+    timer = timer or StepTimer(enabled=False)
     shared = all_reduce_sum(torch.stack([loss.detach().float(), loss.new_tensor(float(skipped)),
                                          loss.new_tensor(1.0 if stop_requested else 0.0)]), procs)
     loss_sum, skipped_all, stop_all = shared.tolist()
@@ -38,11 +42,10 @@ def apply_update(loss: torch.Tensor, *, model, optimizer, scaler, clip: float, p
     if not np.isfinite(loss_value):
         raise NonFiniteError(f"the loss is {loss_value} at {where}; training stopped before updating the weights")
     optimizer.zero_grad(set_to_none=True)
+    timer.backward(lambda: (scaler.scale(loss) if scaler is not None else loss).backward())
+    optimizer_start = timer.now()
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-    else:
-        loss.backward()
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
     if scaler is not None:
@@ -53,11 +56,11 @@ def apply_update(loss: torch.Tensor, *, model, optimizer, scaler, clip: float, p
             raise NonFiniteError(f"the gradient norm is {grad_norm} at {where} (loss {loss_value:.4f}); training "
                                  f"stopped before updating the weights")
         optimizer.step()
+    timer.add("optimizer", timer.now() - optimizer_start)
     return Update({"loss": loss_value, "grad_norm": grad_norm}, int(skipped_all), stop_all > 0)
 
 
 def autocast_context(amp: Optional[str], device: torch.device):
-    from contextlib import nullcontext
     if not amp:
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

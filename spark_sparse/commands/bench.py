@@ -47,6 +47,24 @@ def add_arguments(p):
                    help="how 'auto' layers choose their implementation: measured (time the candidates on "
                         "first use, cached in the user's cache directory) or fixed (the rule table, "
                         "reproducible) (default: $SPARK_SPARSE_ROUTING, else measured)")
+    p.add_argument("--step-dtypes", nargs="+", choices=["bf16", "fp16"], default=S,
+                   help="also run the sparse whole step under these autocast dtypes, beside its own dtype "
+                        "(e.g. bf16 beside fp32, in one run)")
+    p.add_argument("--decoder-checkpointing", action="store_true",
+                   help="also run the sparse whole step with decoder checkpointing (peak memory and time cost)")
+    p.add_argument("--no-published", action="store_true",
+                   help="leave out the step of SparK as published (masked-dense encoder, NCHW head, fp32, eager)")
+    p.add_argument("--step-contenders", nargs="+", default=S, metavar="NAME",
+                   help="run only these contenders in the whole step (e.g. 'sparse[auto]' 'sparse[auto] bf16' "
+                        "spark-published; default: all)")
+    p.add_argument("--background-load", nargs="+", type=int, default=S, metavar="N",
+                   help="measure each case with N busy processes beside it, once per N given (e.g. 0 2: quiet "
+                        "and with two; default: 0)")
+    p.add_argument("--head-variants", action="store_true",
+                   help="also time the dense head's exact alternatives (transposed conv native / four phase "
+                        "convs / sub-pixel; decoder NCHW / channels-last / bf16) with their fp32 error vs fp64")
+    p.add_argument("--compile-head", action="store_true",
+                   help="with --head-variants: a torch.compile-d decoder too (compile time reported)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=S,
                    help="fwd: encoder forward; fwd_bwd: encoder forward+backward; step: whole SparK training "
                         "step (default: all three)")
@@ -88,6 +106,7 @@ FIELDS = {"models": "models", "mask_ratios": "mask_ratios", "batch": "batches", 
           "threads": "threads", "dense_format": "dense_format", "seed": "seed", "profile_ratio": "profile_ratio",
           "profile_batch": "profile_batch", "profile_repeats": "profile_repeats",
           "decoder_width": "decoder_width", "memory_modes": "memory_modes", "step_backends": "step_backends",
+          "step_dtypes": "step_dtypes", "step_contenders": "step_contenders", "background_load": "background_load",
           "routing": "routing"}
 
 
@@ -104,6 +123,10 @@ def build_config(args):
     if hasattr(args, "profile_model"):
         cfg.profile_model = None if args.profile_model.lower() == "none" else args.profile_model
     cfg.memory = not args.no_memory
+    cfg.decoder_checkpointing = args.decoder_checkpointing
+    cfg.published = not args.no_published
+    cfg.head_variants = args.head_variants
+    cfg.compile_head = args.compile_head
     cfg.tf32 = args.tf32
     cfg.profile_only = args.profile_only
     cfg.note = args.note
@@ -130,11 +153,11 @@ def command_line(args) -> str:
 def load_results(path: str) -> dict:
     import json
 
-    from spark_sparse.benchmarks import report
+    from spark_sparse.benchmarks import schema
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-        report.validate(doc)
+        schema.validate(doc)
     except (OSError, ValueError) as e:
         raise ValueError(f"--render {path}: not a readable results.json of spark-sparse bench ({e})") from e
     if doc.get("partial"):
@@ -153,7 +176,7 @@ def check_outputs(args) -> None:
 
 
 def run(args) -> int:
-    from spark_sparse.benchmarks import report, runner
+    from spark_sparse.benchmarks import markdown, readme, report, runner
     try:
         check_outputs(args)
         doc = load_results(args.render) if args.render else None
@@ -165,14 +188,13 @@ def run(args) -> int:
         doc = runner.run(cfg, progress=not args.no_progress, checkpoint=lambda d: report.write_partial(d, args.out))
     written = report.write_outputs(doc, args.out, plots=not args.no_plots)
     if args.readme:
-        report.update_readme(args.readme, doc, args.out)
+        readme.update_readme(args.readme, doc, args.out)
         written.append(args.readme)
     if doc["results"]:
-        print(report.headline_table(doc))
+        print(markdown.headline_table(doc))
     print_routes(doc)
     for s in doc["skipped"]:
         print(f"skipped {s['model']}: {s['reason']}")
-    print(f"whole SparK step: {doc['step_status']}")
     print("wrote " + ", ".join(written))
     return 0
 

@@ -1,108 +1,23 @@
-"""The benchmark: the --quick run end to end (valid JSON, tables, plots), and the parts that can be
-checked exactly — MAC accounting, ratios, tables, README block, interleaving, memory, step adapter.
+"""The benchmark's parts that can be checked exactly: MAC accounting, ratios, tables, README block,
+interleaving, background load, the step adapter and its phases, contenders, the command line.
 
 Nothing here asserts a speed: timings on a shared CI machine prove nothing.
 """
 import json
 import shlex
-import sys
-import types
 
 import pytest
 import timm
 import torch
-from torch import nn
 
 import spark_sparse as ss
-from spark_sparse.benchmarks import report
+from spark_sparse.benchmarks import markdown, readme, schema
 from spark_sparse.benchmarks.contenders import Call, DenseEncoder, make_inputs
 from spark_sparse.benchmarks.macs import dense_encoder_macs, encoder_macs, ideal_ratio, mac_ratio, step_macs
-from spark_sparse.benchmarks.memory import cpu_peak_rss_supported
-from spark_sparse.benchmarks.step import NOT_INSTALLED, make_step, spark_status
+from spark_sparse.benchmarks.ratios import add_ratios, contention
 from spark_sparse.benchmarks.timing import paired_speedup, time_interleaved
 from spark_sparse.cli import build_parser, main
-from spark_sparse.flops import dense_macs, sparse_macs
-
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# --quick, end to end (the CI check of the whole tool)
-
-def test_quick_run_writes_valid_results(tmp_path, capsys):
-    out = tmp_path / "res"
-    assert main(["bench", "--quick", "--no-progress", "--out", str(out)]) == 0
-    doc = json.loads((out / "results.json").read_text())
-    report.validate(doc)
-    env = doc["environment"]
-    assert env["versions"]["torch"] == torch.__version__ and env["cpu"]["torch_threads"] == torch.get_num_threads()
-
-    recs = [r for r in doc["results"] if r["model"] == "resnet18"]
-    assert [r["mask_ratio"] for r in recs] == [0.5]
-    for rec in recs:
-        names = set(rec["contenders"])
-        assert {"sparse[auto]", "sparse[torch]", "masked-dense", "dense"} <= names
-        for mode in ("fwd", "fwd_bwd"):
-            assert set(rec["time_ms"][mode]) == names, rec.get("errors")
-            assert len(rec["time_ms"][mode]["dense"]["repeats"]) == 1
-            assert rec["speedup"][mode]["sparse[auto]"]["vs_masked_dense"] > 0
-        # exact MACs: the sparse encoder's count is the dense count times the visible fraction
-        macs = rec["macs"]["encoder"]
-        assert macs["sparse"] * rec["total_patches"] == macs["masked-dense"] * rec["visible_patches"]
-        assert rec["mac_ratio"]["encoder"] == pytest.approx(rec["ideal_ratio"])
-        if spark_status() is None:  # the whole step, with the dense head counted once for everyone
-            assert set(rec["time_ms"]["step"]) == {"sparse[auto]", "masked-dense", "dense"}, rec.get("errors")
-            assert "--step-backends" in rec["unavailable"]["step"]["sparse[torch]"]
-            head = rec["macs"]["head"]
-            assert head > 0 and rec["macs"]["step"] == {k: v + head for k, v in macs.items()}
-        else:  # without the SparK head the step says so, never faked
-            assert rec["time_ms"]["step"] == {} and rec["macs"]["step"] is None
-            assert set(rec["unavailable"]["step"].values()) == {spark_status()}
-        if cpu_peak_rss_supported() is None:
-            # measured in a child process: every fwd+bwd allocates at least the encoder's gradients (set
-            # to None before each call). Were freed memory kept resident and reused (glibc does that
-            # without the child's pinned mmap threshold), the growth would fall below that.
-            grads = 4 * sum(p.numel() for n, p in timm.create_model("resnet18").named_parameters()
-                            if not n.startswith("fc."))
-            mem = rec["peak_memory_bytes"]["fwd_bwd"]
-            assert set(mem) == names and all(v >= 0.95 * grads for v in mem.values()), (mem, grads)
-
-    # a model that cannot be sparsified yet is reported, with the reason, not a crash
-    ran = {r["model"] for r in doc["results"]}
-    skipped = {s["model"]: s["reason"] for s in doc["skipped"]}
-    assert ran | set(skipped) == {"resnet18", "convnext_atto"} and "resnet18" in ran
-    assert all(reason for reason in skipped.values())
-
-    # per-layer profile: every conv of resnet18, exact MACs that add up to the encoder's count
-    profile = doc["profiles"][0]
-    convs = [l for l in profile["layers"] if l["type"] == "SparseConv2d"]
-    assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in timm.create_model("resnet18").modules())
-    model = timm.create_model("resnet18")
-    _, visible = make_inputs(profile["batch"], tuple(profile["image_size"]), profile["mask_ratio"], 0, "cpu")
-    assert sum(l["macs"]["sparse"] for l in convs) == sparse_macs(ss.sparsify(model), visible)["total"]
-    assert all(l["time_ms"]["fwd"]["sparse"] > 0 and l["time_ms"]["fwd"]["dense"] > 0 for l in convs)
-    # the convs auto decides (3×3 and the stem) are timed on every backend: auto's rule table rests on them
-    decided = [l for l in convs if not l["how"].endswith("matmul")]
-    assert decided and {b for b in profile["compare_backends"]} >= {"torch", "tiles"}
-    for layer in decided:
-        for b in profile["compare_backends"]:
-            assert layer["time_ms"]["fwd_bwd"][f"sparse[{b}]"] > 0, (layer["path"], layer["errors"])
-    assert all("sparse[torch]" not in l["time_ms"]["fwd"] for l in convs if l["how"].endswith("matmul"))
-
-    md = (out / "results.md").read_text()
-    assert "#### Backends per conv layer" in md and "| layer1.0.conv2 | 4 | 64 | 3x3 " in md
-    assert "## Headline (sparse[auto])" in md and "| resnet18 | cpu | fp32 | 2 | 0.50 | 4/8 | 2.00× | 2.00× |" in md
-    for png in ("speedup.png", "profile_resnet18.png"):
-        assert (out / png).read_bytes()[:8] == PNG
-    printed = capsys.readouterr().out
-    assert "wrote" in printed and "whole SparK step" in printed
-
-    # the tables (and plots) can be regenerated from the JSON alone
-    again = tmp_path / "again"
-    assert main(["bench", "--render", str(out / "results.json"), "--out", str(again), "--no-plots"]) == 0
-    def text(markdown):  # what remains without the image links
-        return [line for line in markdown.splitlines() if line and not line.startswith("![")]
-    assert text((again / "results.md").read_text()) == text(md)
+from spark_sparse.flops import dense_macs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +43,9 @@ def test_mac_accounting_is_exact():
 # ---------------------------------------------------------------------------------------------
 # ratios, tables, JSON, README
 
+NOT_MEASURED = "not measured in the whole step (--step-backends)"
+
+
 def _record(times, memory=None, step_unavailable=True):
     contenders = {"sparse[torch]": {"kind": "sparse", "backend": "torch", "memory_format": "sites x channels"},
                   "sparse[auto]": {"kind": "sparse", "backend": "auto", "memory_format": "sites x channels"},
@@ -138,14 +56,13 @@ def _record(times, memory=None, step_unavailable=True):
            "mask_ratio": 0.6, "visible_patches": 80, "total_patches": 196, "visible_fraction": 80 / 196,
            "ideal_ratio": 196 / 80, "threads": 2, "contenders": contenders,
            "macs": {"encoder": {"sparse": 100, "masked-dense": 245, "dense": 245}, "head": None, "step": None},
-           "time_ms": time_ms, "unavailable": {"step": {n: NOT_INSTALLED for n in contenders}} if step_unavailable
+           "time_ms": time_ms, "unavailable": {"step": {n: NOT_MEASURED for n in contenders}} if step_unavailable
            else {}, "errors": {}, "peak_memory_bytes": memory or {}}
-    return report.add_ratios(rec)
+    return add_ratios(rec)
 
 
 def _doc(records):
-    return {"schema": report.SCHEMA, "command": "spark-sparse bench --models resnet50", "note": "busy machine",
-            "step_status": NOT_INSTALLED,
+    return {"schema": schema.SCHEMA, "command": "spark-sparse bench --models resnet50", "note": "busy machine",
             "environment": {"date_utc": "2026-01-01T00:00:00+00:00", "git_commit": "abc", "python": "3.11",
                             "versions": {"torch": "2", "timm": "1", "spconv": None},
                             "cpu": {"model": "cpu", "usable_cores": 2, "torch_threads": 2, "torch_interop_threads": 2},
@@ -175,11 +92,11 @@ def test_tables_and_json():
     rec = _record({"sparse[torch]": [10.0, 20.0, 10.0], "sparse[auto]": [5.0, 5.0, 10.0],
                    "masked-dense": [10.0, 20.0, 30.0], "dense": [5.0, 10.0, 40.0]})
     doc = _doc([rec])
-    report.validate(doc)
-    rows = report.headline_table(doc).splitlines()
+    schema.validate(doc)
+    rows = markdown.headline_table(doc).splitlines()
     assert rows[2] == ("| resnet50 | cpu | fp32 | 4 | 0.60 | 80/196 | 2.45× | 2.45× | 3.00× / 2.00× | – | n/a | n/a "
                        "| – |")
-    md = report.markdown(doc, ["out/speedup.png"])
+    md = markdown.markdown(doc, ["out/speedup.png"])
     assert "Generated by `spark-sparse bench --models resnet50`" in md and "note: busy machine" in md
     assert "![speedup.png](speedup.png)" in md
     assert "| fwd | 0.60 | 10.0 | 5.0 | 20.0 | 10.0 |" in md  # medians of every contender
@@ -188,34 +105,34 @@ def test_tables_and_json():
     assert "- convnext_tiny (cpu fp32): not sparsifiable yet: X" in md
     # JSON: no NaN or infinity, ever
     rec["speedup"]["fwd"]["sparse[auto]"]["vs_dense"] = float("nan")
-    parsed = json.loads(report.to_json(doc))
+    parsed = json.loads(schema.to_json(doc))
     assert parsed["results"][0]["speedup"]["fwd"]["sparse[auto]"]["vs_dense"] is None
 
 
 def test_validate_rejects_broken_documents():
     good = _doc([_record({"sparse[auto]": [1.0], "sparse[torch]": [1.0], "masked-dense": [2.0], "dense": [1.0]})])
-    report.validate(good)
+    schema.validate(good)
     for breaking in (lambda d: d.pop("environment"), lambda d: d.update(schema="other"),
                      lambda d: d["results"][0].pop("macs"),
                      lambda d: d["results"][0]["time_ms"]["fwd"]["dense"].update(median=0.0)):
         doc = json.loads(json.dumps(good))
         breaking(doc)
         with pytest.raises(ValueError):
-            report.validate(doc)
+            schema.validate(doc)
 
 
 def test_readme_block_is_regenerated(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nintro\n\n{report.README_START}\nold table\n{report.README_END}\n\nrest\n")
+    path = tmp_path / "README.md"
+    path.write_text(f"# x\n\nintro\n\n{readme.README_START}\nold table\n{readme.README_END}\n\nrest\n")
     rec = _record({"sparse[auto]": [1.0], "sparse[torch]": [1.0], "masked-dense": [2.0], "dense": [1.5]})
-    report.update_readme(str(readme), _doc([rec]), str(tmp_path / "benchmarks" / "results"))
-    text = readme.read_text()
+    readme.update_readme(str(path), _doc([rec]), str(tmp_path / "benchmarks" / "results"))
+    text = path.read_text()
     assert "old table" not in text and text.startswith("# x\n\nintro\n") and text.endswith("\n\nrest\n")
     assert "[benchmarks/results/results.md](benchmarks/results/results.md)" in text
-    assert report.headline_table(_doc([rec])) in text and "Note: busy machine" in text
-    readme.write_text("# no markers\n")
+    assert markdown.headline_table(_doc([rec])) in text and "Note: busy machine" in text
+    path.write_text("# no markers\n")
     with pytest.raises(ValueError, match="no generated block"):
-        report.update_readme(str(readme), _doc([rec]), str(tmp_path))
+        readme.update_readme(str(path), _doc([rec]), str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,40 +159,91 @@ def test_interleaving_rotates_and_a_failure_keeps_the_others():
 # ---------------------------------------------------------------------------------------------
 # the SparK step adapter
 
-def test_step_is_unavailable_without_the_spark_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "spark_sparse.spark", None)  # as if the module did not exist
-    assert spark_status() == NOT_INSTALLED == "unavailable (SparK head not installed)"
-
-
-class _SparkLike(nn.Module):
-    """A stand-in with the expected API (SparK(encoder); loss = model(images, visible)): a 1×1 conv
-    head on the last stage, so the adapter's plumbing is tested without the real head."""
-
-    def __init__(self, encoder, decoder_width=768):
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Conv2d(encoder.channels[-1], 8, 1)
-
-    def forward(self, images, visible):
-        return self.head(self.encoder(images, visible)[-1]).square().mean()
-
-
-def test_step_adapter_runs_a_spark_like_model(monkeypatch):
-    from spark_sparse.benchmarks.runner import Case
-    monkeypatch.setitem(sys.modules, "spark_sparse.spark", types.SimpleNamespace(SparK=_SparkLike))
-    assert spark_status() is None
-    case = Case("resnet18", "cpu", "fp32", 2, (64, 64), ["torch"])
+def test_step_contenders_run_a_real_spark_step_split_into_phases():
+    from spark_sparse.benchmarks.case import Case
+    from spark_sparse.benchmarks.step import SparkStep
+    case = Case("resnet18", "cpu", "fp32", 2, (64, 64), ["torch"], decoder_width=32, step_dtypes=("bf16",),
+                decoder_checkpointing=True)
     images, visible = case.inputs(0.5)
     dense = dense_encoder_macs(case.model, 2, (64, 64))
-    assert case.head_macs(images, visible, dense) == 2 * 2 * 2 * 512 * 8  # the head alone, exactly
+    assert case.head_macs(images, visible, dense) > 0
     calls, unavailable = case.calls("step", images, visible)
-    assert unavailable == {} and set(calls) == {"sparse[torch]", "masked-dense", "dense"}
+    assert unavailable == {} and set(calls) == {"sparse[torch]", "sparse[torch] bf16", "sparse[torch] ckpt",
+                                                "masked-dense", "dense", "spark-published"}
+    described = case.step_contenders()["spark-published"].describe()
+    assert described["head_format"] == "contiguous" and described["amp"] == "fp32" and described["modes"] == ["step"]
+    published = case.step("spark-published")
+    assert isinstance(published, SparkStep) and published.model.head_format == "contiguous"
+    assert case.step("sparse[torch] ckpt").model.decoder.checkpointing
+    assert case.step("sparse[torch] bf16").amp_dtype == torch.bfloat16
     before = case.contenders["sparse[torch]"].encoder.conv1.weight.detach().clone()
-    times, errors = time_interleaved(calls, warmup=0, repeats=1, device=torch.device("cpu"))
+    times, errors = time_interleaved(calls, warmup=0, repeats=2, device=torch.device("cpu"))
     assert errors == {} and set(times) == set(calls)
     assert not torch.equal(before, case.contenders["sparse[torch]"].encoder.conv1.weight)  # the optimizer stepped
-    step = make_step("sparse", "resnet18", ss.sparsify(timm.create_model("resnet18")))
-    assert isinstance(step.model, _SparkLike) and isinstance(step.optimizer, torch.optim.AdamW)
+    step = case.step("sparse[torch]")
+    assert len(step.phases) == 2 and set(step.median_phases(2)) == {
+        "encoder_fwd", "densify", "decoder_fwd", "loss", "decoder_bwd", "densify_bwd", "encoder_bwd", "optimizer"}
+    params = {id(p) for p in step.model.encoder.parameters()}
+    head_bytes = sum(4 * p.numel() for p in step.model.parameters() if id(p) not in params)
+    assert step.memory["head_weights_grads"] == 2 * head_bytes
+    assert step.memory["optimizer_state"] >= 2 * 4 * sum(p.numel() for p in step.model.parameters())  # AdamW: 2 moments
+    # the published contender has its own weights: no other contender's format or update reaches it
+    assert not torch.equal(case.step("spark-published").model.encoder.conv1.weight,
+                           case.contenders["sparse[torch]"].encoder.conv1.weight)
+
+
+def test_step_tables_show_phases_published_checkpointing_and_contention():
+    def rec(load, step_times, fwd_bwd):
+        contenders = {"sparse[auto]": {"kind": "sparse", "backend": "auto", "memory_format": "sites x channels"},
+                      "dense": {"kind": "dense", "backend": None, "memory_format": "contiguous"},
+                      "sparse[auto] ckpt": {"kind": "sparse", "backend": "auto", "memory_format": "sites x channels",
+                                            "amp": "fp32", "modes": ["step"]},
+                      "spark-published": {"kind": "published", "backend": None, "memory_format": "contiguous",
+                                          "amp": "fp32", "modes": ["step"]}}
+        r = {"model": "resnet50", "device": "cpu", "dtype": "fp32", "batch": 4, "image_size": [224, 224],
+             "mask_ratio": 0.6, "background_load": load, "contenders": contenders, "macs": {},
+             "time_ms": {"step": {n: {"median": t[0], "repeats": t} for n, t in step_times.items()},
+                         "fwd_bwd": {n: {"median": t[0], "repeats": t} for n, t in fwd_bwd.items()}},
+             "peak_memory_bytes": {"step": {"sparse[auto]": 1000, "sparse[auto] ckpt": 600}},
+             "step_phases_ms": {"sparse[auto]": {"encoder_fwd": 10.0, "decoder_fwd": 20.0}},
+             "step_memory_bytes": {}}
+        return add_ratios(r)
+
+    quiet = rec(0, {"sparse[auto]": [10.0, 10.0], "sparse[auto] ckpt": [12.0, 11.0], "spark-published": [30.0, 20.0]},
+                {"sparse[auto]": [1.0], "dense": [2.0]})
+    busy = rec(2, {"sparse[auto]": [10.0], "spark-published": [10.0]}, {"sparse[auto]": [1.0], "dense": [1.5]})
+    assert quiet["speedup"]["step"]["sparse[auto]"]["vs_published"] == 2.5
+    cost = quiet["checkpointing"]["sparse[auto]"]
+    assert cost["peak_memory_cut"] == pytest.approx(0.4) and cost["time_cost"] == pytest.approx(0.15)
+    [kept] = contention([quiet, busy])
+    assert (kept["quiet"], kept["loaded"], kept["kept"], kept["load"]) == (2.0, 1.5, 0.75, 2)
+    text = markdown.step_tables({"results": [quiet, busy]})
+    assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] | fp32 | 10 | 30 | 2.50× | – |" in text
+    assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] | 10 | 20 | 10 |" in text
+    assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] | 40 % | +15 % |" in text
+    assert "| resnet50 | fp32 | 4 | 0.60 | 2 | 2.00× | 1.50× | 75 % |" in markdown.contention_table({"results": [quiet, busy]})
+
+
+def test_background_load_runs_busy_processes_and_stops_them():
+    from spark_sparse.benchmarks.load import background_load
+    with background_load(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    with background_load(0) as procs:
+        assert procs == []
+    with pytest.raises(ValueError, match=">= 0"):
+        with background_load(-1):
+            pass
+
+
+def test_a_model_that_cannot_be_sparsified_is_skipped_with_the_reason():
+    from spark_sparse.benchmarks.config import BenchConfig
+    from spark_sparse.benchmarks.runner import run
+    cfg = BenchConfig.quick_config(models=["mobilenetv3_small_050"], profile_model=None, memory=False)
+    doc = run(cfg, progress=False)
+    assert doc["results"] == [] and len(doc["skipped"]) == 1
+    assert doc["skipped"][0]["model"] == "mobilenetv3_small_050"
+    assert doc["skipped"][0]["reason"].startswith("not sparsifiable yet: ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,36 +313,6 @@ def test_which_contenders_each_mode_runs():
     assert measured_in("step", contenders, alias, ["auto"]) == (["sparse[torch]", "masked-dense", "dense"], {})
 
 
-# ---------------------------------------------------------------------------------------------
-# CUDA paths of the benchmark (benchmarks/gpu.sh runs these; skipped without a GPU)
-
-def needs_cuda(test):
-    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
-
-
-@needs_cuda
-def test_cuda_peak_growth_sees_an_allocation():
-    from spark_sparse.benchmarks.memory import cuda_peak_growth
-    dev = torch.device("cuda")
-    assert cuda_peak_growth(Call(lambda: torch.ones(2 ** 24, device=dev).sum()), dev) >= 4 * 2 ** 24
-
-
-@needs_cuda
-def test_bench_quick_on_cuda(tmp_path):
-    out = tmp_path / "res"
-    assert main(["bench", "--quick", "--devices", "cuda", "--dtypes", "fp32", "bf16", "--no-progress",
-                 "--out", str(out)]) == 0
-    doc = json.loads((out / "results.json").read_text())
-    report.validate(doc)
-    assert doc["environment"]["cuda"]["name"] == torch.cuda.get_device_name(0)
-    recs = [r for r in doc["results"] if r["model"] == "resnet18"]
-    assert {r["dtype"] for r in recs} == {"fp32", "bf16"}
-    for rec in recs:
-        assert rec["device"] == "cuda" and not rec["errors"], rec["errors"]
-        mem = rec["peak_memory_bytes"]["fwd_bwd"]
-        assert set(mem) == set(rec["contenders"]) and all(v > 0 for v in mem.values())
-
-
 def test_profile_times_every_depthwise_implementation_side_by_side():
     from spark_sparse.benchmarks.profile_layers import profile_model
     prof = profile_model("convnext_atto", batch=2, image_size=(64, 64), ratio=0.5, warmup=0, repeats=1,
@@ -384,5 +322,17 @@ def test_profile_times_every_depthwise_implementation_side_by_side():
     for layer in depthwise:
         assert {"sparse[dw table]", "sparse[dw tiles]", "sparse[dw dense]"} <= set(layer["time_ms"]["fwd"]), layer
         assert "sparse[dw triton]" not in layer["time_ms"]["fwd"]  # timed on CUDA only
-    table = report.backend_table(prof)
+    table = markdown.backend_table(prof)
     assert "fwd dw tiles ms" in table and "| stages.0.blocks.0.conv_dw | 4 | 40 | 7x7 dw " in table
+
+
+def test_transposed_conv_variants_are_the_same_function():
+    """Four phase convs and the sub-pixel conv equal ConvTranspose2d(k4, s2, p1) in fp64."""
+    from spark_sparse.benchmarks.head_variants import UPSAMPLERS
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(3, generator=g, dtype=torch.float64)
+    ref = torch.nn.functional.conv_transpose2d(x, w, b, stride=2, padding=1)
+    for name, fn in UPSAMPLERS.items():
+        assert (fn(x, w, b) - ref).abs().max() <= 1e-12, name

@@ -1,0 +1,30 @@
+"""Busy processes beside a measurement, so that contention is measured rather than guessed.
+
+Every CPU training run has data-loading workers (or other jobs) competing with its compute threads;
+``--background-load N`` starts N processes that spin on one core each for as long as a case is
+measured, and stops them (by their own process ids) afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from typing import Iterator, List
+
+SPIN = "while True: pass"
+
+
+@contextlib.contextmanager
+def background_load(processes: int) -> Iterator[List[subprocess.Popen]]:
+    """``processes`` busy-looping Python processes for the duration of the block (none for 0)."""
+    if processes < 0:
+        raise ValueError(f"background load must be >= 0 processes, got {processes}")
+    started = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(processes)]
+    try:
+        yield started
+    finally:
+        for proc in started:
+            proc.kill()
+        for proc in started:
+            proc.wait()

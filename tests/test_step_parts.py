@@ -1,0 +1,136 @@
+"""The parts of the whole step beside the encoder: the step timer's phases, decoder checkpointing and
+the NCHW head (both the same function in fp64), bf16 autocast on the CPU, and the trainer's choice
+of threads and precision from what the machine gives it."""
+import json
+import os
+
+import pytest
+import torch
+
+import spark_sparse as ss
+from equivalence import build_model, rel_max
+from pretrain_utils import TINY, make_image_folder, parse
+from spark_sparse.spark import SparK
+from spark_sparse.step_timer import PHASES, StepTimer
+from spark_sparse.train.resources import cgroup_cpu_limit, cpu_has_native_bf16, plan_threads
+
+
+def _model(dtype=torch.float64, **kwargs):
+    torch.manual_seed(0)
+    return SparK(ss.sparsify(build_model("resnet18")), decoder_width=32, **kwargs).to(dtype).train()
+
+
+def _inputs(dtype=torch.float64):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(2, 3, 64, 96, generator=g, dtype=dtype), ss.random_visible(2, (2, 3), 0.5, generator=g)
+
+
+def _step(model, images, visible, probe=None):
+    loss = model(images, visible, probe=probe)
+    if probe is not None:
+        probe.backward(loss.backward)
+    else:
+        loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    buffers = {n: b.clone() for n, b in model.named_buffers() if b.is_floating_point()}
+    return loss.detach(), grads, buffers
+
+
+@pytest.mark.parametrize("variant", [{"decoder_checkpointing": True}, {"head_format": "contiguous"}])
+def test_checkpointed_decoder_and_nchw_head_compute_the_same_step(variant):
+    """fp64: loss, every gradient and every running statistic as the default model's (BatchNorm
+    statistics are not updated twice by the recomputation)."""
+    images, visible = _inputs()
+    base, other = _model(), _model(**variant)
+    other.load_state_dict(base.state_dict())
+    (l0, g0, b0), (l1, g1, b1) = _step(base, images, visible), _step(other, images, visible)
+    assert rel_max(l0, l1) <= 1e-12
+    assert set(g0) == set(g1) and all(rel_max(g0[n], g1[n]) <= 1e-10 for n in g0)
+    assert all(rel_max(b0[n], b1[n]) <= 1e-12 for n in b0)
+    if "decoder_checkpointing" in variant:
+        assert other.decoder.checkpointing
+        assert all(torch.equal(b0[n], b1[n]) for n in b0 if n.endswith("num_batches_tracked"))
+    else:
+        assert all(m.weight.is_contiguous() for m in other.decoder.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_checkpointing_keeps_fewer_decoder_activations():
+    images, visible = _inputs(torch.float32)
+    saved = {}
+    for ckpt in (False, True):
+        timer = StepTimer(count_memory=True, exclude=list(_model(torch.float32).parameters()))
+        _step(_model(torch.float32, decoder_checkpointing=ckpt), images, visible, timer)
+        saved[ckpt] = timer.saved_bytes["decoder_fwd"]
+    assert saved[True] < saved[False] / 4
+
+
+def test_step_timer_splits_forward_and_backward():
+    images, visible = _inputs(torch.float32)
+    model = _model(torch.float32)
+    timer = StepTimer(count_memory=True, exclude=list(model.parameters()))
+    start = timer.now()
+    _step(model, images, visible, timer)
+    wall = (timer.now() - start) * 1e3
+    assert set(timer.ms) == set(PHASES) - {"data", "optimizer"} and all(v >= 0 for v in timer.ms.values())
+    assert sum(timer.ms.values()) <= wall
+    assert timer.saved_bytes["encoder_fwd"] > 0 and timer.saved_bytes["decoder_fwd"] > 0
+    quiet = StepTimer(enabled=False)
+    _step(model, images, visible, quiet)
+    quiet.add("data", 1.0)
+    assert quiet.ms == {} and quiet.saved_bytes == {}
+
+
+def test_bf16_autocast_runs_the_sparse_step_on_the_cpu_with_an_fp32_loss():
+    images, visible = _inputs(torch.float32)
+    model = _model(torch.float32)
+    fp32 = model(images, visible).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(images, visible)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss.detach())
+    assert abs(loss.item() - fp32.item()) <= 0.05 * abs(fp32.item())
+    loss.backward()
+    assert all(p.grad is None or (p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all())
+               for p in model.parameters())
+
+
+def test_threads_fit_the_cores_the_process_was_given(tmp_path, monkeypatch):
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(str(quota)) == 1.5
+    assert cgroup_cpu_limit(str(tmp_path / "none")) is None
+    (tmp_path / "max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(str(tmp_path / "max")) is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    plan = plan_threads("cpu", 1, cgroup_path=str(tmp_path / "none"))
+    assert (plan.compute_threads, plan.workers, plan.cores) == (4, 1, 4) and "affinity 4" in plan.describe()
+    plan = plan_threads("cpu", 1, cgroup_path=str(quota))  # the quota, not the affinity, limits
+    assert (plan.compute_threads, plan.workers, plan.cores) == (1, 1, 1) and "quota 1.5" in plan.why
+    assert plan_threads("cpu", 2, cgroup_path=str(tmp_path / "none")).compute_threads == 2  # per process
+    assert plan_threads("cpu", 1, cgroup_path=str(tmp_path / "none"), default_threads=2).compute_threads == 2
+    assert plan_threads("cpu", 1, workers=0, cgroup_path=str(tmp_path / "none")).workers == 0
+    assert plan_threads("cpu", 1, threads_env="3", cgroup_path=str(tmp_path / "none")).compute_threads == 3
+    cuda = plan_threads("cuda", 1, cgroup_path=str(tmp_path / "none"))
+    assert cuda.workers == 3 and cuda.compute_threads == 1
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    with_bf16 = tmp_path / "a"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    without = tmp_path / "b"
+    without.write_text("processor\t: 0\nflags\t\t: fpu avx2\n")
+    assert cpu_has_native_bf16(str(with_bf16)) and not cpu_has_native_bf16(str(without))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+
+
+def test_a_run_logs_its_threads_and_step_phases_and_trains_in_bf16(tmp_path, capsys):
+    from spark_sparse.train.trainer import Trainer
+    data = make_image_folder(str(tmp_path / "data"), count=8)
+    out = str(tmp_path / "run")
+    trainer = Trainer(parse(["--data", data, *TINY, "--steps", "2", "--amp", "bf16", "--out", out]))
+    assert trainer.amp == "bf16" and trainer.fit() == 0
+    text = capsys.readouterr().out
+    assert "threads: " in text and "amp bf16" in text and "step ms: data" in text
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    phases = {k[len("step_ms/"):] for k in records[0] if k.startswith("step_ms/")}
+    assert phases == set(PHASES)
