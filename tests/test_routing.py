@@ -18,7 +18,7 @@ from spark_sparse.routing import cache
 from spark_sparse.routing import router as route_module
 from spark_sparse.routing import Workload, candidates, route
 
-from equivalence import cached_model, compare_fp64, rel_max, run
+from tests.equivalence import cached_model, compare_fp64, rel_max, run
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 CONV3 = ConvSpec(64, 64, (3, 3), (1, 1), (1, 1), (1, 1))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import spark_sparse as ss
-from equivalence import build_model, rel_max
-from pretrain_utils import TINY, make_image_folder, parse
+from tests.equivalence import build_model, rel_max
+from tests.pretrain_utils import TINY, make_image_folder, parse
 from spark_sparse.spark import SparK
 from spark_sparse.step_timer import PHASES, StepTimer
 from spark_sparse.train.resources import cgroup_cpu_limit, cpu_has_native_bf16, plan_threads
