@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from spark_sparse.backends import get_backend
-from spark_sparse.backends.base import ConvSpec
+from spark_sparse.spec import ConvSpec
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
 from spark_sparse.kernels.depthwise import sparse_depthwise_conv

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from ..geometry import Geometry
-from ..spec import ConvSpec, compute_dtype  # noqa: F401  (re-exported: backends read both from here)
+from ..spec import ConvSpec
 
 
 class ConvBackend:

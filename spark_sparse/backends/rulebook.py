@@ -15,7 +15,8 @@ import torch
 from ..geometry import ConvTable, Geometry
 from ..kernels.depthwise_table import table_depthwise
 from ..kernels.gather import gather_rows
-from .base import ConvBackend, ConvSpec, compute_dtype
+from ..spec import ConvSpec, compute_dtype
+from .base import ConvBackend
 
 
 class _GatherGemmConv(torch.autograd.Function):

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from ..geometry import ConvTable, Geometry
-from .base import ConvBackend, ConvSpec, compute_dtype
+from ..spec import ConvSpec, compute_dtype
+from .base import ConvBackend
 from .rulebook import table_conv
 
 

@@ -9,7 +9,8 @@ import torch
 from ..features import SparseFeatures
 from ..geometry import Geometry
 from ..kernels.tile_conv import tile_conv, tiles_unsupported
-from .base import ConvBackend, ConvSpec
+from ..spec import ConvSpec
+from .base import ConvBackend
 
 
 class TilesBackend(ConvBackend):
