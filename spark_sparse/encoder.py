@@ -71,7 +71,9 @@ class SparseEncoder(PlannedEncoder):
         return outputs
 
     def forward(self, images: torch.Tensor, visible: torch.Tensor) -> List[torch.Tensor]:
-        return [f.dense() for f in self.forward_sparse(images, visible)]
+        """The stage maps in channels-last memory: each is one copy of the rows into zeros, with no
+        layout change after (a dense conv or BN reads channels-last as fast as NCHW)."""
+        return [f.dense(memory_format=torch.channels_last) for f in self.forward_sparse(images, visible)]
 
     def macs(self, visible: torch.Tensor) -> int:
         """Multiply-accumulates of one forward pass on this mask (see :mod:`spark_sparse.flops`)."""
