@@ -12,6 +12,17 @@ import sys
 from typing import Iterator, List
 
 SPIN = "while True: pass"
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills the spinner when the benchmark dies, even without cleanup (SIGKILL)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 @contextlib.contextmanager
@@ -19,8 +30,8 @@ def background_load(processes: int) -> Iterator[List[subprocess.Popen]]:
     """``processes`` busy-looping Python processes for the duration of the block (none for 0)."""
     if processes < 0:
         raise ValueError(f"background load must be >= 0 processes, got {processes}")
-    started = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(processes)]
+    started = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent) for _ in range(processes)]
     try:
         yield started
     finally:
