@@ -80,7 +80,8 @@ def times_tables(doc: dict) -> str:
         note = (f"\n\nConvs by backend ({convs}). " if convs else "\n\n") + "".join(
             f"{a} ran every conv as {t} does, so it was measured once and is reported under both names. "
             for a, t in aliases.items())
-        parts.append(f"### {model}, {device} {dtype}, batch {batch}, {size[0]}×{size[1]}{_load(load)}: median ms{note}\n\n"
+        parts.append(f"### {model}, {device} {dtype}, batch {batch}, {size[0]}×{size[1]}{_load(load)}: "
+                     f"median ms{note}\n\n"
                      + _table(header, rows))
     return "\n\n".join(parts)
 
@@ -109,7 +110,8 @@ def step_tables(doc: dict) -> str:
             per = rec["speedup"].get("step", {}).get(name, {})
             speed.append(where + [name, rec["contenders"][name].get("amp", rec["dtype"]),
                                   _fmt(times[name]["median"], ".0f"), _fmt(published, ".0f"),
-                                  _fmt(per.get("vs_published"), ".2f", "×"), _fmt(per.get("vs_masked_dense"), ".2f", "×")])
+                                  _fmt(per.get("vs_published"), ".2f", "×"),
+                                  _fmt(per.get("vs_masked_dense"), ".2f", "×")])
         for name in names:
             split = rec.get("step_phases_ms", {}).get(name)
             if split:
@@ -161,7 +163,8 @@ def head_variants_tables(hv: dict) -> str:
     for fmt, layers in hv["upsampling"].items():
         names = list(layers[0]["time_ms"]) if layers else []
         rows = [[l["layer"], str(l["channels"]), "×".join(map(str, l["input_hw"]))]
-                + [f"{_fmt(l['time_ms'].get(n), '.1f')} ({_fmt(l['error'][n], '.1e')} / {_fmt(l['grad_error'][n], '.1e')})"
+                + [f"{_fmt(l['time_ms'].get(n), '.1f')} "
+                   f"({_fmt(l['error'][n], '.1e')} / {_fmt(l['grad_error'][n], '.1e')})"
                    for n in names] for l in layers]
         out += [f"#### ConvTranspose2d(k4, s2, p1), {fmt}: ms (output error / input-grad error)", "",
                 _table(["layer", "channels", "input"] + names, rows), ""]

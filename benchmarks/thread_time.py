@@ -48,7 +48,8 @@ def measure(model_name: str, ratios: List[float], masked_dense: List[float], bat
         images, visible = make_inputs(batch, (size, size), ratio, seed, torch.device("cpu"))
         calls[f"sparse {ratio}"] = encoder_call(sparse, "fwd_bwd", images, visible, torch.float32)
         if ratio in masked_dense:
-            reference = Contender("masked-dense", "masked_dense", ss.MaskedDenseEncoder(model)).set_format("channels_last")
+            reference = Contender("masked-dense", "masked_dense", ss.MaskedDenseEncoder(model))
+            reference = reference.set_format("channels_last")
             calls[f"masked-dense {ratio}"] = encoder_call(reference, "fwd_bwd", images, visible, torch.float32)
     for name, c in contenders.items():
         calls[name] = encoder_call(c, "fwd_bwd", images, visible, torch.float32)

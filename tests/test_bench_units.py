@@ -221,7 +221,8 @@ def test_step_tables_show_phases_published_checkpointing_and_contention():
     assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] | fp32 | 10 | 30 | 2.50× | – |" in text
     assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] | 10 | 20 | 10 |" in text
     assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] | 40 % | +15 % |" in text
-    assert "| resnet50 | fp32 | 4 | 0.60 | 2 | 2.00× | 1.50× | 75 % |" in markdown.contention_table({"results": [quiet, busy]})
+    table = markdown.contention_table({"results": [quiet, busy]})
+    assert "| resnet50 | fp32 | 4 | 0.60 | 2 | 2.00× | 1.50× | 75 % |" in table
 
 
 def test_background_load_runs_busy_processes_and_stops_them():
