@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import warnings
 from typing import Dict, Optional
+
+from ..files import write_text
 
 FORMAT = "spark_sparse routing cache"
 VERSION = 1
@@ -89,13 +90,4 @@ def store(environment: str, decisions: Dict[str, dict], path: Optional[str] = No
         environments = read(path)
         environments.setdefault(environment, {}).update(decisions)
         doc = {"format": FORMAT, "version": VERSION, "environments": environments}
-        fd, tmp = tempfile.mkstemp(prefix=FILE_NAME + ".", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_text(path, json.dumps(doc, indent=1, sort_keys=True))  # one atomic writer for the package
