@@ -129,6 +129,13 @@ class Monitor:
         self.writer.add_image("reconstruction/input-masked-reconstruction", grid, step)
         return path
 
+    def flush(self) -> None:
+        """Put every record so far on disk (called before each checkpoint: a run killed right after
+        one keeps the metrics of the steps it covers)."""
+        if self.enabled:
+            self.writer.flush()
+            self.metrics_file.flush()
+
     def close(self) -> None:
         if not self.enabled:
             return
