@@ -113,7 +113,8 @@ class Case:
             try:
                 self._steps[name] = make_step(sc.contender.encoder, amp_dtype=DTYPES[sc.amp],
                                               decoder_width=self.decoder_width, head_format=sc.head_format,
-                                              decoder_checkpointing=sc.decoder_checkpointing)
+                                              decoder_checkpointing=sc.decoder_checkpointing,
+                                              torch_upsample_backward=sc.kind == "published")
             except Exception as e:
                 self._steps[name] = f"unavailable (SparK({sc.kind}) failed: {type(e).__name__}: {e})"
         return self._steps[name]

@@ -1,7 +1,8 @@
 """The dense head's exact alternatives, side by side: speed and fp32 error against fp64.
 
-- The decoder's ConvTranspose2d(k4, s2, p1) three ways that compute the same function: torch's own
-  transposed convolution; four phase convolutions (each output pixel parity is a 2×2 convolution
+- The decoder's ConvTranspose2d(k4, s2, p1) four ways that compute the same function: torch's own
+  transposed convolution; the same forward with the backward through ordinary convolutions (what the
+  decoder runs, spark_sparse/upsample.py); four phase convolutions (each output pixel parity is a 2×2 convolution
   of the input: the same 16 taps per input pixel); one sub-pixel 3×3 convolution to 4× the
   channels (zero taps where a phase has none: 36 taps) followed by a pixel shuffle.
 - The whole LightDecoder NCHW (SparK's code), channels-last (ours), channels-last under bf16
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from spark_sparse.decoder import LightDecoder
+from spark_sparse.upsample import Upsample2x, upsample_2x
 
 from .contenders import Call, autocast
 from .timing import median_ms, time_interleaved
@@ -65,20 +67,28 @@ def upsample_phases(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return y.reshape(n, c, 2 * h, 2 * w)
 
 
-UPSAMPLERS: Dict[str, Callable] = {"native": upsample_native, "phases": upsample_phases, "subpixel": upsample_subpixel}
+UPSAMPLERS: Dict[str, Callable] = {"native": upsample_native, "conv-backward": upsample_2x, "phases": upsample_phases,
+                                   "subpixel": upsample_subpixel}
 
 
 def rel_error(value: torch.Tensor, truth: torch.Tensor) -> float:
     return float((value.double() - truth).abs().max() / truth.abs().max().clamp_min(1e-30))
 
 
+_COTANGENTS: Dict[tuple, torch.Tensor] = {}
+
+
 def _backward(y: torch.Tensor) -> None:
-    """Backward of a fixed random cotangent (a plain sum would give BatchNorm'd outputs a zero gradient)."""
-    cotangent = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    """Backward of a fixed random cotangent (a plain sum would give BatchNorm'd outputs a zero gradient),
+    drawn once per shape and dtype so that drawing it is not part of the time."""
+    key = (tuple(y.shape), y.dtype if y.dtype == torch.float64 else torch.float32)
+    if key not in _COTANGENTS:
+        cotangent = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        _COTANGENTS[key] = cotangent.to(key[1])
     if y.dtype == torch.float64:
-        y.backward(cotangent)
+        y.backward(_COTANGENTS[key])
     else:
-        y.float().backward(cotangent.float())
+        y.float().backward(_COTANGENTS[key])
 
 
 def _fwd_bwd(fn, x: torch.Tensor, *params: torch.Tensor):
@@ -131,14 +141,20 @@ def measure_decoder(batch: int, image_size: Tuple[int, int], width: int, warmup:
         return y.detach(), inputs[-1].grad
 
     truth = run(copy.deepcopy(base).double(), [m.double() for m in maps])
-    variants = {"NCHW fp32 (SparK's)": (torch.contiguous_format, torch.float32, False),
-                "channels-last fp32": (torch.channels_last, torch.float32, False),
-                "channels-last bf16 autocast": (torch.channels_last, torch.bfloat16, False)}
+    # name: (memory format, autocast dtype, torch.compile, torch's own transposed-conv backward)
+    variants = {"NCHW fp32 (SparK's)": (torch.contiguous_format, torch.float32, False, True),
+                "channels-last fp32, torch's transposed-conv backward": (torch.channels_last, torch.float32, False,
+                                                                         True),
+                "channels-last fp32": (torch.channels_last, torch.float32, False, False),
+                "channels-last bf16 autocast": (torch.channels_last, torch.bfloat16, False, False)}
     if compile_head:
-        variants["channels-last fp32 torch.compile"] = (torch.channels_last, torch.float32, True)
+        variants["channels-last fp32 torch.compile"] = (torch.channels_last, torch.float32, True, False)
     rows, calls = [], {}
-    for name, (fmt, amp, compiled) in variants.items():
+    for name, (fmt, amp, compiled, torch_backward) in variants.items():
         decoder = copy.deepcopy(base).to(memory_format=fmt)
+        for m in decoder.modules():
+            if isinstance(m, Upsample2x):
+                m.backward_as_convs = not torch_backward
         inputs = [m.contiguous(memory_format=fmt) for m in maps]
         row = {"variant": name}
         if compiled:

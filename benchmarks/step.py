@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from spark_sparse.spark import SparK
 from spark_sparse.step_timer import StepTimer
+from spark_sparse.upsample import Upsample2x
 
 from .contenders import autocast
 
@@ -90,9 +91,12 @@ class SparkStep:
 
 
 def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, decoder_width: int = 768,
-              lr: float = 1e-4, head_format: str = "channels_last", decoder_checkpointing: bool = False) -> SparkStep:
+              lr: float = 1e-4, head_format: str = "channels_last", decoder_checkpointing: bool = False,
+              torch_upsample_backward: bool = False) -> SparkStep:
     """A SparK pre-training step around ``encoder`` (sparse, masked-dense or dense).
     ``decoder_width`` is the LightDecoder's (SparK's 768 unless a test wants a small head).
+    ``torch_upsample_backward``: the decoder's transposed convs take torch's own backward, as in
+    SparK's code (the "as published" contender), instead of ours through ordinary convolutions.
 
     The optimizer is AdamW: SparK trains with LAMB, whose per-parameter cost is of the same
     (elementwise) kind and small next to the convolutions; every contender gets the same one.
@@ -100,5 +104,8 @@ def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, dec
     device = next(encoder.parameters()).device
     model = SparK(encoder, decoder_width=decoder_width, head_format=head_format,
                   decoder_checkpointing=decoder_checkpointing).to(device).train()
+    for m in model.decoder.modules():
+        if isinstance(m, Upsample2x):
+            m.backward_as_convs = not torch_upsample_backward
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.04)
     return SparkStep(model, optimizer, amp_dtype, device)

@@ -18,13 +18,15 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .upsample import Upsample2x
+
 
 class UpsampleBlock(nn.Module):
     """ConvTranspose2d(k4, s2, p1) → Conv3×3 → BN → ReLU6 → Conv3×3 → BN (SparK's ``UNetBlock``)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.up_sample = nn.ConvTranspose2d(in_channels, in_channels, kernel_size=4, stride=2, padding=1, bias=True)
+        self.up_sample = Upsample2x(in_channels)
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1, bias=False),
             nn.BatchNorm2d(in_channels),

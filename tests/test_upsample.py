@@ -1,0 +1,86 @@
+"""The decoder's upsampling layer: its backward through ordinary convolutions is torch's transposed
+convolution's, in fp64 (output, input gradient, weight and bias gradients), under bf16 autocast, in
+either memory format, and when only some inputs need a gradient."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spark_sparse.decoder import LightDecoder
+from spark_sparse.upsample import Upsample2x
+from tests.equivalence import rel_max
+
+
+def _pair(channels, dtype=torch.float64, memory_format=torch.contiguous_format):
+    torch.manual_seed(0)
+    ours = Upsample2x(channels).to(dtype).to(memory_format=memory_format)
+    with torch.no_grad():
+        ours.bias.normal_()
+    theirs = torch.nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1).to(dtype)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def _grads(module, x, cotangent):
+    x = x.detach().clone().requires_grad_()
+    y = module(x)
+    y.backward(cotangent.to(y.dtype))
+    return y.detach(), x.grad, module.weight.grad, module.bias.grad
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (1, 3, 1, 1), (3, 4, 8, 2)])
+def test_same_function_and_gradients_as_torch_in_fp64(shape, memory_format):
+    ours, theirs = _pair(shape[1], memory_format=memory_format)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).contiguous(memory_format=memory_format)
+    cotangent = torch.randn(shape[0], shape[1], 2 * shape[2], 2 * shape[3], generator=g, dtype=torch.float64)
+    for a, b in zip(_grads(ours, x, cotangent), _grads(theirs, x, cotangent)):
+        assert a.shape == b.shape and rel_max(a, b) <= 1e-13
+
+
+def test_only_the_requested_gradients():
+    ours, _ = _pair(4)
+    ours.weight.requires_grad_(False)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    ours(x).sum().backward()
+    assert ours.weight.grad is None and ours.bias.grad is not None and x.grad is not None
+    ours.weight.requires_grad_(True)
+    y = ours(x.detach())  # no input gradient wanted: only the parameters'
+    y.sum().backward()
+    assert ours.weight.grad is not None
+
+
+def test_bf16_autocast_matches_torch_and_keeps_fp32_gradients():
+    ours, theirs = _pair(8, torch.float32)
+    x = torch.randn(2, 8, 6, 6)
+    cotangent = torch.randn(2, 8, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = _grads(ours, x, cotangent)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        b = _grads(theirs, x, cotangent)
+    assert a[0].dtype == b[0].dtype == torch.bfloat16
+    assert ours.weight.grad.dtype == torch.float32 and ours.bias.grad.dtype == torch.float32
+    for u, v in zip(a, b):  # both round through bf16: the same kernels, at most a few bf16 steps apart
+        assert rel_max(u.float(), v.float()) <= 2e-2
+
+
+def test_published_backward_and_no_grad_use_torchs_own_path():
+    ours, theirs = _pair(3)
+    ours.backward_as_convs = False
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    cotangent = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    for a, b in zip(_grads(ours, x, cotangent), _grads(theirs, x, cotangent)):
+        assert torch.equal(a, b)
+    ours.backward_as_convs = True
+    with torch.no_grad():  # nothing to differentiate: torch's own forward, bit for bit
+        assert torch.equal(ours(x), theirs(x))
+
+
+def test_decoder_uses_it_and_keeps_sparks_parameter_names():
+    decoder = LightDecoder(width=64)
+    assert all(isinstance(b.up_sample, Upsample2x) for b in decoder.dec)
+    assert "dec.0.up_sample.weight" in decoder.state_dict() and "dec.0.up_sample.bias" in decoder.state_dict()
+    x = torch.randn(1, 64, 2, 2, dtype=torch.float64)
+    up = decoder.dec[0].up_sample.double()
+    ref = F.conv_transpose2d(x, up.weight, up.bias, stride=2, padding=1)
+    assert rel_max(up(x), ref) <= 1e-14
