@@ -10,6 +10,7 @@ import os
 from typing import Iterable, List, Optional
 
 from .ratios import contention, group_results, headline_sparse, sparse_names
+from .roofline import step_floor_ms
 
 MIB = 2 ** 20
 
@@ -93,7 +94,7 @@ def _load(load: int) -> str:
 def step_tables(doc: dict) -> str:
     """The whole step: each contender against SparK as published, where its time goes (phases),
     what holds its memory, and what decoder checkpointing saves and costs."""
-    speed, phases, memory, ckpt = [], [], [], []
+    speed, phases, memory, ckpt, roof = [], [], [], [], []
     names = list(dict.fromkeys(n for rec in doc["results"] for n in rec.get("step_phases_ms", {})))
     phase_names = list(dict.fromkeys(p for rec in doc["results"] for per in rec.get("step_phases_ms", {}).values()
                                      for p in per))
@@ -112,6 +113,7 @@ def step_tables(doc: dict) -> str:
                                   _fmt(times[name]["median"], ".0f"), _fmt(published, ".0f"),
                                   _fmt(per.get("vs_published"), ".2f", "×"),
                                   _fmt(per.get("vs_masked_dense"), ".2f", "×")])
+        roof += roofline_rows(rec, where, times, published)
         for name in names:
             split = rec.get("step_phases_ms", {}).get(name)
             if split:
@@ -139,6 +141,14 @@ def step_tables(doc: dict) -> str:
            "Phases split by the model's own boundaries; the backward is split with gradient hooks. "
            "The benchmark's batch is already in memory, so there is no data wait here (the trainer logs it).", "",
            _table(head + ["contender"] + phase_names + ["step (wall)"], phases), ""]
+    if roof:
+        out += ["### What this device allows (the step's MACs at its dense-convolution peak)", "",
+                "Peak = the fastest dense 3×3 convolution measured on this device in the same run (forward, "
+                "channels-last, best of 5); floor = 3 × the step's forward MACs at that rate (the backward does "
+                "twice the forward's MACs). No step can run faster than its floor, so published ms / floor is "
+                "the most any contender could gain over SparK as published here; % of peak = floor / measured.", "",
+                _table(head + ["contender", "autocast", "peak GMAC/s", "forward GMACs", "floor ms", "step ms",
+                               "% of peak", "ceiling × vs published"], roof), ""]
     if memory:
         out += ["### What holds the step's memory (MiB)", "",
                 "Activations kept for the backward pass per part (counted when saved; each storage once), "
@@ -169,6 +179,24 @@ def head_variants_tables(hv: dict) -> str:
         out += [f"#### ConvTranspose2d(k4, s2, p1), {fmt}: ms (output error / input-grad error)", "",
                 _table(["layer", "channels", "input"] + names, rows), ""]
     return "\n".join(out)
+
+
+def roofline_rows(rec: dict, where: List[str], times: dict, published: Optional[float]) -> List[List[str]]:
+    peaks = rec.get("conv_peak_gmacs") or {}
+    step_macs = (rec.get("macs") or {}).get("step") or {}
+    rows = []
+    for name, t in times.items():
+        info = rec["contenders"].get(name, {})
+        amp = info.get("amp", rec["dtype"])
+        macs = step_macs.get("masked-dense" if info.get("kind") in ("published", "masked_dense") else
+                             "dense" if info.get("kind") == "dense" else "sparse")
+        floor = step_floor_ms(macs, peaks.get(amp))
+        if floor is None:
+            continue
+        rows.append(where + [name, amp, _fmt(peaks.get(amp), ".0f"), _fmt(macs / 1e9, ".1f"), _fmt(floor, ".0f"),
+                             _fmt(t["median"], ".0f"), _fmt(100 * floor / t["median"], ".0f", " %"),
+                             _fmt(published / floor if published else None, ".2f", "×")])
+    return rows
 
 
 def contention_table(doc: dict) -> str:

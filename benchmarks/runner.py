@@ -16,6 +16,7 @@ from .contenders import choose_dense_format
 from .environment import environment, load_average
 from .load import background_load
 from .macs import dense_encoder_macs, encoder_macs, ideal_ratio, step_macs
+from .roofline import peaks_for
 from .memory import cpu_peak_rss_supported, cuda_peak_growth, measure_cpu_in_child
 from .ratios import add_ratios, headline_sparse
 from .schema import SCHEMA
@@ -94,6 +95,8 @@ def run_case(case: Case, cfg: BenchConfig, bar, load: int = 0) -> List[dict]:
     head = case.head_macs(images, visible, dense) if "step" in cfg.modes else None
     first_sparse = next(c for c in case.contenders.values() if c.kind == "sparse")
     tuning = tune_all(case, images, visible)
+    peaks = (peaks_for(device, [sc.amp for sc in case.step_contenders().values()]) if "step" in cfg.modes
+             else None)
     records = []
     for ratio in cfg.mask_ratios:
         images, visible = case.inputs(ratio)
@@ -112,6 +115,7 @@ def run_case(case: Case, cfg: BenchConfig, bar, load: int = 0) -> List[dict]:
             "time_ms": {}, "unavailable": {}, "errors": {}, "peak_memory_bytes": {}, "aliases": aliases,
         }
         if "step" in cfg.modes:
+            rec["conv_peak_gmacs"] = peaks
             rec["contenders"].update({n: sc.describe() for n, sc in case.step_contenders().items()
                                       if n not in case.contenders})
             rec["step_phases_ms"], rec["step_memory_bytes"] = {}, {}

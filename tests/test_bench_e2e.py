@@ -53,6 +53,7 @@ def test_quick_run_writes_valid_results(tmp_path, capsys):
         assert rec["contenders"]["spark-published"]["head_format"] == "contiguous"
         assert rec["speedup"]["step"]["sparse[auto]"]["vs_published"] > 0
         assert "--step-backends" in rec["unavailable"]["step"]["sparse[torch]"]
+        assert rec["conv_peak_gmacs"]["fp32"] > 0  # the device's conv peak, for the floor of each step
         head = rec["macs"]["head"]
         assert head > 0 and rec["macs"]["step"] == {k: v + head for k, v in macs.items()}
         for name, split in rec["step_phases_ms"].items():  # every phase of the model's, timed
@@ -70,6 +71,7 @@ def test_quick_run_writes_valid_results(tmp_path, capsys):
             assert set(mem) == encoders and all(v >= 0.95 * grads for v in mem.values()), (mem, grads)
 
     # per-layer profile: every conv of resnet18, exact MACs that add up to the encoder's count
+    assert "What this device allows" in (out / "results.md").read_text()
     profile = doc["profiles"][0]
     convs = [l for l in profile["layers"] if l["type"] == "SparseConv2d"]
     assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in timm.create_model("resnet18").modules())

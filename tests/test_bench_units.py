@@ -337,3 +337,21 @@ def test_transposed_conv_variants_are_the_same_function():
     ref = torch.nn.functional.conv_transpose2d(x, w, b, stride=2, padding=1)
     for name, fn in UPSAMPLERS.items():
         assert (fn(x, w, b) - ref).abs().max() <= 1e-12, name
+
+
+def test_roofline_floor_and_ceiling():
+    """The floor is 3 × forward MACs at the peak; the table divides the published time by it."""
+    from spark_sparse.benchmarks.markdown import roofline_rows
+    from spark_sparse.benchmarks.roofline import conv_peak_gmacs, step_floor_ms
+    assert step_floor_ms(10 ** 9, 100.0) == pytest.approx(30.0)
+    assert step_floor_ms(None, 100.0) is None and step_floor_ms(10 ** 9, None) is None
+    rec = {"dtype": "fp32", "conv_peak_gmacs": {"fp32": 100.0, "bf16": 200.0},
+           "macs": {"step": {"sparse": 2 * 10 ** 9, "masked-dense": 4 * 10 ** 9}},
+           "contenders": {"s": {"kind": "sparse"}, "s bf16": {"kind": "sparse", "amp": "bf16"},
+                          "spark-published": {"kind": "published", "amp": "fp32"}}}
+    times = {"s": {"median": 120.0}, "s bf16": {"median": 60.0}, "spark-published": {"median": 240.0}}
+    rows = {r[0]: r[1:] for r in roofline_rows(rec, [], times, 240.0)}
+    assert rows["s"] == ["fp32", "100", "2.0", "60", "120", "50 %", "4.00×"]
+    assert rows["s bf16"] == ["bf16", "200", "2.0", "30", "60", "50 %", "8.00×"]
+    assert rows["spark-published"][3:] == ["120", "240", "50 %", "2.00×"]
+    assert conv_peak_gmacs(torch.device("cpu"), repeats=1) > 0

@@ -1,0 +1,55 @@
+"""How fast a whole step could be on this device: its MACs at the device's dense-convolution peak.
+
+A step's forward MACs are counted exactly (macs.py); its backward does about twice as many (input
+and weight gradients). Timed on the same device, the fastest dense convolution this torch has (a
+large channels-last 3×3 conv, forward only, best of several runs) gives the MAC rate no layer of the
+step can beat, so ``3 × forward MACs / peak`` is a floor on the step's time and ``published ms /
+floor`` a ceiling on its speed-up over SparK as published. A target above that ceiling cannot be met
+on this device without computing less; one below it says how much of the peak the step must reach.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .contenders import autocast
+
+BACKWARD_FACTOR = 2  # the backward's MACs per forward MAC: input gradient + weight gradient
+PEAK_SHAPE = (16, 256, 28, 28)  # batch, channels, height, width: 3.7 GMACs, a shape oneDNN / cuDNN run at full rate
+
+
+def conv_peak_gmacs(device: torch.device, amp_dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """The device's dense 3×3 convolution rate in GMAC/s (best of ``repeats`` after one warm-up)."""
+    n, c, h, w = PEAK_SHAPE
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(PEAK_SHAPE, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(c, c, 3, 3, generator=g) * 0.02).to(device).contiguous(memory_format=torch.channels_last)
+    macs = n * h * w * c * c * 9
+    best = float("inf")
+    with torch.no_grad(), autocast(device, amp_dtype):
+        for i in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            F.conv2d(x, weight, padding=1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                best = min(best, time.perf_counter() - start)
+    return macs / best / 1e9
+
+
+def step_floor_ms(forward_macs: Optional[int], peak_gmacs: Optional[float]) -> Optional[float]:
+    """The step's time if every MAC of its forward and backward ran at the peak rate."""
+    if not forward_macs or not peak_gmacs:
+        return None
+    return (1 + BACKWARD_FACTOR) * forward_macs / (peak_gmacs * 1e9) * 1e3
+
+
+def peaks_for(device: torch.device, amps) -> Dict[str, float]:
+    """The peak per autocast dtype name used by the step contenders ('fp32', 'bf16', 'fp16')."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return {name: conv_peak_gmacs(device, dtypes[name]) for name in sorted(set(amps)) if name in dtypes}
