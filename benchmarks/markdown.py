@@ -199,6 +199,36 @@ def roofline_rows(rec: dict, where: List[str], times: dict, published: Optional[
     return rows
 
 
+def efficiency_table(doc: dict) -> str:
+    """Encoder forward+backward: each contender's MACs at the device's conv peak against its time.
+
+    The sparse encoder's speed-up over a dense one is its MAC ratio times the ratio of these
+    percentages, so this says whether a gap to the FLOP ideal is in the MACs or in how fast they run."""
+    rows = []
+    for rec in doc["results"]:
+        peak = (rec.get("conv_peak_gmacs") or {}).get(rec["dtype"])
+        times = rec["time_ms"].get("fwd_bwd", {})
+        macs = (rec.get("macs") or {}).get("encoder") or {}
+        if not peak or not times:
+            continue
+        for name, t in times.items():
+            kind = rec["contenders"].get(name, {}).get("kind")
+            count = macs.get("masked-dense" if kind == "masked_dense" else kind or "")
+            floor = step_floor_ms(count, peak)
+            if floor is None:
+                continue
+            rows.append([rec["model"], rec["dtype"], str(rec["batch"]), f"{rec['mask_ratio']:.2f}",
+                         str(rec.get("background_load", 0)), name, _fmt(count / 1e9, ".1f"), _fmt(t["median"], ".0f"),
+                         _fmt(floor, ".0f"), _fmt(100 * floor / t["median"], ".0f", " %")])
+    if not rows:
+        return ""
+    return ("Encoder forward+backward: 3 × its forward MACs at the dense 3×3 convolution peak measured in the "
+            "same run (floor) against its median time. The sparse encoder's speed-up over a dense contender is "
+            "its MAC ratio times the ratio of their percentages.\n\n"
+            + _table(["model", "dtype", "batch", "mask ratio", "busy processes", "contender", "forward GMACs",
+                      "ms", "floor ms", "% of peak"], rows))
+
+
 def contention_table(doc: dict) -> str:
     rows = [[c["model"], c["dtype"], str(c["batch"]), f"{c['mask_ratio']:.2f}", str(c["load"]),
              _fmt(c["quiet"], ".2f", "×"), _fmt(c["loaded"], ".2f", "×"), _fmt(100 * c["kept"], ".0f", " %")]
@@ -360,6 +390,9 @@ def markdown(doc: dict, plots: Iterable[str] = ()) -> str:
         busy = contention_table(doc)
         if busy:
             out += ["## Under contention", "", busy, ""]
+        efficiency = efficiency_table(doc)
+        if efficiency:
+            out += ["## How much of this device's peak each encoder reaches", "", efficiency, ""]
         out += ["## Times of every contender", "", times_tables(doc), "",
                 "## Peak memory", "", memory_tables(doc), "",
                 "## Exact MACs (forward)", "", macs_table(doc), ""]

@@ -52,4 +52,10 @@ def step_floor_ms(forward_macs: Optional[int], peak_gmacs: Optional[float]) -> O
 def peaks_for(device: torch.device, amps) -> Dict[str, float]:
     """The peak per autocast dtype name used by the step contenders ('fp32', 'bf16', 'fp16')."""
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    return {name: conv_peak_gmacs(device, dtypes[name]) for name in sorted(set(amps)) if name in dtypes}
+    peaks = {}
+    for name in sorted(set(amps)):
+        try:
+            peaks[name] = conv_peak_gmacs(device, dtypes[name])
+        except (KeyError, RuntimeError):  # a dtype this device cannot convolve in: no floor for it
+            pass
+    return peaks

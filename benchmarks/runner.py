@@ -95,8 +95,8 @@ def run_case(case: Case, cfg: BenchConfig, bar, load: int = 0) -> List[dict]:
     head = case.head_macs(images, visible, dense) if "step" in cfg.modes else None
     first_sparse = next(c for c in case.contenders.values() if c.kind == "sparse")
     tuning = tune_all(case, images, visible)
-    peaks = (peaks_for(device, [sc.amp for sc in case.step_contenders().values()]) if "step" in cfg.modes
-             else None)
+    peaks = peaks_for(device, [case.dtype] + ([sc.amp for sc in case.step_contenders().values()]
+                                              if "step" in cfg.modes else []))
     records = []
     for ratio in cfg.mask_ratios:
         images, visible = case.inputs(ratio)
@@ -114,8 +114,8 @@ def run_case(case: Case, cfg: BenchConfig, bar, load: int = 0) -> List[dict]:
             "macs": {"encoder": enc_macs, "head": head, "step": step_macs(enc_macs, head)},
             "time_ms": {}, "unavailable": {}, "errors": {}, "peak_memory_bytes": {}, "aliases": aliases,
         }
+        rec["conv_peak_gmacs"] = peaks
         if "step" in cfg.modes:
-            rec["conv_peak_gmacs"] = peaks
             rec["contenders"].update({n: sc.describe() for n, sc in case.step_contenders().items()
                                       if n not in case.contenders})
             rec["step_phases_ms"], rec["step_memory_bytes"] = {}, {}
