@@ -1,7 +1,8 @@
 """Conv2d on active sites, in the four kinds SparK's backbones use (spark_sparse/routing/).
 
-- 1×1 (any stride), ``matmul``: a matmul on the (N, C) matrix; a strided one first picks each
-  output's top-left child, which always lies in the same patch.
+- 1×1 (any stride), ``matmul``: a matmul on the (N, C) matrix (kernels/rows_linear: on the CPU, as
+  oneDNN's 1×1 conv where that is faster); a strided one first picks each output's top-left child,
+  which always lies in the same patch.
 - kernel == stride, no padding (ConvNeXt 4×4/4 stem, 2×2/2 downsample), ``patchify``: each output's
   window is a block of its own patch tile, so the conv is a reshape of the tiles plus a matmul.
 - depthwise k×k (ConvNeXt's 7×7): our kernels (kernels/depthwise.py), ``depthwise-<kernel>``.
@@ -24,6 +25,7 @@ from ..errors import UnsupportedLayerError
 from ..features import SparseFeatures
 from ..geometry import maps_to_next_level
 from ..kernels.depthwise import sparse_depthwise_conv
+from ..kernels.rows_linear import rows_linear
 from ..routing import Route, Workload, depthwise_kernel_name, layer_kind, route
 from .base import SparseModule
 
@@ -32,7 +34,7 @@ def _matmul(x: SparseFeatures, weight, bias, spec: ConvSpec) -> torch.Tensor:
     feats, step = x.features, spec.stride[0]
     if step > 1:
         feats = x.tiles()[:, ::step, ::step, :].reshape(-1, x.channels)
-    return F.linear(feats, weight.view(spec.out_channels, spec.in_channels), bias)
+    return rows_linear(feats, weight.view(spec.out_channels, spec.in_channels), bias)
 
 
 def _patchify(x: SparseFeatures, weight, bias, spec: ConvSpec) -> torch.Tensor:
