@@ -10,7 +10,7 @@ import os
 from typing import Iterable, List, Optional
 
 from .ratios import contention, group_results, headline_sparse, sparse_names
-from .roofline import step_floor_ms
+from .roofline import floor_ms
 
 MIB = 2 ** 20
 
@@ -181,6 +181,11 @@ def head_variants_tables(hv: dict) -> str:
     return "\n".join(out)
 
 
+def _macs_key(kind: Optional[str]) -> str:
+    """The key of a contender's MAC count in a record's ``macs`` (SparK as published: masked-dense)."""
+    return {"published": "masked-dense", "masked_dense": "masked-dense", "dense": "dense"}.get(kind or "", "sparse")
+
+
 def roofline_rows(rec: dict, where: List[str], times: dict, published: Optional[float]) -> List[List[str]]:
     peaks = rec.get("conv_peak_gmacs") or {}
     step_macs = (rec.get("macs") or {}).get("step") or {}
@@ -188,9 +193,8 @@ def roofline_rows(rec: dict, where: List[str], times: dict, published: Optional[
     for name, t in times.items():
         info = rec["contenders"].get(name, {})
         amp = info.get("amp", rec["dtype"])
-        macs = step_macs.get("masked-dense" if info.get("kind") in ("published", "masked_dense") else
-                             "dense" if info.get("kind") == "dense" else "sparse")
-        floor = step_floor_ms(macs, peaks.get(amp))
+        macs = step_macs.get(_macs_key(info.get("kind")))
+        floor = floor_ms(macs, peaks.get(amp))
         if floor is None:
             continue
         rows.append(where + [name, amp, _fmt(peaks.get(amp), ".0f"), _fmt(macs / 1e9, ".1f"), _fmt(floor, ".0f"),
@@ -212,9 +216,8 @@ def efficiency_table(doc: dict) -> str:
         if not peak or not times:
             continue
         for name, t in times.items():
-            kind = rec["contenders"].get(name, {}).get("kind")
-            count = macs.get("masked-dense" if kind == "masked_dense" else kind or "")
-            floor = step_floor_ms(count, peak)
+            count = macs.get(_macs_key(rec["contenders"].get(name, {}).get("kind")))
+            floor = floor_ms(count, peak)
             if floor is None:
                 continue
             rows.append([rec["model"], rec["dtype"], str(rec["batch"]), f"{rec['mask_ratio']:.2f}",

@@ -1,11 +1,14 @@
-"""How fast a whole step could be on this device: its MACs at the device's dense-convolution peak.
+"""How fast a step (or an encoder's forward+backward) could be on this device: its MACs at the
+device's dense-convolution peak.
 
-A step's forward MACs are counted exactly (macs.py); its backward does about twice as many (input
-and weight gradients). Timed on the same device, the fastest dense convolution this torch has (a
-large channels-last 3×3 conv, forward only, best of several runs) gives the MAC rate no layer of the
-step can beat, so ``3 × forward MACs / peak`` is a floor on the step's time and ``published ms /
-floor`` a ceiling on its speed-up over SparK as published. A target above that ceiling cannot be met
-on this device without computing less; one below it says how much of the peak the step must reach.
+Forward MACs are counted exactly (macs.py); the backward does about twice as many (input and weight
+gradients). Timed on the same device, a large channels-last 3×3 convolution (forward only, best of
+several runs) gives the best rate this torch reaches on dense convolutions, the work that makes up
+a SparK step, so ``3 × forward MACs / peak`` is the time at that rate (its floor, in practice) and
+``published ms / floor`` the most a contender could gain over SparK as published without computing
+less. A target above that ceiling cannot be met here; one below it says how much of the peak the
+step must reach, and an encoder's share of the peak says whether a gap to its FLOP ideal is in the
+MACs or in the rate they run at.
 """
 from __future__ import annotations
 
@@ -42,8 +45,8 @@ def conv_peak_gmacs(device: torch.device, amp_dtype: torch.dtype = torch.float32
     return macs / best / 1e9
 
 
-def step_floor_ms(forward_macs: Optional[int], peak_gmacs: Optional[float]) -> Optional[float]:
-    """The step's time if every MAC of its forward and backward ran at the peak rate."""
+def floor_ms(forward_macs: Optional[int], peak_gmacs: Optional[float]) -> Optional[float]:
+    """The time of a forward and its backward if every MAC ran at the peak rate."""
     if not forward_macs or not peak_gmacs:
         return None
     return (1 + BACKWARD_FACTOR) * forward_macs / (peak_gmacs * 1e9) * 1e3

@@ -342,9 +342,9 @@ def test_transposed_conv_variants_are_the_same_function():
 def test_roofline_floor_and_ceiling():
     """The floor is 3 × forward MACs at the peak; the table divides the published time by it."""
     from spark_sparse.benchmarks.markdown import roofline_rows
-    from spark_sparse.benchmarks.roofline import conv_peak_gmacs, step_floor_ms
-    assert step_floor_ms(10 ** 9, 100.0) == pytest.approx(30.0)
-    assert step_floor_ms(None, 100.0) is None and step_floor_ms(10 ** 9, None) is None
+    from spark_sparse.benchmarks.roofline import conv_peak_gmacs, floor_ms
+    assert floor_ms(10 ** 9, 100.0) == pytest.approx(30.0)
+    assert floor_ms(None, 100.0) is None and floor_ms(10 ** 9, None) is None
     rec = {"dtype": "fp32", "conv_peak_gmacs": {"fp32": 100.0, "bf16": 200.0},
            "macs": {"step": {"sparse": 2 * 10 ** 9, "masked-dense": 4 * 10 ** 9}},
            "contenders": {"s": {"kind": "sparse"}, "s bf16": {"kind": "sparse", "amp": "bf16"},
