@@ -61,8 +61,9 @@ def add_arguments(p):
                    help="measure each case with N busy processes beside it, once per N given (e.g. 0 2: quiet "
                         "and with two; default: 0)")
     p.add_argument("--head-variants", action="store_true",
-                   help="also time the dense head's exact alternatives (transposed conv native / four phase "
-                        "convs / sub-pixel; decoder NCHW / channels-last / bf16) with their fp32 error vs fp64")
+                   help="also time the dense head's exact alternatives (transposed conv: torch's / its backward as "
+                        "convolutions (ours) / four phase convs / sub-pixel; decoder NCHW / channels-last, each "
+                        "backward / bf16) with their fp32 error vs fp64")
     p.add_argument("--compile-head", action="store_true",
                    help="with --head-variants: a torch.compile-d decoder too (compile time reported)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=S,
