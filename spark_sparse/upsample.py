@@ -56,9 +56,11 @@ def upsample_2x(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 class Upsample2x(nn.ConvTranspose2d):
     """ConvTranspose2d(channels, channels, 4, stride 2, padding 1, bias): SparK's decoder upsampling.
 
-    ``backward_as_convs`` (default True) computes the backward with ordinary convolutions (see the
-    module docstring); False runs torch's own transposed-convolution backward, as SparK's code does
-    (the benchmark's "SparK as published" contender).
+    ``backward_as_convs`` (default True) computes the backward with ordinary convolutions on the CPU
+    (see the module docstring; on GPUs cuDNN's transposed convolution already runs as convolution
+    kernels, and it was not measured there, so GPUs keep torch's own); False runs torch's own
+    transposed-convolution backward everywhere, as SparK's code does (the benchmark's "SparK as
+    published" contender).
     """
 
     def __init__(self, channels: int, backward_as_convs: bool = True):
@@ -66,6 +68,6 @@ class Upsample2x(nn.ConvTranspose2d):
         self.backward_as_convs = backward_as_convs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backward_as_convs and torch.is_grad_enabled():
+        if self.backward_as_convs and torch.is_grad_enabled() and x.device.type == "cpu":
             return upsample_2x(x, self.weight, self.bias)
         return super().forward(x)
