@@ -52,6 +52,7 @@ class BenchConfig:
     head_variants: bool = False                 # the dense head's exact alternatives, speed and fp32 error
     compile_head: bool = False                  # ... with a torch.compile-d decoder among them
     tf32: bool = False
+    keep_freed_memory: bool = False             # glibc keeps freed blocks for reuse, as the trainer does
     seed: int = 0
     profile_model: Optional[str] = ""           # '' = first model that runs; None = no profile
     profile_ratio: float = 0.6

@@ -290,7 +290,8 @@ def environment_lines(doc: dict) -> str:
              f"- torch {v['torch']}, timm {v['timm']}, spconv {v['spconv'] or 'not installed'}, python {env['python']}",
              f"- CPU: {cpu['model']}, {cpu['usable_cores']} usable cores, torch threads {cpu['torch_threads']} "
              f"(interop {cpu['torch_interop_threads']}); load average at start {env.get('load_average_start')}, "
-             f"at end {env.get('load_average_end')}"]
+             f"at end {env.get('load_average_end')}"
+             + (f"; malloc: {env['malloc']}" if env.get("malloc") else "")]
     if env.get("cuda"):
         c = env["cuda"]
         lines.append(f"- GPU: {c['name']} (sm {c['capability']}, {c['memory_gib']} GiB), CUDA {c['cuda']}, "

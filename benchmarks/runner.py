@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from spark_sparse.allocator import keep_freed_memory, malloc_setting
 from spark_sparse.routing import get_routing, routing_mode
 
 from .case import Case
@@ -227,7 +228,10 @@ def _run(cfg: BenchConfig, progress: bool, checkpoint: Optional[Callable[[dict],
         torch.set_num_threads(cfg.threads)
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
-    doc = {"schema": SCHEMA, "command": cfg.command, "note": cfg.note, "environment": environment(),
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
+    doc = {"schema": SCHEMA, "command": cfg.command, "note": cfg.note,
+           "environment": dict(environment(), malloc=malloc_setting()),
            "config": cfg.to_json(), "results": [], "skipped": [], "profiles": [], "routing": get_routing()}
     backends = cfg.backends or available_backends()
     doc["config"]["backends"] = backends

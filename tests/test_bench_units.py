@@ -285,6 +285,8 @@ def test_command_line_round_trips_and_rejects_bad_values(tmp_path, capsys):
     assert again.command == cfg.command and (again.models, again.image_size, again.note) == \
            (cfg.models, cfg.image_size, "load 3")
     assert build_config(parser.parse_args(["bench", "--quick", "--repeats", "3"])).repeats == 3
+    assert build_config(parser.parse_args(["bench", "--keep-freed-memory"])).keep_freed_memory
+    assert not build_config(parser.parse_args(["bench"])).keep_freed_memory
     for bad, message in ((["--mask-ratios", "1.0"], "mask_ratio must be in [0, 1)"),
                          (["--size", "100"], "multiples of 32"), (["--batch", "0"], "batch sizes must be >= 1")):
         assert main(["bench", *bad, "--out", str(tmp_path)]) == 2

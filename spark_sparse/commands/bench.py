@@ -80,6 +80,9 @@ def add_arguments(p):
     p.add_argument("--decoder-width", type=int, default=S,
                    help="LightDecoder width of the whole-step mode (default: 768, SparK's)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA for fp32 (off by default: fp32 means fp32)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="let glibc keep freed memory for reuse, as `pretrain` does (no page faults on the step's "
+                        "large tensors; every contender runs with it): measures what a training run sees")
     p.add_argument("--seed", type=int, default=S, help="seed of weights, images and masks (default: 0)")
     p.add_argument("--profile-model", default=S, metavar="NAME",
                    help="model of the per-layer profile; 'none' to skip (default: the first model that ran)")
@@ -129,6 +132,7 @@ def build_config(args):
     cfg.head_variants = args.head_variants
     cfg.compile_head = args.compile_head
     cfg.tf32 = args.tf32
+    cfg.keep_freed_memory = args.keep_freed_memory
     cfg.profile_only = args.profile_only
     cfg.note = args.note
     cfg.command = command_line(args)
