@@ -81,8 +81,9 @@ def add_arguments(p):
                    help="LightDecoder width of the whole-step mode (default: 768, SparK's)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA for fp32 (off by default: fp32 means fp32)")
     p.add_argument("--keep-freed-memory", action="store_true",
-                   help="let glibc keep freed memory for reuse, as `pretrain` does (no page faults on the step's "
-                        "large tensors; every contender runs with it): measures what a training run sees")
+                   help="let glibc keep freed memory for reuse (no mmap, no trim: no page faults on a step's "
+                        "large tensors), for every contender alike; the default measures with malloc as the "
+                        "system set it")
     p.add_argument("--seed", type=int, default=S, help="seed of weights, images and masks (default: 0)")
     p.add_argument("--profile-model", default=S, metavar="NAME",
                    help="model of the per-layer profile; 'none' to skip (default: the first model that ran)")
