@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from spark_sparse.decoder import LightDecoder
-from spark_sparse.upsample import Upsample2x, upsample_2x
+from spark_sparse.upsample import set_backward_as_convs, upsample_2x
 
 from .contenders import Call, autocast
 from .timing import median_ms, time_interleaved
@@ -152,9 +152,7 @@ def measure_decoder(batch: int, image_size: Tuple[int, int], width: int, warmup:
     rows, calls = [], {}
     for name, (fmt, amp, compiled, torch_backward) in variants.items():
         decoder = copy.deepcopy(base).to(memory_format=fmt)
-        for m in decoder.modules():
-            if isinstance(m, Upsample2x):
-                m.backward_as_convs = not torch_backward
+        set_backward_as_convs(decoder, not torch_backward)
         inputs = [m.contiguous(memory_format=fmt) for m in maps]
         row = {"variant": name}
         if compiled:

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from spark_sparse.spark import SparK
 from spark_sparse.step_timer import StepTimer
-from spark_sparse.upsample import Upsample2x
+from spark_sparse.upsample import set_backward_as_convs
 
 from .contenders import autocast
 
@@ -104,8 +104,6 @@ def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, dec
     device = next(encoder.parameters()).device
     model = SparK(encoder, decoder_width=decoder_width, head_format=head_format,
                   decoder_checkpointing=decoder_checkpointing).to(device).train()
-    for m in model.decoder.modules():
-        if isinstance(m, Upsample2x):
-            m.backward_as_convs = not torch_upsample_backward
+    set_backward_as_convs(model.decoder, not torch_upsample_backward)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.04)
     return SparkStep(model, optimizer, amp_dtype, device)

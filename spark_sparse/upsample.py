@@ -71,3 +71,10 @@ class Upsample2x(nn.ConvTranspose2d):
         if self.backward_as_convs and torch.is_grad_enabled() and x.device.type == "cpu":
             return upsample_2x(x, self.weight, self.bias)
         return super().forward(x)
+
+
+def set_backward_as_convs(model: nn.Module, enabled: bool) -> None:
+    """Every Upsample2x in ``model``: ours (True) or torch's own transposed-conv backward (False)."""
+    for m in model.modules():
+        if isinstance(m, Upsample2x):
+            m.backward_as_convs = enabled
