@@ -1,12 +1,14 @@
-"""The decoder's upsampling layer: its backward through ordinary convolutions is torch's transposed
-convolution's, in fp64 (output, input gradient, weight and bias gradients), under bf16 autocast, in
-either memory format, and when only some inputs need a gradient."""
+"""The decoder's upsampling layer: its backward, through ordinary convolutions or through im2col and
+matrix products, is torch's transposed convolution's, in fp64 (output, input gradient, weight and
+bias gradients), under bf16 autocast, in either memory format, and when only some inputs need a
+gradient."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+from spark_sparse import upsample
 from spark_sparse.decoder import LightDecoder
-from spark_sparse.upsample import Upsample2x
+from spark_sparse.upsample import Upsample2x, gemm_backward_pays
 from tests.equivalence import rel_max
 
 
@@ -27,9 +29,16 @@ def _grads(module, x, cotangent):
     return y.detach(), x.grad, module.weight.grad, module.bias.grad
 
 
+@pytest.fixture(params=["convs", "gemm"])
+def backward_route(request, monkeypatch):
+    """Each way of computing the backward, forced for every shape."""
+    monkeypatch.setattr(upsample, "gemm_backward_pays", lambda *shape: request.param == "gemm")
+    return request.param
+
+
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("shape", [(2, 6, 5, 7), (1, 3, 1, 1), (3, 4, 8, 2)])
-def test_same_function_and_gradients_as_torch_in_fp64(shape, memory_format):
+def test_same_function_and_gradients_as_torch_in_fp64(shape, memory_format, backward_route):
     ours, theirs = _pair(shape[1], memory_format=memory_format)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=g, dtype=torch.float64).contiguous(memory_format=memory_format)
@@ -38,7 +47,13 @@ def test_same_function_and_gradients_as_torch_in_fp64(shape, memory_format):
         assert a.shape == b.shape and rel_max(a, b) <= 1e-13
 
 
-def test_only_the_requested_gradients():
+def test_gemm_backward_where_measured_faster():
+    assert gemm_backward_pays(768, 7, 7) and gemm_backward_pays(768, 3, 3) and gemm_backward_pays(192, 4, 4)
+    assert not gemm_backward_pays(384, 7, 7) and not gemm_backward_pays(768, 14, 14)
+    assert not gemm_backward_pays(48, 112, 112)
+
+
+def test_only_the_requested_gradients(backward_route):
     ours, _ = _pair(4)
     ours.weight.requires_grad_(False)
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -50,7 +65,7 @@ def test_only_the_requested_gradients():
     assert ours.weight.grad is not None
 
 
-def test_bf16_autocast_matches_torch_and_keeps_fp32_gradients():
+def test_bf16_autocast_matches_torch_and_keeps_fp32_gradients(backward_route):
     ours, theirs = _pair(8, torch.float32)
     x = torch.randn(2, 8, 6, 6)
     cotangent = torch.randn(2, 8, 12, 12)
