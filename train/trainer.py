@@ -24,6 +24,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from ..allocator import keep_freed_memory, malloc_setting
 from ..io import checkpoint as ckpt
 from ..masks import random_visible
 from ..spark import SparK, build_spark, model_config
@@ -72,6 +73,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
         seed_everything(args.seed + self.procs.rank)  # drop-path draws differ per process
 
+        keep = self.device.type == "cpu" and getattr(args, "keep_freed_memory", True)
+        self.memory = keep_freed_memory() if keep else malloc_setting()
         self.threads = plan_threads(self.device.type, self.procs.local_world, args.workers,
                                     os.environ.get("OMP_NUM_THREADS"), default_threads=torch.get_num_threads())
         torch.set_num_threads(self.threads.compute_threads)
@@ -281,6 +284,7 @@ class Trainer:
                 f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}"
                 f"{', decoder checkpointing' if getattr(a, 'decoder_checkpointing', False) else ''}\n"
                 f"  threads: {self.threads.describe()}\n"
+                f"  malloc: {self.memory}\n"
                 f"  output: {os.path.abspath(self.out)} (run {self.run_id})")
 
     def log(self, text: str) -> None:
