@@ -40,17 +40,27 @@ def gemm_backward_pays(channels: int, height: int, width: int) -> bool:
 def _gemm_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, need_x: bool, need_w: bool):
     """Both gradients of y = conv_transpose2d(x, W, stride 2, padding 1) from one im2col of ``grad``:
     each input position's 4×4 window of the (padded) output gradient is a row, so grad_x = rows · Wᵀ
-    and grad_W = xᵀ · rows (x and grad_x as channels-last rows)."""
+    and grad_W = xᵀ · rows (x and grad_x as channels-last rows). A row's columns follow the weight's
+    memory order, (out, kh, kw) or channels-last (kh, kw, out), so the weight is read and its
+    gradient written in the parameter's own layout, without copies."""
     n, c_out, h2, w2 = grad.shape
     c_in, h, w = x.shape[1], h2 // STRIDE, w2 // STRIDE
     padded = F.pad(grad.permute(0, 2, 3, 1), (0, 0, PADDING, PADDING, PADDING, PADDING))
-    rows = padded.unfold(1, KERNEL, STRIDE).unfold(2, KERNEL, STRIDE).reshape(n * h * w, c_out * KERNEL * KERNEL)
-    flat_weight = weight.reshape(c_in, c_out * KERNEL * KERNEL)
+    windows = padded.unfold(1, KERNEL, STRIDE).unfold(2, KERNEL, STRIDE)  # n, h, w, out, kh, kw
+    channels_last = not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        windows, flat_weight = windows.permute(0, 1, 2, 4, 5, 3), weight.permute(0, 2, 3, 1)
+    else:
+        flat_weight = weight
+    rows = windows.reshape(n * h * w, c_out * KERNEL * KERNEL)
+    flat_weight = flat_weight.reshape(c_in, c_out * KERNEL * KERNEL)
     grad_x = grad_w = None
     if need_x:
         grad_x = (rows @ flat_weight.t()).view(n, h, w, c_in).permute(0, 3, 1, 2)
     if need_w:
-        grad_w = (x.permute(0, 2, 3, 1).reshape(n * h * w, c_in).t() @ rows).view_as(weight)
+        grad_w = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in).t() @ rows
+        grad_w = (grad_w.view(c_in, KERNEL, KERNEL, c_out).permute(0, 3, 1, 2) if channels_last
+                  else grad_w.view_as(weight))
     return grad_x, grad_w
 
 
