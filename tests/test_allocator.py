@@ -23,7 +23,8 @@ def test_said_once_per_process():
         pytest.skip("not glibc: nothing to set")
 
 
-@pytest.mark.parametrize("flag, said", [(None, "freed memory kept"), ("--no-keep-freed-memory", "as the system set it")])
+@pytest.mark.parametrize("flag, said", [(None, "freed memory kept"),
+                                        ("--no-keep-freed-memory", "as the system set it")])
 def test_pretrain_keeps_freed_memory_unless_told_not_to(tmp_path, flag, said):
     from tests.pretrain_utils import TINY
     if flag is None and allocator._glibc() is None:

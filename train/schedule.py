@@ -46,7 +46,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, betas: Tuple[float, 
     """LAMB (SparK's) or AdamW; weight decay is set per step by :class:`Schedule`."""
     groups = param_groups(model)
     if name == "lamb":
-        from timm.optim import Lamb
+        from .lamb import Lamb
         # clipping happens in the trainer (clip_grad_norm_ to --clip), so LAMB's own is off
         return Lamb(groups, lr=lr, betas=betas, weight_decay=0.0, max_grad_norm=None)
     if name == "adamw":
