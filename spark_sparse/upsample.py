@@ -17,6 +17,10 @@ at 7×7 with 512–1024 channels and 1.5–9× faster at up to 4×4 with 192–1
 bf16; at 7×7 with fewer than 512 channels, and at 14×14, the convolutions were as fast or faster
 (``gemm_backward_pays``). Its im2col holds 4× the gradient, small at these sizes. It sums in
 another order, so its fp32 results differ from the convolutions' by rounding only (fp64: 1e-12).
+The forward too is slow there at 512 channels and more (oneDNN's transposed convolution took 63 ms
+at 768 channels on 2×2 and 74 ms on 3×3 in fp32, where one matrix product and a col2im take 14 and
+30 ms; bf16 25 → 7 and 31 → 16 ms); up to 4×4 with at least 512 channels the forward runs that way
+when gradients are being recorded (``gemm_forward_pays``; without gradients it stays torch's own).
 """
 from __future__ import annotations
 
@@ -37,6 +41,38 @@ def gemm_backward_pays(channels: int, height: int, width: int) -> bool:
                                                and channels >= GEMM_WIDE_MIN_CHANNELS)
 
 
+def gemm_forward_pays(channels: int, height: int, width: int) -> bool:
+    """Whether the forward runs as a matrix product + col2im (see the module docstring)."""
+    return height * width <= GEMM_MAX_POSITIONS and channels >= GEMM_WIDE_MIN_CHANNELS
+
+
+def _by_memory_order(weight: torch.Tensor):
+    """(whether ``weight`` is channels-last, its (in, out·kh·kw) matrix as a view in memory order):
+    columns (out, kh, kw) for a contiguous weight, (kh, kw, out) for a channels-last one."""
+    c_in, c_out = weight.shape[:2]
+    channels_last = not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    matrix = weight.permute(0, 2, 3, 1) if channels_last else weight
+    return channels_last, matrix.reshape(c_in, c_out * KERNEL * KERNEL)
+
+
+def _gemm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """conv_transpose2d(x, W, b, stride 2, padding 1) as x's rows · W (each input position's 4×4
+    contribution to the output), summed into place by col2im; in the memory format torch's would have."""
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[1]
+    channels_last, matrix = _by_memory_order(weight)
+    cols = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in) @ matrix
+    if channels_last:  # (kh, kw, out) → (out, kh, kw), as col2im reads its columns
+        cols = cols.view(n * h * w, KERNEL, KERNEL, c_out).permute(0, 3, 1, 2)
+    cols = cols.reshape(n, h * w, c_out * KERNEL * KERNEL).transpose(1, 2)
+    y = F.fold(cols, (STRIDE * h, STRIDE * w), kernel_size=KERNEL, stride=STRIDE, padding=PADDING)
+    # channels-last when the input or the weight is, as torch's convolutions decide (a 1×1 map fits
+    # both layouts: told apart by the width's stride)
+    channels_last_in = x.is_contiguous(memory_format=torch.channels_last) and x.stride(3) == c_in
+    return (y + bias.view(1, -1, 1, 1)).contiguous(
+        memory_format=torch.channels_last if channels_last_in or channels_last else torch.contiguous_format)
+
+
 def _gemm_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, need_x: bool, need_w: bool):
     """Both gradients of y = conv_transpose2d(x, W, stride 2, padding 1) from one im2col of ``grad``:
     each input position's 4×4 window of the (padded) output gradient is a row, so grad_x = rows · Wᵀ
@@ -47,13 +83,10 @@ def _gemm_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, ne
     c_in, h, w = x.shape[1], h2 // STRIDE, w2 // STRIDE
     padded = F.pad(grad.permute(0, 2, 3, 1), (0, 0, PADDING, PADDING, PADDING, PADDING))
     windows = padded.unfold(1, KERNEL, STRIDE).unfold(2, KERNEL, STRIDE)  # n, h, w, out, kh, kw
-    channels_last = not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    channels_last, flat_weight = _by_memory_order(weight)
     if channels_last:
-        windows, flat_weight = windows.permute(0, 1, 2, 4, 5, 3), weight.permute(0, 2, 3, 1)
-    else:
-        flat_weight = weight
+        windows = windows.permute(0, 1, 2, 4, 5, 3)
     rows = windows.reshape(n * h * w, c_out * KERNEL * KERNEL)
-    flat_weight = flat_weight.reshape(c_in, c_out * KERNEL * KERNEL)
     grad_x = grad_w = None
     if need_x:
         grad_x = (rows @ flat_weight.t()).view(n, h, w, c_in).permute(0, 3, 1, 2)
@@ -86,6 +119,8 @@ class _TransposedConvConvBackward(torch.autograd.Function):
             x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
         ctx.save_for_backward(x, weight)
         with torch.autocast(x.device.type, enabled=False):
+            if gemm_forward_pays(x.shape[1], x.shape[2], x.shape[3]):
+                return _gemm_forward(x, weight, bias)
             return F.conv_transpose2d(x, weight, bias, stride=STRIDE, padding=PADDING)
 
     @staticmethod

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from spark_sparse import upsample
 from spark_sparse.decoder import LightDecoder
-from spark_sparse.upsample import Upsample2x, gemm_backward_pays
+from spark_sparse.upsample import Upsample2x, gemm_backward_pays, gemm_forward_pays
 from tests.equivalence import rel_max
 
 
@@ -29,31 +29,36 @@ def _grads(module, x, cotangent):
     return y.detach(), x.grad, module.weight.grad, module.bias.grad
 
 
-@pytest.fixture(params=["convs", "gemm"])
-def backward_route(request, monkeypatch):
-    """Each way of computing the backward, forced for every shape."""
-    monkeypatch.setattr(upsample, "gemm_backward_pays", lambda *shape: request.param == "gemm")
+@pytest.fixture(params=["convs", "gemm backward", "gemm both"])
+def route(request, monkeypatch):
+    """Each way of computing the forward and the backward, forced for every shape."""
+    monkeypatch.setattr(upsample, "gemm_backward_pays", lambda *shape: request.param != "convs")
+    monkeypatch.setattr(upsample, "gemm_forward_pays", lambda *shape: request.param == "gemm both")
     return request.param
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("shape", [(2, 6, 5, 7), (1, 3, 1, 1), (3, 4, 8, 2)])
-def test_same_function_and_gradients_as_torch_in_fp64(shape, memory_format, backward_route):
+def test_same_function_and_gradients_as_torch_in_fp64(shape, memory_format, route):
     ours, theirs = _pair(shape[1], memory_format=memory_format)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=g, dtype=torch.float64).contiguous(memory_format=memory_format)
     cotangent = torch.randn(shape[0], shape[1], 2 * shape[2], 2 * shape[3], generator=g, dtype=torch.float64)
-    for a, b in zip(_grads(ours, x, cotangent), _grads(theirs, x, cotangent)):
+    ours_out, theirs_out = _grads(ours, x, cotangent), _grads(theirs, x, cotangent)
+    for a, b in zip(ours_out, theirs_out):
         assert a.shape == b.shape and rel_max(a, b) <= 1e-13
+    assert ours_out[0].is_contiguous(memory_format=memory_format)  # the output in the input's layout
 
 
-def test_gemm_backward_where_measured_faster():
+def test_gemm_where_measured_faster():
     assert gemm_backward_pays(768, 7, 7) and gemm_backward_pays(768, 3, 3) and gemm_backward_pays(192, 4, 4)
     assert not gemm_backward_pays(384, 7, 7) and not gemm_backward_pays(768, 14, 14)
     assert not gemm_backward_pays(48, 112, 112)
+    assert gemm_forward_pays(768, 3, 3) and gemm_forward_pays(512, 4, 4)
+    assert not gemm_forward_pays(384, 3, 3) and not gemm_forward_pays(768, 7, 7)
 
 
-def test_only_the_requested_gradients(backward_route):
+def test_only_the_requested_gradients(route):
     ours, _ = _pair(4)
     ours.weight.requires_grad_(False)
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -65,7 +70,7 @@ def test_only_the_requested_gradients(backward_route):
     assert ours.weight.grad is not None
 
 
-def test_bf16_autocast_matches_torch_and_keeps_fp32_gradients(backward_route):
+def test_bf16_autocast_matches_torch_and_keeps_fp32_gradients(route):
     ours, theirs = _pair(8, torch.float32)
     x = torch.randn(2, 8, 6, 6)
     cotangent = torch.randn(2, 8, 12, 12)
