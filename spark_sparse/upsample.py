@@ -1,4 +1,4 @@
-"""The decoder's 2× upsampling, ConvTranspose2d(k4, s2, p1), with a faster backward on the CPU.
+"""The decoder's 2× upsampling, ConvTranspose2d(k4, s2, p1), computed faster on the CPU.
 
 A transposed convolution is the adjoint of a strided convolution, so its two gradients are ordinary
 convolution work: the input gradient is ``conv2d(grad, W, stride 2, padding 1)`` and the weight
@@ -6,8 +6,7 @@ gradient is that convolution's weight gradient with the roles of input and outpu
 way, oneDNN uses its convolution kernels instead of its slower deconvolution-backward ones: decoder
 upsampling layers at batch 16, 224², 2 CPU threads, fp32 forward+backward 1.84 s → 1.61 s, under
 bf16 autocast 1.12 s → 0.82 s (most at the wide, shallow layers), with bit-identical results on
-this machine. The parameters, their names and the forward are torch's own, so SparK's checkpoints
-load unchanged.
+this machine. The parameters and their names are torch's own, so SparK's checkpoints load unchanged.
 
 Where the input has only a few positions per image (the decoder's first, widest layer: 768 channels
 on a 7×7 map at 224², 3×3 at 96²), oneDNN's convolutions are slow at this work (its weight gradient
@@ -109,7 +108,8 @@ def _conv_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, ne
 
 
 class _TransposedConvConvBackward(torch.autograd.Function):
-    """y = conv_transpose2d(x, W, b, stride 2, padding 1); gradients through ordinary convolutions."""
+    """y = conv_transpose2d(x, W, b, stride 2, padding 1); gradients through ordinary convolutions, or
+    both directions through matrix products where the map has only a few positions."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -146,11 +146,11 @@ def upsample_2x(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 class Upsample2x(nn.ConvTranspose2d):
     """ConvTranspose2d(channels, channels, 4, stride 2, padding 1, bias): SparK's decoder upsampling.
 
-    ``backward_as_convs`` (default True) computes the backward with ordinary convolutions on the CPU
-    (see the module docstring; on GPUs cuDNN's transposed convolution already runs as convolution
-    kernels, and it was not measured there, so GPUs keep torch's own); False runs torch's own
-    transposed-convolution backward everywhere, as SparK's code does (the benchmark's "SparK as
-    published" contender).
+    ``backward_as_convs`` (default True) computes the backward with ordinary convolutions on the CPU,
+    and at the widest layers forward and backward with matrix products (see the module docstring; on
+    GPUs cuDNN's transposed convolution already runs as convolution kernels, and it was not measured
+    there, so GPUs keep torch's own); False runs torch's own transposed convolution everywhere, as
+    SparK's code does (the benchmark's "SparK as published" contender).
     """
 
     def __init__(self, channels: int, backward_as_convs: bool = True):
