@@ -96,7 +96,7 @@ def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, dec
     """A SparK pre-training step around ``encoder`` (sparse, masked-dense or dense).
     ``decoder_width`` is the LightDecoder's (SparK's 768 unless a test wants a small head).
     ``torch_upsample_backward``: the decoder's transposed convs take torch's own backward, as in
-    SparK's code (the "as published" contender), instead of ours through ordinary convolutions.
+    SparK's code (the "as published" contender), instead of ours (spark_sparse/upsample.py).
 
     The optimizer is AdamW: SparK trains with LAMB, whose per-parameter cost is of the same
     (elementwise) kind and small next to the convolutions; every contender gets the same one.
