@@ -5,8 +5,10 @@ child process rebuilds the same Case from :meth:`Case.spec`, so both see the sam
 and formats.
 
 The whole-step mode has contenders of its own beside the encoders' (``step_contenders``):
-each sparse one under extra autocast dtypes (``'sparse[auto] bf16'``) and with decoder
-checkpointing (``'sparse[auto] ckpt'``) when asked, and ``'spark-published'``: the masked-dense
+each sparse one under extra autocast dtypes (``'sparse[auto] bf16'``), with decoder checkpointing
+(``'sparse[auto] ckpt'``) and with encoder and decoder checkpointing (``'sparse[auto] ckpt-all'``,
+on its own copy of the encoder, whose blocks are set to recompute) when asked, and
+``'spark-published'``: the masked-dense
 encoder and the decoder run the way SparK's own code runs them (NCHW, fp32, eager), on its own
 copy of the weights so no other contender's memory format reaches it.
 """
@@ -36,12 +38,14 @@ class StepContender:
     amp: str                       # 'fp32', 'bf16', 'fp16'
     head_format: str = "channels_last"
     decoder_checkpointing: bool = False
+    encoder_checkpointing: bool = False
 
     def describe(self) -> dict:
         c = self.contender
         return {"kind": c.kind if self.kind != "published" else "published", "backend": c.backend,
                 "memory_format": c.memory_format, "amp": self.amp, "head_format": self.head_format,
-                "decoder_checkpointing": self.decoder_checkpointing, "modes": ["step"]}
+                "decoder_checkpointing": self.decoder_checkpointing,
+                "encoder_checkpointing": self.encoder_checkpointing, "modes": ["step"]}
 
 
 class Case:
@@ -50,11 +54,13 @@ class Case:
     def __init__(self, model_name: str, device: str, dtype: str, batch: int, image_size: Tuple[int, int],
                  backends: List[str], seed: int = 0, formats: Optional[Dict[str, str]] = None,
                  decoder_width: int = 768, step_dtypes: Tuple[str, ...] = (), decoder_checkpointing: bool = False,
-                 published: bool = True, step_backends: Optional[List[str]] = None):
+                 published: bool = True, step_backends: Optional[List[str]] = None,
+                 encoder_checkpointing: bool = False):
         self.model_name, self.dtype, self.batch = model_name, dtype, batch
         self.image_size, self.backends, self.seed = tuple(image_size), list(backends), seed
         self.decoder_width = decoder_width
         self.step_dtypes, self.decoder_checkpointing = [d for d in step_dtypes if d != dtype], decoder_checkpointing
+        self.encoder_checkpointing = encoder_checkpointing
         self.published = published
         self.step_backends = list(step_backends) if step_backends is not None else None  # variants of these only
         self.device = torch.device(device)
@@ -73,7 +79,7 @@ class Case:
         return cls(spec["model"], spec["device"], spec["dtype"], spec["batch"], spec["image_size"],
                    spec["backends"], spec["seed"], spec["formats"], spec["decoder_width"],
                    tuple(spec.get("step_dtypes", ())), spec.get("decoder_checkpointing", False),
-                   spec.get("published", True), spec.get("step_backends"))
+                   spec.get("published", True), spec.get("step_backends"), spec.get("encoder_checkpointing", False))
 
     def spec(self, ratios: List[float], modes: List[str], threads: int) -> dict:
         return {"model": self.model_name, "device": self.device.type, "dtype": self.dtype, "batch": self.batch,
@@ -81,7 +87,8 @@ class Case:
                 "formats": {n: c.memory_format for n, c in self.contenders.items() if c.kind != "sparse"},
                 "ratios": list(ratios), "modes": list(modes), "threads": threads, "decoder_width": self.decoder_width,
                 "step_dtypes": list(self.step_dtypes), "decoder_checkpointing": self.decoder_checkpointing,
-                "published": self.published, "step_backends": self.step_backends}
+                "encoder_checkpointing": self.encoder_checkpointing, "published": self.published,
+                "step_backends": self.step_backends}
 
     def inputs(self, ratio: float) -> Tuple[torch.Tensor, torch.Tensor]:
         return make_inputs(self.batch, self.image_size, ratio, self.seed, self.device)
@@ -100,6 +107,9 @@ class Case:
             if self.decoder_checkpointing:
                 out[f"{name} ckpt"] = StepContender(f"{name} ckpt", "sparse", c, self.dtype,
                                                     decoder_checkpointing=True)
+            if self.encoder_checkpointing:
+                out[f"{name} ckpt-all"] = StepContender(f"{name} ckpt-all", "sparse", c, self.dtype,
+                                                        decoder_checkpointing=True, encoder_checkpointing=True)
         if self.published:
             enc = Contender(PUBLISHED, "masked_dense", ss.MaskedDenseEncoder(self._published_model))
             out[PUBLISHED] = StepContender(PUBLISHED, "published", enc, "fp32", head_format="contiguous")
@@ -111,9 +121,13 @@ class Case:
         if name not in self._steps:
             sc = self.step_contenders()[name]
             try:
-                self._steps[name] = make_step(sc.contender.encoder, amp_dtype=DTYPES[sc.amp],
+                # recomputing blocks is a setting of the encoder's own modules: on a copy, so that the
+                # other contenders sharing this encoder keep their activations
+                encoder = copy.deepcopy(sc.contender.encoder) if sc.encoder_checkpointing else sc.contender.encoder
+                self._steps[name] = make_step(encoder, amp_dtype=DTYPES[sc.amp],
                                               decoder_width=self.decoder_width, head_format=sc.head_format,
                                               decoder_checkpointing=sc.decoder_checkpointing,
+                                              encoder_checkpointing=sc.encoder_checkpointing,
                                               torch_upsample_backward=sc.kind == "published")
             except Exception as e:
                 self._steps[name] = f"unavailable (SparK({sc.kind}) failed: {type(e).__name__}: {e})"

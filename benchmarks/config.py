@@ -46,6 +46,7 @@ class BenchConfig:
     step_backends: Optional[List[str]] = None   # sparse backends run in the whole step; None = 'auto' only
     step_dtypes: List[str] = field(default_factory=list)  # the sparse step also under these autocast dtypes
     decoder_checkpointing: bool = False         # the sparse step also with --decoder-checkpointing
+    encoder_checkpointing: bool = False         # ... and with encoder and decoder checkpointing together
     published: bool = True                      # the step of SparK as published (NCHW, fp32, eager) beside
     step_contenders: Optional[List[str]] = None  # step contenders to run; None = every one
     background_load: List[int] = field(default_factory=lambda: [0])  # busy processes beside each case

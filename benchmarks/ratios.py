@@ -11,7 +11,8 @@ from typing import Dict, List
 from .timing import paired_speedup
 
 BASES = {"vs_masked_dense": "masked-dense", "vs_dense": "dense", "vs_published": "spark-published"}
-CHECKPOINTED = " ckpt"  # suffix of a step contender that runs with decoder checkpointing
+# suffixes of the step contenders that recompute: the decoder's blocks, and the encoder's too
+CHECKPOINTED = {" ckpt": "decoder", " ckpt-all": "encoder + decoder"}
 
 
 def sparse_names(rec: dict) -> List[str]:
@@ -50,19 +51,22 @@ def add_ratios(rec: dict) -> dict:
 
 
 def checkpointing_cost(rec: dict) -> Dict[str, dict]:
-    """Per sparse contender measured with and without decoder checkpointing in the step: the cut in
-    peak step memory (1 - with/without) and the extra step time (paired median of with/without, - 1)."""
+    """Per checkpointed step contender measured beside the same contender without checkpointing:
+    what it recomputes, the cut in peak step memory (1 - with/without) and the extra step time
+    (paired median of with/without, - 1)."""
     out: Dict[str, dict] = {}
     times = rec["time_ms"].get("step", {})
     memory = rec.get("peak_memory_bytes", {}).get("step", {})
     for name in sparse_names(rec):
-        plain = name[:-len(CHECKPOINTED)] if name.endswith(CHECKPOINTED) else None
+        suffix = next((s for s in CHECKPOINTED if name.endswith(s)), None)
+        plain = name[:-len(suffix)] if suffix else None
         if plain is None or plain not in times or name not in times:
             continue
-        cost = {"time_cost": paired_speedup(times[name]["repeats"], times[plain]["repeats"]) - 1.0}
+        cost = {"against": plain, "recomputed": CHECKPOINTED[suffix],
+                "time_cost": paired_speedup(times[name]["repeats"], times[plain]["repeats"]) - 1.0}
         if isinstance(memory, dict) and memory.get(plain) and name in memory:
             cost["peak_memory_cut"] = 1.0 - memory[name] / memory[plain]
-        out[plain] = cost
+        out[name] = cost
     return out
 
 

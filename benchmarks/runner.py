@@ -248,7 +248,8 @@ def _run(cfg: BenchConfig, progress: bool, checkpoint: Optional[Callable[[dict],
             case = Case(model_name, device, dtype, batch, cfg.image_size, backends, cfg.seed,
                         decoder_width=cfg.decoder_width, step_dtypes=tuple(cfg.step_dtypes),
                         decoder_checkpointing=cfg.decoder_checkpointing, published=cfg.published,
-                        step_backends=cfg.step_backends_or_default())
+                        step_backends=cfg.step_backends_or_default(),
+                        encoder_checkpointing=cfg.encoder_checkpointing)
         except Exception as e:
             skipped.add((device, dtype, model_name))
             reason = skip_reason(e)

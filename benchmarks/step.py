@@ -92,7 +92,7 @@ class SparkStep:
 
 def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, decoder_width: int = 768,
               lr: float = 1e-4, head_format: str = "channels_last", decoder_checkpointing: bool = False,
-              torch_upsample_backward: bool = False) -> SparkStep:
+              encoder_checkpointing: bool = False, torch_upsample_backward: bool = False) -> SparkStep:
     """A SparK pre-training step around ``encoder`` (sparse, masked-dense or dense).
     ``decoder_width`` is the LightDecoder's (SparK's 768 unless a test wants a small head).
     ``torch_upsample_backward``: the decoder's transposed convs take torch's own backward, as in
@@ -103,7 +103,8 @@ def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, dec
     """
     device = next(encoder.parameters()).device
     model = SparK(encoder, decoder_width=decoder_width, head_format=head_format,
-                  decoder_checkpointing=decoder_checkpointing).to(device).train()
+                  decoder_checkpointing=decoder_checkpointing,
+                  encoder_checkpointing=encoder_checkpointing).to(device).train()
     set_backward_as_convs(model.decoder, not torch_upsample_backward)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.04)
     return SparkStep(model, optimizer, amp_dtype, device)

@@ -11,13 +11,12 @@ released checkpoints, so their decoder weights load by a plain prefix rename.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from .recompute import recomputing, run_recomputed
 from .upsample import Upsample2x
 
 
@@ -85,9 +84,8 @@ class LightDecoder(nn.Module):
         for i, block in enumerate(self.dec):
             if i < len(stage_maps) and stage_maps[i] is not None:
                 x = x + stage_maps[i]
-            if self.checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False,
-                               context_fn=lambda block=block: (_nothing(), _buffers_kept(block)))
+            if self.checkpointing and recomputing(self):
+                x = run_recomputed(block, block, x)
             else:
                 x = block(x)
         return self.proj(x)
@@ -96,20 +94,3 @@ class LightDecoder(nn.Module):
         """Decoder widths of the deepest ``num_stages`` encoder stages, deepest first."""
         return list(self.widths[:num_stages])
 
-
-@contextmanager
-def _nothing():
-    yield
-
-
-@contextmanager
-def _buffers_kept(module: nn.Module):
-    """The recomputation runs the block's BatchNorms in training mode a second time: keep their
-    running statistics (and batch counters) as the first forward left them."""
-    saved = [(b, b.detach().clone()) for b in module.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, value in saved:
-                b.copy_(value)

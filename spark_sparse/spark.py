@@ -91,17 +91,24 @@ class SparK(nn.Module):
     'channels_last' (ours: faster) or 'contiguous' (NCHW, as SparK's own code runs it).
     ``decoder_checkpointing``: recompute each decoder block in the backward pass instead of keeping
     its activations (less memory, one more decoder forward; same numbers).
+    ``encoder_checkpointing``: the same for the sparse encoder's residual blocks (one more encoder
+    forward); the two together hold the step's peak memory lowest.
     """
 
     def __init__(self, encoder: nn.Module, *, decoder_width: int = 768, mask_ratio: float = 0.6,
                  densify_norm: str = "auto", head_format: str = "channels_last",
-                 decoder_checkpointing: bool = False):
+                 decoder_checkpointing: bool = False, encoder_checkpointing: bool = False):
         super().__init__()
         if densify_norm not in DENSIFY_NORMS:
             raise ValueError(f"densify_norm must be one of {DENSIFY_NORMS}, got {densify_norm!r}")
         if head_format not in HEAD_FORMATS:
             raise ValueError(f"head_format must be one of {HEAD_FORMATS}, got {head_format!r}")
         self.encoder = encoder
+        if encoder_checkpointing:
+            if not hasattr(encoder, "set_checkpointing"):
+                raise ValueError(f"encoder_checkpointing needs the sparse encoder (spark_sparse.sparsify); "
+                                 f"{type(encoder).__name__} does not recompute its blocks")
+            encoder.set_checkpointing(True)
         self.mask_ratio = check_mask_ratio(mask_ratio)
         self.patch_size = int(encoder.patch_size)
         self.densify_norm = densify_norm_for(encoder) if densify_norm == "auto" else densify_norm
@@ -245,7 +252,8 @@ class SparK(nn.Module):
 
 def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto", drop_path: float = 0.0,
                 decoder_width: int = 768, mask_ratio: float = 0.6, densify_norm: str = "auto",
-                pretrained: bool = False, decoder_checkpointing: bool = False, **ignored) -> SparK:
+                pretrained: bool = False, decoder_checkpointing: bool = False, encoder_checkpointing: bool = False,
+                **ignored) -> SparK:
     """A SparK model around a fresh timm backbone; the keyword names are a checkpoint's ``model_config``.
 
     ``encoder_kind``: 'sparse' (SparseEncoder) or 'masked_dense' (SparK's reference encoder).
@@ -257,7 +265,7 @@ def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto
     backbone = timm.create_model(arch, pretrained=pretrained, drop_path_rate=drop_path)
     encoder = sparsify(backbone, backend=backend) if kind == "sparse" else MaskedDenseEncoder(backbone)
     return SparK(encoder, decoder_width=decoder_width, mask_ratio=mask_ratio, densify_norm=densify_norm,
-                 decoder_checkpointing=decoder_checkpointing)
+                 decoder_checkpointing=decoder_checkpointing, encoder_checkpointing=encoder_checkpointing)
 
 
 def model_config(model: SparK, arch: str, *, backend: str, drop_path: float, input_size: int) -> dict:

@@ -163,18 +163,21 @@ def test_step_contenders_run_a_real_spark_step_split_into_phases():
     from spark_sparse.benchmarks.case import Case
     from spark_sparse.benchmarks.step import SparkStep
     case = Case("resnet18", "cpu", "fp32", 2, (64, 64), ["torch"], decoder_width=32, step_dtypes=("bf16",),
-                decoder_checkpointing=True)
+                decoder_checkpointing=True, encoder_checkpointing=True)
     images, visible = case.inputs(0.5)
     dense = dense_encoder_macs(case.model, 2, (64, 64))
     assert case.head_macs(images, visible, dense) > 0
     calls, unavailable = case.calls("step", images, visible)
     assert unavailable == {} and set(calls) == {"sparse[torch]", "sparse[torch] bf16", "sparse[torch] ckpt",
-                                                "masked-dense", "dense", "spark-published"}
+                                                "sparse[torch] ckpt-all", "masked-dense", "dense", "spark-published"}
     described = case.step_contenders()["spark-published"].describe()
     assert described["head_format"] == "contiguous" and described["amp"] == "fp32" and described["modes"] == ["step"]
     published = case.step("spark-published")
     assert isinstance(published, SparkStep) and published.model.head_format == "contiguous"
     assert case.step("sparse[torch] ckpt").model.decoder.checkpointing
+    recomputing = case.step("sparse[torch] ckpt-all").model
+    assert recomputing.decoder.checkpointing and recomputing.encoder.checkpointing
+    assert not case.contenders["sparse[torch]"].encoder.checkpointing  # the other contenders' encoder is untouched
     assert case.step("sparse[torch] bf16").amp_dtype == torch.bfloat16
     before = case.contenders["sparse[torch]"].encoder.conv1.weight.detach().clone()
     times, errors = time_interleaved(calls, warmup=0, repeats=2, device=torch.device("cpu"))
@@ -198,29 +201,37 @@ def test_step_tables_show_phases_published_checkpointing_and_contention():
                       "dense": {"kind": "dense", "backend": None, "memory_format": "contiguous"},
                       "sparse[auto] ckpt": {"kind": "sparse", "backend": "auto", "memory_format": "sites x channels",
                                             "amp": "fp32", "modes": ["step"]},
+                      "sparse[auto] ckpt-all": {"kind": "sparse", "backend": "auto",
+                                                "memory_format": "sites x channels", "amp": "fp32", "modes": ["step"]},
                       "spark-published": {"kind": "published", "backend": None, "memory_format": "contiguous",
                                           "amp": "fp32", "modes": ["step"]}}
         r = {"model": "resnet50", "device": "cpu", "dtype": "fp32", "batch": 4, "image_size": [224, 224],
              "mask_ratio": 0.6, "background_load": load, "contenders": contenders, "macs": {},
              "time_ms": {"step": {n: {"median": t[0], "repeats": t} for n, t in step_times.items()},
                          "fwd_bwd": {n: {"median": t[0], "repeats": t} for n, t in fwd_bwd.items()}},
-             "peak_memory_bytes": {"step": {"sparse[auto]": 1000, "sparse[auto] ckpt": 600}},
+             "peak_memory_bytes": {"step": {"sparse[auto]": 1000, "sparse[auto] ckpt": 600,
+                                            "sparse[auto] ckpt-all": 450}},
              "step_phases_ms": {"sparse[auto]": {"encoder_fwd": 10.0, "decoder_fwd": 20.0}},
              "step_memory_bytes": {}}
         return add_ratios(r)
 
-    quiet = rec(0, {"sparse[auto]": [10.0, 10.0], "sparse[auto] ckpt": [12.0, 11.0], "spark-published": [30.0, 20.0]},
+    quiet = rec(0, {"sparse[auto]": [10.0, 10.0], "sparse[auto] ckpt": [12.0, 11.0],
+                    "sparse[auto] ckpt-all": [12.0, 13.0], "spark-published": [30.0, 20.0]},
                 {"sparse[auto]": [1.0], "dense": [2.0]})
     busy = rec(2, {"sparse[auto]": [10.0], "spark-published": [10.0]}, {"sparse[auto]": [1.0], "dense": [1.5]})
     assert quiet["speedup"]["step"]["sparse[auto]"]["vs_published"] == 2.5
-    cost = quiet["checkpointing"]["sparse[auto]"]
+    cost, both = quiet["checkpointing"]["sparse[auto] ckpt"], quiet["checkpointing"]["sparse[auto] ckpt-all"]
     assert cost["peak_memory_cut"] == pytest.approx(0.4) and cost["time_cost"] == pytest.approx(0.15)
+    assert (cost["recomputed"], both["recomputed"], both["against"]) == ("decoder", "encoder + decoder", "sparse[auto]")
+    assert both["peak_memory_cut"] == pytest.approx(0.55) and both["time_cost"] == pytest.approx(0.25)
     [kept] = contention([quiet, busy])
     assert (kept["quiet"], kept["loaded"], kept["kept"], kept["load"]) == (2.0, 1.5, 0.75, 2)
     text = markdown.step_tables({"results": [quiet, busy]})
     assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] | fp32 | 10 | 30 | 2.50× | – |" in text
     assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] | 10 | 20 | 10 |" in text
-    assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] | 40 % | +15 % |" in text
+    assert "| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] ckpt | decoder | sparse[auto] | 40 % | +15 % |" in text
+    assert ("| resnet50 | fp32 | 4 | 0.60 | 0 | sparse[auto] ckpt-all | encoder + decoder | sparse[auto] | 55 % "
+            "| +25 % |") in text
     table = markdown.contention_table({"results": [quiet, busy]})
     assert "| resnet50 | fp32 | 4 | 0.60 | 2 | 2.00× | 1.50× | 75 % |" in table
 

@@ -61,6 +61,24 @@ def test_resume_after_sigkill_is_exact(data, tmp_path):
     assert max_weight_difference(a["model"], final_checkpoint(straight, 2)["model"]) > 1e-4, "weights moved"
 
 
+def test_checkpointing_trains_the_same_run_and_may_be_switched_on_when_resuming(data, tmp_path, capsys):
+    """Encoder and decoder checkpointing recompute the same numbers: the same losses and weights as a
+    run without it, and a run may resume with it switched on (to fit in less memory) without a warning."""
+    base = ["--data", data, *TINY, "--drop-path", "0.1"]
+    args = base + ["--epochs", "1"]  # 4 steps
+    plain, recomputed = str(tmp_path / "plain"), str(tmp_path / "recomputed")
+    train(args + ["--out", plain])
+    train(args + ["--out", recomputed, "--encoder-checkpointing", "--decoder-checkpointing"])
+    assert "encoder checkpointing, decoder checkpointing" in capsys.readouterr().out
+    assert max_weight_difference(final_checkpoint(plain)["model"], final_checkpoint(recomputed)["model"]) <= 1e-6
+    la, lb = losses(plain), losses(recomputed)
+    assert sorted(la) == sorted(lb) == [1, 2, 3, 4] and all(abs(la[s] - lb[s]) <= 1e-6 for s in la)
+    train(base + ["--epochs", "2", "--out", plain, "--encoder-checkpointing"])
+    warning = [line for line in capsys.readouterr().out.splitlines() if "changed arguments" in line]
+    assert warning == ["WARNING: resuming with changed arguments (checkpoint → now): epochs 1.0 → 2.0"]
+    assert final_checkpoint(plain)["step"] == 8
+
+
 def test_two_processes_with_gloo_match_one(data, tmp_path):
     """torchrun, 2 CPU processes (sparse SyncBatchNorm, DDP) == 1 process with the same global batch."""
     args = ["--data", data, *TINY, "--epochs", "1", "--ckpt-every", "0"]  # 4 steps of a global batch of 4

@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--decoder-checkpointing", action="store_true",
                        help="recompute decoder blocks in the backward pass instead of keeping their activations "
                             "(less memory, about one more decoder forward per step; same numbers)")
+    model.add_argument("--encoder-checkpointing", action="store_true",
+                       help="the same for the sparse encoder's residual blocks (about one more encoder forward "
+                            "per step; same numbers); with --decoder-checkpointing the lowest peak memory")
     model.add_argument("--densify-norm", default="auto", choices=["auto", "bn", "ln", "none"],
                        help="norm of the active sites before densifying: auto = BatchNorm for BatchNorm "
                             "backbones (ResNets), LayerNorm otherwise (ConvNeXts)")

@@ -112,7 +112,8 @@ class Trainer:
         a = self.args
         model = build_spark(a.arch, encoder_kind=a.encoder, backend=a.backend, drop_path=drop_path(a),
                             decoder_width=a.decoder_width, mask_ratio=a.mask_ratio, densify_norm=a.densify_norm,
-                            decoder_checkpointing=getattr(a, "decoder_checkpointing", False))
+                            decoder_checkpointing=getattr(a, "decoder_checkpointing", False),
+                            encoder_checkpointing=getattr(a, "encoder_checkpointing", False))
         if self.procs.distributed:
             convert_sync_batchnorm(model)  # BatchNorm statistics over the global batch's active sites
         return model.to(self.device).train()
@@ -276,13 +277,14 @@ class Trainer:
     def describe(self) -> str:
         a = self.args
         data = a.data or f"the embedded photographs ({len(self.source)} crops)"
+        recomputed = [part for part in ("encoder", "decoder") if getattr(a, f"{part}_checkpointing", False)]
         return (f"SparK pre-training: {a.arch} ({self.model.encoder_kind} encoder, densify {self.model.densify_norm}, "
                 f"drop path {drop_path(a)}), {a.input_size}px, mask ratio {a.mask_ratio}, data {data}\n"
                 f"  {self.procs.world} process(es) on {self.device}, global batch {self.global_batch} "
                 f"({self.local_batch} per process), {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
                 f"warm-up {self.schedule.warmup_steps} steps, peak lr {self.schedule.peak_lr:.3e}, {a.opt}, "
                 f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}"
-                f"{', decoder checkpointing' if getattr(a, 'decoder_checkpointing', False) else ''}\n"
+                f"{''.join(f', {part} checkpointing' for part in recomputed)}\n"
                 f"  threads: {self.threads.describe()}\n"
                 f"  malloc: {self.memory}\n"
                 f"  output: {os.path.abspath(self.out)} (run {self.run_id})")

@@ -51,7 +51,11 @@ def add_arguments(p):
                    help="also run the sparse whole step under these autocast dtypes, beside its own dtype "
                         "(e.g. bf16 beside fp32, in one run)")
     p.add_argument("--decoder-checkpointing", action="store_true",
-                   help="also run the sparse whole step with decoder checkpointing (peak memory and time cost)")
+                   help="also run the sparse whole step with decoder checkpointing, as '<contender> ckpt' "
+                        "(peak memory and time cost)")
+    p.add_argument("--encoder-checkpointing", action="store_true",
+                   help="also run the sparse whole step with encoder and decoder checkpointing, as "
+                        "'<contender> ckpt-all' (peak memory and time cost)")
     p.add_argument("--no-published", action="store_true",
                    help="leave out the step of SparK as published (masked-dense encoder, NCHW head, fp32, eager)")
     p.add_argument("--step-contenders", nargs="+", default=S, metavar="NAME",
@@ -129,6 +133,7 @@ def build_config(args):
         cfg.profile_model = None if args.profile_model.lower() == "none" else args.profile_model
     cfg.memory = not args.no_memory
     cfg.decoder_checkpointing = args.decoder_checkpointing
+    cfg.encoder_checkpointing = args.encoder_checkpointing
     cfg.published = not args.no_published
     cfg.head_variants = args.head_variants
     cfg.compile_head = args.compile_head

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..features import SparseFeatures
+from ..recompute import recomputing, run_recomputed
 from .base import SparseModule, run_layer
 
 
@@ -34,13 +35,23 @@ class BlockProgram:
 
 
 class SparseResidualBlock(SparseModule):
-    """A residual block run on SparseFeatures; children keep the dense block's names."""
+    """A residual block run on SparseFeatures; children keep the dense block's names.
+
+    ``checkpointing`` (set by ``SparseEncoder.set_checkpointing``): in training, keep only the
+    block's input rows and run the block again in the backward pass.
+    """
 
     def __init__(self, program: BlockProgram):
         super().__init__()
         self.program = program
+        self.checkpointing = False
 
     def forward(self, x: SparseFeatures) -> SparseFeatures:
+        if self.checkpointing and recomputing(self):
+            return run_recomputed(self, self.run_program, x)
+        return self.run_program(x)
+
+    def run_program(self, x: SparseFeatures) -> SparseFeatures:
         shortcut = x
         block_input = x.features
         for name in self.program.main:
