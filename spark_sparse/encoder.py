@@ -1,6 +1,7 @@
 """SparseEncoder: a backbone that runs on the visible patches only."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List, Optional
 
 import torch
@@ -14,7 +15,8 @@ from .layers.base import run_layer
 from .layers.containers import SparseResidualBlock
 from .layers.conv import SparseConv2d
 from .masks import check_visible
-from .plan import EncoderPlan, PlannedEncoder
+from .plan import EncoderPlan, PlannedEncoder, run_plan
+from .recompute import recomputing, run_recomputed
 from .routing import check_routing, depthwise_request
 
 
@@ -28,6 +30,7 @@ class SparseEncoder(PlannedEncoder):
     def __init__(self, children: Dict[str, nn.Module], plan: EncoderPlan, arch: str = ""):
         super().__init__(plan, children)
         self.arch = arch
+        self.checkpointing = False
 
     def set_backend(self, backend: str) -> "SparseEncoder":
         """Run every non-depthwise conv with ``backend`` ('auto', 'torch', 'tiles', 'spconv'); 1×1 and
@@ -56,16 +59,23 @@ class SparseEncoder(PlannedEncoder):
         return self
 
     def set_checkpointing(self, enabled: bool) -> "SparseEncoder":
-        """In training, keep only each residual block's input and recompute the block in the backward
-        pass (less activation memory for one more encoder forward; the same numbers)."""
+        """In training, keep only the input of the stem and of each residual block, and recompute them
+        in the backward pass (less activation memory for one more encoder forward; the same numbers)."""
+        self.checkpointing = bool(enabled)
         for module in self.modules():
             if isinstance(module, SparseResidualBlock):
                 module.checkpointing = bool(enabled)
         return self
 
-    @property
-    def checkpointing(self) -> bool:
-        return any(getattr(m, "checkpointing", False) for m in self.modules() if isinstance(m, SparseResidualBlock))
+    def stem_paths(self) -> List[str]:
+        """The plan's modules before the first stage (ResNet: conv1, bn1, act1, maxpool; ConvNeXt: stem)."""
+        stem = []
+        for path in self.plan.run:
+            module = self.get_submodule(path)
+            if path in self.plan.features or any(isinstance(m, SparseResidualBlock) for m in module.modules()):
+                break
+            stem.append(path)
+        return stem
 
     def _convs(self, depthwise: Optional[bool] = None) -> List[SparseConv2d]:
         return [m for m in self.modules() if isinstance(m, SparseConv2d)
@@ -78,7 +88,12 @@ class SparseEncoder(PlannedEncoder):
         """Per-stage SparseFeatures (no densify copy), for heads that work on active sites."""
         geometry = self.geometry(images, visible)
         x = SparseFeatures.from_dense(images, geometry, 1)
-        outputs = self.run_plan(x, lambda module, x, path: run_layer(module, x))
+        plan = self.plan
+        stem = self.stem_paths() if self.checkpointing and recomputing(self) else []
+        if stem:  # the stem's maps at strides 2-4 are the encoder's widest: recomputed as one piece
+            x = run_recomputed(self, self._run_stem, stem, x)
+            plan = dataclasses.replace(plan, run=plan.run[len(stem):])
+        outputs = run_plan(self, plan, x, lambda module, x, path: run_layer(module, x))
         for out, stride in zip(outputs, self.plan.strides):
             assert out.stride == stride, f"stage output at stride {out.stride}, expected {stride}"
         return outputs
@@ -87,6 +102,11 @@ class SparseEncoder(PlannedEncoder):
         """The stage maps in channels-last memory: each is one copy of the rows into zeros, with no
         layout change after (a dense conv or BN reads channels-last as fast as NCHW)."""
         return [f.dense(memory_format=torch.channels_last) for f in self.forward_sparse(images, visible)]
+
+    def _run_stem(self, paths: List[str], x: SparseFeatures) -> SparseFeatures:
+        for path in paths:
+            x = run_layer(self.get_submodule(path), x)
+        return x
 
     def macs(self, visible: torch.Tensor) -> int:
         """Multiply-accumulates of one forward pass on this mask (see :mod:`spark_sparse.flops`)."""

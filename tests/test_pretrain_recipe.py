@@ -78,3 +78,23 @@ def test_bad_arguments_are_refused_clearly():
         check_args(parse(["--input-size", "100"]))
     with pytest.raises(ValueError, match="mask-ratio"):
         check_args(parse(["--mask-ratio", "1.0"]))
+
+
+@pytest.mark.parametrize("scale", [0.01, 100.0])
+def test_clipping_gives_torchs_gradients_and_norm_and_skips_the_no_op_multiply(scale, monkeypatch):
+    from spark_sparse.train.update import clip_gradients
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.zeros(n)) for n in (7, 300, 5000)]
+    theirs = [torch.nn.Parameter(torch.zeros(n)) for n in (7, 300, 5000)]
+    for a, b in zip(ours, theirs):
+        a.grad = torch.randn(a.shape, generator=g) * scale
+        b.grad = a.grad.clone()
+    multiplied, real_clip = [], torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_",
+                        lambda *a, **k: multiplied.append(1) or real_clip(*a, **k))
+    norm = clip_gradients(ours, 5.0)
+    expected = float(torch.nn.utils.clip_grad_norm_(theirs, 5.0))
+    assert norm == expected and (norm > 5.0) == (scale > 1)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, theirs))
+    assert multiplied == ([1] if scale > 1 else [])
+    assert clip_gradients(ours, 0.0) == pytest.approx(min(norm, 5.0), rel=1e-5)  # 0 = no clipping: norm only

@@ -90,7 +90,7 @@ def test_checkpointing_keeps_fewer_activations(part, phase, fraction):
         model = _model(torch.float32, **{f"{part}_checkpointing": ckpt})
         timer = StepTimer(count_memory=True, exclude=list(model.parameters()))
         _step(model, images, visible, timer)
-        saved[ckpt] = timer.saved_bytes[phase]
+        saved[ckpt] = timer.saved_bytes.get(phase, 0)
     assert saved[True] < saved[False] * fraction
 
 

@@ -46,8 +46,7 @@ def apply_update(loss: torch.Tensor, *, model, optimizer, scaler, clip: float, p
     optimizer_start = timer.now()
     if scaler is not None:
         scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+    grad_norm = clip_gradients([p for p in model.parameters() if p.grad is not None], clip)
     if scaler is not None:
         scaler.step(optimizer)  # skips the update itself when fp16 gradients overflowed
         scaler.update()
@@ -58,6 +57,19 @@ def apply_update(loss: torch.Tensor, *, model, optimizer, scaler, clip: float, p
         optimizer.step()
     timer.add("optimizer", timer.now() - optimizer_start)
     return Update({"loss": loss_value, "grad_norm": grad_norm}, int(skipped_all), stop_all > 0)
+
+
+def clip_gradients(params, clip: float) -> float:
+    """The gradients' total 2-norm; when it exceeds ``clip`` (> 0), the gradients are scaled as
+    ``clip_grad_norm_`` scales them. torch's own multiplies every gradient by the clamped coefficient
+    even when that is 1 (to avoid a device sync; the norm is read here anyway), a pass over all
+    gradients that changes nothing: skipping it saves ~7 ms of the no-argument run's step."""
+    if not hasattr(torch.nn.utils, "get_total_norm"):  # torch < 2.6
+        return float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+    total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
+    if clip > 0 and bool(clip / (total + 1e-6) < 1.0):  # torch's coefficient, before its clamp to 1
+        torch.nn.utils.clip_grads_with_norm_(params, clip, total)
+    return float(total)
 
 
 def autocast_context(amp: Optional[str], device: torch.device):
