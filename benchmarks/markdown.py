@@ -153,7 +153,10 @@ def step_tables(doc: dict) -> str:
     if memory:
         out += ["### What holds the step's memory (MiB)", "",
                 "Activations kept for the backward pass per part (counted when saved; each storage once), "
-                "parameters + gradients, optimizer state; beside the measured peak growth of the step.", "",
+                "parameters + gradients, optimizer state; beside the measured peak growth of the step. "
+                "What a checkpointed contender recomputes keeps only its inputs, which autograd does not save "
+                "(so they are not counted here): its activation columns are lower bounds, the measured peak "
+                "is the whole of it.", "",
                 _table(head + ["contender", "encoder activations", "encoder weights+grads", "head activations",
                                "head weights+grads", "optimizer state", "measured peak growth"], memory), ""]
     if ckpt:
