@@ -123,6 +123,24 @@ def test_bf16_autocast_runs_the_sparse_step_on_the_cpu_with_an_fp32_loss():
                for p in model.parameters())
 
 
+def test_checkpointing_recomputes_under_the_same_bf16_autocast():
+    """The recomputation runs in the autocast state of the first forward (torch's checkpoint records
+    it), so a bf16 step with both parts recomputed gives the plain bf16 step's loss and gradients."""
+    images, visible = _inputs(torch.float32)
+    base = _model(torch.float32)
+    other = _model(torch.float32, encoder_checkpointing=True, decoder_checkpointing=True)
+    other.load_state_dict(base.state_dict())
+    results = []
+    for model in (base, other):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(images, visible)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (l0, g0), (l1, g1) = results
+    assert torch.equal(l0, l1)
+    assert all(torch.allclose(g0[n], g1[n], rtol=1e-5, atol=1e-7) for n in g0)
+
+
 def test_threads_fit_the_cores_the_process_was_given(tmp_path, monkeypatch):
     quota = tmp_path / "cpu.max"
     quota.write_text("150000 100000\n")
