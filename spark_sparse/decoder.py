@@ -18,6 +18,7 @@ from torch import nn
 
 from .recompute import recomputing, run_recomputed
 from .upsample import Upsample2x
+from .upsample_conv import composition_pays, upsample_conv
 
 # Checkpointing recomputes only the blocks whose output is at this stride or finer. Every block does
 # the same MACs (the width halves as the side doubles) but holds twice the activations of the one
@@ -28,7 +29,12 @@ RECOMPUTE_MAX_STRIDE = 4
 
 
 class UpsampleBlock(nn.Module):
-    """ConvTranspose2d(k4, s2, p1) → Conv3×3 → BN → ReLU6 → Conv3×3 → BN (SparK's ``UNetBlock``)."""
+    """ConvTranspose2d(k4, s2, p1) → Conv3×3 → BN → ReLU6 → Conv3×3 → BN (SparK's ``UNetBlock``).
+
+    On the CPU, where the map is large enough for it to pay, the first two (both linear, nothing
+    between them) run as one composed 3×3 conv (spark_sparse/upsample_conv.py); with
+    ``up_sample.backward_as_convs`` off (SparK's code as published) they run as torch's two.
+    """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -42,7 +48,17 @@ class UpsampleBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.composes(x):
+            x = upsample_conv(x, self.up_sample.weight, self.up_sample.bias, self.conv[0].weight)
+            for layer in list(self.conv)[1:]:
+                x = layer(x)
+            return x
         return self.conv(self.up_sample(x))
+
+    def composes(self, x: torch.Tensor) -> bool:
+        """Whether this call runs the upsampling and the first conv as one composed conv."""
+        return (self.up_sample.backward_as_convs and x.device.type == "cpu"
+                and composition_pays(x.shape[0], x.shape[1], x.shape[2], x.shape[3]))
 
 
 class LightDecoder(nn.Module):
