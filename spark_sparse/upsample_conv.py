@@ -14,8 +14,9 @@ state dicts and SparK's checkpoints are unchanged; the upsampled map itself is n
 The composition costs 144·C³ multiply-adds per step and direction, independent of the batch; the
 saving is 4·C² per output pixel, so it pays where batch × input positions is large against C
 (``composition_pays``). Measured on this project's 2-core CPU at batch 16, forward + backward of
-the pair: 224² fp32 at 192/96/48 channels 768 → ~500, 862 → ~550, 900 → ~660 ms (blocks 3–5 of
-the decoder); 96² bf16 at 96/48 channels 77 → 59, 87 → 72 ms. It sums in another order: fp32
+the pair against torch's two layers: at 224² in fp32, 747 → 576, 865 → 562 and 885 → 607 ms at 192,
+96 and 48 channels (the decoder's last three blocks), but 690 → 1116 ms at 384 channels on 14×14;
+at 96² in bf16, 86 → 91 and 84 → 74 ms at 96 and 48 channels. It sums in another order: fp32
 results differ from the two convolutions' by rounding (fp64: 1e-12).
 """
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _outside_strip(x_line: torch.Tensor, up_weight: torch.Tensor, up_bias: torch
 def upsample_conv(x: torch.Tensor, up_weight: torch.Tensor, up_bias: Optional[torch.Tensor],
                   conv_weight: torch.Tensor) -> torch.Tensor:
     """conv2d(conv_transpose2d(x, up_weight, up_bias, stride 2, padding 1), conv_weight, padding 1),
-    in the memory format of ``x``."""
+    in the memory format torch's two convolutions would give."""
     n, c_in, h, w = x.shape
     c_mid = up_weight.shape[1]
     bias = up_bias if up_bias is not None else up_weight.new_zeros(c_mid)
