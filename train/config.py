@@ -52,8 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--decoder-width", type=int, default=768,
                        help="LightDecoder width at stride 32, halved at every upsampling step")
     model.add_argument("--decoder-checkpointing", action="store_true",
-                       help="recompute decoder blocks in the backward pass instead of keeping their activations "
-                            "(less memory, about one more decoder forward per step; same numbers)")
+                       help="recompute the decoder's three highest-resolution blocks in the backward pass instead "
+                            "of keeping their activations (most of the decoder's activation memory, for about 3/5 "
+                            "of one more decoder forward per step; same numbers)")
     model.add_argument("--encoder-checkpointing", action="store_true",
                        help="the same for the sparse encoder's residual blocks (about one more encoder forward "
                             "per step; same numbers); with --decoder-checkpointing the lowest peak memory")
