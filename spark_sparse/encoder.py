@@ -91,7 +91,8 @@ class SparseEncoder(PlannedEncoder):
         plan = self.plan
         stem = self.stem_paths() if self.checkpointing and recomputing(self) else []
         if stem:  # the stem's maps at strides 2-4 are the encoder's widest: recomputed as one piece
-            x = run_recomputed(self, self._run_stem, stem, x)
+            modules = nn.ModuleList([self.get_submodule(path) for path in stem])  # whose buffers to keep
+            x = run_recomputed(modules, self._run_stem, modules, x)
             plan = dataclasses.replace(plan, run=plan.run[len(stem):])
         outputs = run_plan(self, plan, x, lambda module, x, path: run_layer(module, x))
         for out, stride in zip(outputs, self.plan.strides):
@@ -103,9 +104,10 @@ class SparseEncoder(PlannedEncoder):
         layout change after (a dense conv or BN reads channels-last as fast as NCHW)."""
         return [f.dense(memory_format=torch.channels_last) for f in self.forward_sparse(images, visible)]
 
-    def _run_stem(self, paths: List[str], x: SparseFeatures) -> SparseFeatures:
-        for path in paths:
-            x = run_layer(self.get_submodule(path), x)
+    @staticmethod
+    def _run_stem(modules: nn.ModuleList, x: SparseFeatures) -> SparseFeatures:
+        for module in modules:
+            x = run_layer(module, x)
         return x
 
     def macs(self, visible: torch.Tensor) -> int:

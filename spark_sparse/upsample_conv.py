@@ -21,6 +21,7 @@ results differ from the two convolutions' by rounding (fp64: 1e-12).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -35,9 +36,11 @@ def composition_pays(batch: int, channels: int, height: int, width: int) -> bool
     return batch * height * width >= COMPOSITION_MIN_POSITIONS_PER_CHANNEL * channels
 
 
+@lru_cache(maxsize=None)
 def _tap_selection(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """S[a, e, t, k] = 1 where output phase a (0/1), input offset e (-1/0/1, stored +1) and 3×3 tap
-    t meet the transposed conv's kernel index k = a + t - 2e (one dimension)."""
+    t meet the transposed conv's kernel index k = a + t - 2e (one dimension). Built once per device
+    and dtype (read-only)."""
     s = torch.zeros(2, 3, 3, 4, device=device, dtype=dtype)
     for a in range(2):
         for e in range(3):
