@@ -45,6 +45,14 @@ def gemm_forward_pays(channels: int, height: int, width: int) -> bool:
     return height * width <= GEMM_MAX_POSITIONS and channels >= GEMM_WIDE_MIN_CHANNELS
 
 
+def convolution_output_channels_last(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether torch's convolutions would give their output channels-last: when the input or the
+    weight is (a 1×1 map fits both layouts: told apart by the width's stride)."""
+    x_channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.stride(3) == x.shape[1]
+    weight_channels_last = not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    return x_channels_last or weight_channels_last
+
+
 def _by_memory_order(weight: torch.Tensor):
     """(whether ``weight`` is channels-last, its (in, out·kh·kw) matrix as a view in memory order):
     columns (out, kh, kw) for a contiguous weight, (kh, kw, out) for a channels-last one."""
@@ -65,11 +73,8 @@ def _gemm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
         cols = cols.view(n * h * w, KERNEL, KERNEL, c_out).permute(0, 3, 1, 2)
     cols = cols.reshape(n, h * w, c_out * KERNEL * KERNEL).transpose(1, 2)
     y = F.fold(cols, (STRIDE * h, STRIDE * w), kernel_size=KERNEL, stride=STRIDE, padding=PADDING)
-    # channels-last when the input or the weight is, as torch's convolutions decide (a 1×1 map fits
-    # both layouts: told apart by the width's stride)
-    channels_last_in = x.is_contiguous(memory_format=torch.channels_last) and x.stride(3) == c_in
     return (y + bias.view(1, -1, 1, 1)).contiguous(
-        memory_format=torch.channels_last if channels_last_in or channels_last else torch.contiguous_format)
+        memory_format=torch.channels_last if convolution_output_channels_last(x, weight) else torch.contiguous_format)
 
 
 def _gemm_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, need_x: bool, need_w: bool):
@@ -164,7 +169,9 @@ class Upsample2x(nn.ConvTranspose2d):
 
 
 def set_backward_as_convs(model: nn.Module, enabled: bool) -> None:
-    """Every Upsample2x in ``model``: ours (True) or torch's own transposed-conv backward (False)."""
+    """Every Upsample2x in ``model``: ours (True) or torch's own transposed conv (False). The decoder's
+    blocks read the same switch for composing the upsampling with the conv after it
+    (``decoder.UpsampleBlock``): False is SparK's code as published."""
     for m in model.modules():
         if isinstance(m, Upsample2x):
             m.backward_as_convs = enabled

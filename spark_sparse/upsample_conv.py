@@ -27,6 +27,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .upsample import convolution_output_channels_last
+
 # batch × input positions per output channel above which the composition pays (see the docstring;
 # the break-even is 9 without the interleaving copy and the border strips)
 COMPOSITION_MIN_POSITIONS_PER_CHANNEL = 36
@@ -86,11 +88,7 @@ def upsample_conv(x: torch.Tensor, up_weight: torch.Tensor, up_bias: Optional[to
         kernel = composed_weight(up_weight, conv_weight)
         interior_bias = torch.einsum("qmts,m->q", conv_weight, bias).repeat(4)
     phases = F.conv2d(x, kernel, interior_bias, padding=1)                       # (B, 4·C_out, H, W)
-    # NCHW only where torch's convolutions would give it: neither the input nor the weight channels-last
-    # (a 1×1 map fits both layouts: told apart by the width's stride)
-    channels_last = ((x.is_contiguous(memory_format=torch.channels_last) and x.stride(3) == c_in)
-                     or (conv_weight.is_contiguous(memory_format=torch.channels_last)
-                         and not conv_weight.is_contiguous()))
+    channels_last = convolution_output_channels_last(x, conv_weight)
     # the conv's zero padding of the upsampled map: remove what the composition read beyond it
     first_row, last_row, first_col, last_col = _Borders.apply(x)  # columns as (B, C, 1, H) rows
     wt, vt = up_weight.transpose(2, 3), conv_weight.transpose(2, 3)

@@ -81,7 +81,7 @@ def test_a_composing_block_computes_the_two_layers_block_in_fp64(train):
         assert torch.equal(u, v) if not u.is_floating_point() else rel_max(u, v) <= 1e-12, name
 
 
-def test_small_maps_and_gpus_keep_the_two_layers(monkeypatch):
+def test_small_maps_keep_the_two_layers(monkeypatch):
     block = UpsampleBlock(64, 32)
     assert not block.composes(torch.randn(1, 64, 2, 2))  # 4 positions for 64 channels: does not pay
     called = []

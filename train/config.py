@@ -56,8 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "of keeping their activations (most of the decoder's activation memory, for about 3/5 "
                             "of one more decoder forward per step; same numbers)")
     model.add_argument("--encoder-checkpointing", action="store_true",
-                       help="the same for the sparse encoder's residual blocks (about one more encoder forward "
-                            "per step; same numbers); with --decoder-checkpointing the lowest peak memory")
+                       help="the same for the sparse encoder's stem and residual blocks (about one more encoder "
+                            "forward per step; same numbers); with --decoder-checkpointing the lowest peak memory")
     model.add_argument("--densify-norm", default="auto", choices=["auto", "bn", "ln", "none"],
                        help="norm of the active sites before densifying: auto = BatchNorm for BatchNorm "
                             "backbones (ResNets), LayerNorm otherwise (ConvNeXts)")
