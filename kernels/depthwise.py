@@ -8,6 +8,7 @@ layer adds it).
   table, in plain PyTorch; backward through the inverse table (no scatter-add). Any stride.
 - ``tiles``  — gather each run of visible patches with a k//2 halo (kernels/tiles.py) and run the
   dense depthwise conv (oneDNN / cuDNN, channels-last, no padding) on each tile shape's batch.
+  Here and in ``dense`` the CPU's weight gradient is kernels/depthwise_conv.py's (torch's is slow).
 - ``dense``  — scatter to the dense (B, C, H, W) map (zeros at masked sites; channels-last memory,
   as oneDNN's depthwise backward is many times slower on NCHW), dense depthwise conv, gather the
   active sites. Costs the full map, which at strides 8 to 32 is smaller than the tiles' halos.
@@ -19,11 +20,11 @@ Which one runs a layer is the router's decision (spark_sparse/routing/, names ``
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..features import SparseFeatures
 from ..geometry import ConvTable
 from ..spec import ConvSpec, compute_dtype
+from .depthwise_conv import depthwise_conv2d
 from .depthwise_table import table_depthwise
 from .tiles import gather_tiles
 
@@ -40,12 +41,12 @@ def _via_table(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch
 
 def _via_tiles(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
     tiles = gather_tiles(x, spec.padding[0])
-    return tiles.assemble([F.conv2d(t, weight, None, 1, 0, spec.dilation, spec.groups) for t in tiles.tensors])
+    return tiles.assemble([depthwise_conv2d(t, weight, (0, 0), spec.dilation) for t in tiles.tensors])
 
 
 def _via_dense(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
     dense = x.dense(memory_format=torch.channels_last)
-    y = F.conv2d(dense, weight, None, 1, spec.padding, spec.dilation, spec.groups)  # channels-last in and out
+    y = depthwise_conv2d(dense, weight, spec.padding, spec.dilation)  # channels-last in and out
     return SparseFeatures.from_dense(y, x.geometry, x.stride).features
 
 
