@@ -128,7 +128,7 @@ class Case:
                                               decoder_width=self.decoder_width, head_format=sc.head_format,
                                               decoder_checkpointing=sc.decoder_checkpointing,
                                               encoder_checkpointing=sc.encoder_checkpointing,
-                                              torch_upsample_backward=sc.kind == "published")
+                                              as_published=sc.kind == "published")
             except Exception as e:
                 self._steps[name] = f"unavailable (SparK({sc.kind}) failed: {type(e).__name__}: {e})"
         return self._steps[name]

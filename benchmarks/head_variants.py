@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from spark_sparse.decoder import LightDecoder
-from spark_sparse.upsample import set_backward_as_convs, upsample_2x
+from spark_sparse.upsample import upsample_2x
 
 from .contenders import Call, autocast
 from .timing import median_ms, time_interleaved
@@ -141,18 +141,18 @@ def measure_decoder(batch: int, image_size: Tuple[int, int], width: int, warmup:
         return y.detach(), inputs[-1].grad
 
     truth = run(copy.deepcopy(base).double(), [m.double() for m in maps])
-    # name: (memory format, autocast dtype, torch.compile, torch's own transposed-conv backward)
+    # name: (memory format, autocast dtype, torch.compile, every layer as SparK's code runs it)
     variants = {"NCHW fp32 (SparK's)": (torch.contiguous_format, torch.float32, False, True),
-                "channels-last fp32, torch's transposed-conv backward": (torch.channels_last, torch.float32, False,
+                "channels-last fp32, SparK's layers": (torch.channels_last, torch.float32, False,
                                                                          True),
                 "channels-last fp32": (torch.channels_last, torch.float32, False, False),
                 "channels-last bf16 autocast": (torch.channels_last, torch.bfloat16, False, False)}
     if compile_head:
         variants["channels-last fp32 torch.compile"] = (torch.channels_last, torch.float32, True, False)
     rows, calls = [], {}
-    for name, (fmt, amp, compiled, torch_backward) in variants.items():
+    for name, (fmt, amp, compiled, as_published) in variants.items():
         decoder = copy.deepcopy(base).to(memory_format=fmt)
-        set_backward_as_convs(decoder, not torch_backward)
+        decoder.set_as_published(as_published)
         inputs = [m.contiguous(memory_format=fmt) for m in maps]
         row = {"variant": name}
         if compiled:

@@ -16,7 +16,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from spark_sparse.spark import SparK
 from spark_sparse.step_timer import StepTimer
-from spark_sparse.upsample import set_backward_as_convs
 
 from .contenders import autocast
 
@@ -92,11 +91,11 @@ class SparkStep:
 
 def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, decoder_width: int = 768,
               lr: float = 1e-4, head_format: str = "channels_last", decoder_checkpointing: bool = False,
-              encoder_checkpointing: bool = False, torch_upsample_backward: bool = False) -> SparkStep:
+              encoder_checkpointing: bool = False, as_published: bool = False) -> SparkStep:
     """A SparK pre-training step around ``encoder`` (sparse, masked-dense or dense).
     ``decoder_width`` is the LightDecoder's (SparK's 768 unless a test wants a small head).
-    ``torch_upsample_backward``: the decoder's transposed convs take torch's own backward, as in
-    SparK's code (the "as published" contender), instead of ours (spark_sparse/upsample.py).
+    ``as_published``: the decoder runs every layer as SparK's code does (the "as published"
+    contender; :meth:`~spark_sparse.decoder.LightDecoder.set_as_published`) instead of ours.
 
     The optimizer is AdamW: SparK trains with LAMB, whose per-parameter cost is of the same
     (elementwise) kind and small next to the convolutions; every contender gets the same one.
@@ -105,6 +104,6 @@ def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, dec
     model = SparK(encoder, decoder_width=decoder_width, head_format=head_format,
                   decoder_checkpointing=decoder_checkpointing,
                   encoder_checkpointing=encoder_checkpointing).to(device).train()
-    set_backward_as_convs(model.decoder, not torch_upsample_backward)
+    model.decoder.set_as_published(as_published)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.04)
     return SparkStep(model, optimizer, amp_dtype, device)

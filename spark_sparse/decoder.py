@@ -16,8 +16,9 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from .activation import relu6_
 from .recompute import recomputing, run_recomputed
-from .upsample import Upsample2x
+from .upsample import Upsample2x, set_backward_as_convs
 from .upsample_conv import composition_pays, upsample_conv
 
 # Checkpointing recomputes only the blocks whose output is at this stride or finer. Every block does
@@ -32,12 +33,14 @@ class UpsampleBlock(nn.Module):
     """ConvTranspose2d(k4, s2, p1) → Conv3×3 → BN → ReLU6 → Conv3×3 → BN (SparK's ``UNetBlock``).
 
     On the CPU, where the map is large enough for it to pay, the first two (both linear, nothing
-    between them) run as one composed 3×3 conv (spark_sparse/upsample_conv.py); with
-    ``up_sample.backward_as_convs`` off (SparK's code as published) they run as torch's two.
+    between them) run as one composed 3×3 conv (spark_sparse/upsample_conv.py), and the ReLU6 runs
+    in place without torch's hidden copy (spark_sparse/activation.py). ``as_published`` (see
+    :meth:`LightDecoder.set_as_published`) runs every layer as SparK's own code does.
     """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
+        self.as_published = False
         self.up_sample = Upsample2x(in_channels)
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1, bias=False),
@@ -48,16 +51,18 @@ class UpsampleBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.as_published:
+            return self.conv(self.up_sample(x))
+        first_conv, norm, _, second_conv, second_norm = self.conv
         if self.composes(x):
-            x = upsample_conv(x, self.up_sample.weight, self.up_sample.bias, self.conv[0].weight)
-            for layer in list(self.conv)[1:]:
-                x = layer(x)
-            return x
-        return self.conv(self.up_sample(x))
+            x = upsample_conv(x, self.up_sample.weight, self.up_sample.bias, first_conv.weight)
+        else:
+            x = first_conv(self.up_sample(x))
+        return second_norm(second_conv(relu6_(norm(x))))
 
     def composes(self, x: torch.Tensor) -> bool:
         """Whether this call runs the upsampling and the first conv as one composed conv."""
-        return (self.up_sample.backward_as_convs and x.device.type == "cpu"
+        return (not self.as_published and x.device.type == "cpu"
                 and composition_pays(x.shape[0], x.shape[1], x.shape[2], x.shape[3]))
 
 
@@ -114,6 +119,14 @@ class LightDecoder(nn.Module):
             else:
                 x = block(x)
         return self.proj(x)
+
+    def set_as_published(self, enabled: bool) -> None:
+        """Run every block as SparK's own code does (True: torch's transposed conv and its backward,
+        no composition, torch's in-place ReLU6) or ours (False, the default). The numbers are the
+        same up to rounding; the benchmark's "SparK as published" contender uses True."""
+        set_backward_as_convs(self, not enabled)
+        for block in self.dec:
+            block.as_published = enabled
 
     def stage_widths(self, num_stages: int) -> List[int]:
         """Decoder widths of the deepest ``num_stages`` encoder stages, deepest first."""

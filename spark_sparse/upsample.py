@@ -169,9 +169,8 @@ class Upsample2x(nn.ConvTranspose2d):
 
 
 def set_backward_as_convs(model: nn.Module, enabled: bool) -> None:
-    """Every Upsample2x in ``model``: ours (True) or torch's own transposed conv (False). The decoder's
-    blocks read the same switch for composing the upsampling with the conv after it
-    (``decoder.UpsampleBlock``): False is SparK's code as published."""
+    """Every Upsample2x in ``model``: ours (True) or torch's own transposed conv (False). The whole
+    decoder as SparK's code runs it is ``LightDecoder.set_as_published``, which calls this."""
     for m in model.modules():
         if isinstance(m, Upsample2x):
             m.backward_as_convs = enabled
