@@ -18,8 +18,8 @@ from torch import nn
 
 from .activation import relu6_
 from .recompute import recomputing, run_recomputed
-from .upsample import Upsample2x, set_backward_as_convs
-from .upsample_conv import composition_pays, upsample_conv
+from .upsample import Upsample2x, convolution_output_channels_last, set_backward_as_convs
+from .upsample_conv import composed_phases, composition_pays, interleave, phase_batch_norm
 
 # Checkpointing recomputes only the blocks whose output is at this stride or finer. Every block does
 # the same MACs (the width halves as the side doubles) but holds twice the activations of the one
@@ -55,10 +55,13 @@ class UpsampleBlock(nn.Module):
             return self.conv(self.up_sample(x))
         first_conv, norm, _, second_conv, second_norm = self.conv
         if self.composes(x):
-            x = upsample_conv(x, self.up_sample.weight, self.up_sample.bias, first_conv.weight)
+            # normalised as four phase maps, interleaved into the 2× map through the ReLU6: one copy
+            phases = composed_phases(x, self.up_sample.weight, self.up_sample.bias, first_conv.weight)
+            x = interleave(phase_batch_norm(norm, phases), convolution_output_channels_last(x, first_conv.weight),
+                           relu6=True)
         else:
-            x = first_conv(self.up_sample(x))
-        return second_norm(second_conv(relu6_(norm(x))))
+            x = relu6_(norm(first_conv(self.up_sample(x))))
+        return second_norm(second_conv(x))
 
     def composes(self, x: torch.Tensor) -> bool:
         """Whether this call runs the upsampling and the first conv as one composed conv."""

@@ -77,10 +77,10 @@ def _outside_strip(x_line: torch.Tensor, up_weight: torch.Tensor, up_bias: torch
     return F.conv2d(outside, conv_taps)  # the row at columns -1 … 2W: 2W + 2 wide, valid → 2W
 
 
-def upsample_conv(x: torch.Tensor, up_weight: torch.Tensor, up_bias: Optional[torch.Tensor],
-                  conv_weight: torch.Tensor) -> torch.Tensor:
-    """conv2d(conv_transpose2d(x, up_weight, up_bias, stride 2, padding 1), conv_weight, padding 1),
-    in the memory format torch's two convolutions would give."""
+def composed_phases(x: torch.Tensor, up_weight: torch.Tensor, up_bias: Optional[torch.Tensor],
+                    conv_weight: torch.Tensor) -> torch.Tensor:
+    """The pair's output as its four phase maps (B, 4·C_out, H, W), channels ordered (row phase,
+    column phase, C_out), in the memory format of ``x``: :func:`interleave` makes the 2× map."""
     n, c_in, h, w = x.shape
     c_mid = up_weight.shape[1]
     bias = up_bias if up_bias is not None else up_weight.new_zeros(c_mid)
@@ -88,7 +88,6 @@ def upsample_conv(x: torch.Tensor, up_weight: torch.Tensor, up_bias: Optional[to
         kernel = composed_weight(up_weight, conv_weight)
         interior_bias = torch.einsum("qmts,m->q", conv_weight, bias).repeat(4)
     phases = F.conv2d(x, kernel, interior_bias, padding=1)                       # (B, 4·C_out, H, W)
-    channels_last = convolution_output_channels_last(x, conv_weight)
     # the conv's zero padding of the upsampled map: remove what the composition read beyond it
     first_row, last_row, first_col, last_col = _Borders.apply(x)  # columns as (B, C, 1, H) rows
     wt, vt = up_weight.transpose(2, 3), conv_weight.transpose(2, 3)
@@ -97,27 +96,59 @@ def upsample_conv(x: torch.Tensor, up_weight: torch.Tensor, up_bias: Optional[to
     left = _outside_strip(first_col, wt, bias, vt[:, :, :1], 0).transpose(2, 3)
     right = _outside_strip(last_col, wt, bias, vt[:, :, 2:], 3).transpose(2, 3)
     corners = _corners(first_row, last_row, up_weight, bias, conv_weight)
-    return _Interleave.apply(phases, channels_last, top, bottom, left, right, *corners)
+    return _FixBorders.apply(phases, top, bottom, left, right, *corners)
+
+
+def interleave(phases: torch.Tensor, channels_last: bool, relu6: bool = False) -> torch.Tensor:
+    """The four phase maps (B, 4·C, H, W) as the 2× map (B, C, 2H, 2W) in the given memory format;
+    with ``relu6`` clamped to [0, 6] on the way (SparK's ReLU6, in the same pass as the copy)."""
+    return _Interleave.apply(phases, channels_last, relu6)
+
+
+def phase_batch_norm(norm: torch.nn.Module, phases: torch.Tensor) -> torch.Tensor:
+    """``norm`` (a BatchNorm of C channels, any kind) applied to the 2× map that ``phases``
+    (B, 4·C, H, W) interleave to, computed on the phases themselves: each channel's statistics are
+    over the same values, only visited in another order. Returns phases again."""
+    n, c4, h, w = phases.shape
+    c = c4 // 4
+    if phases.is_contiguous(memory_format=torch.channels_last):
+        # every (image, row, column, phase) a row of C values: one channels-last (1, C, rows, 1) map
+        rows = phases.permute(0, 2, 3, 1).reshape(1, n * h * w * 4, c).permute(0, 2, 1).unsqueeze(3)
+        out = norm(rows)
+        return out.squeeze(3).permute(0, 2, 1).reshape(n, h, w, c4).permute(0, 3, 1, 2)
+    return norm(phases.reshape(n * 4, c, h, w)).reshape(n, c4, h, w)
+
+
+def upsample_conv(x: torch.Tensor, up_weight: torch.Tensor, up_bias: Optional[torch.Tensor],
+                  conv_weight: torch.Tensor) -> torch.Tensor:
+    """conv2d(conv_transpose2d(x, up_weight, up_bias, stride 2, padding 1), conv_weight, padding 1),
+    in the memory format torch's two convolutions would give."""
+    phases = composed_phases(x, up_weight, up_bias, conv_weight)
+    return interleave(phases, convolution_output_channels_last(x, conv_weight))
+
+
+def _phase_view(t: torch.Tensor) -> torch.Tensor:
+    """(B, 4·C, H, W) phases as (B, C, H, 2, W, 2): indexed like the 2× map's (B, C, H, 2, W, 2) view."""
+    n, c4, h, w = t.shape
+    return t.unflatten(1, (2, 2, c4 // 4)).permute(0, 3, 4, 1, 5, 2)
 
 
 class _Interleave(torch.autograd.Function):
-    """The four phase maps (B, 4·C, H, W) interleaved into (B, C, 2H, 2W), minus the four border
-    strips plus the four corners: one copy each way (autograd's own in-place ops on slices of a
-    view would copy the whole map's gradient once per slice)."""
+    """Phases → 2× map, one copy each way (optionally through ReLU6's clamp and its gradient)."""
 
     @staticmethod
-    def forward(ctx, phases, channels_last: bool, top, bottom, left, right,
-                top_left, top_right, bottom_left, bottom_right):
+    def forward(ctx, phases, channels_last: bool, relu6: bool):
         n, c4, h, w = phases.shape
         c = c4 // 4
-        ctx.dtypes = [t.dtype for t in (top, bottom, left, right, top_left, top_right, bottom_left, bottom_right)]
         out = torch.empty((n, c, 2 * h, 2 * w), dtype=phases.dtype, device=phases.device,
                           memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        out.view(n, c, h, 2, w, 2).copy_(phases.unflatten(1, (2, 2, c)).permute(0, 3, 4, 1, 5, 2))
-        for region, strip in zip(_STRIPS, (top, bottom, left, right)):
-            out[region].sub_(strip)
-        for region, corner in zip(_CORNERS, (top_left, top_right, bottom_left, bottom_right)):
-            out[region].add_(corner)
+        target = out.view(n, c, h, 2, w, 2)
+        if relu6:
+            torch.clamp(_phase_view(phases), 0.0, 6.0, out=target)
+            ctx.save_for_backward(out)
+        else:
+            target.copy_(_phase_view(phases))
+        ctx.relu6, ctx.phases_channels_last = relu6, phases.is_contiguous(memory_format=torch.channels_last)
         return out
 
     @staticmethod
@@ -125,17 +156,51 @@ class _Interleave(torch.autograd.Function):
         n, c, h2, w2 = grad.shape
         h, w = h2 // 2, w2 // 2
         grad_phases = torch.empty((n, 4 * c, h, w), dtype=grad.dtype, device=grad.device,
-                                  memory_format=torch.channels_last)
-        grad_phases.unflatten(1, (2, 2, c)).copy_(grad.reshape(n, c, h, 2, w, 2).permute(0, 3, 5, 1, 2, 4))
-        strips = [-grad[region] for region in _STRIPS]
-        corners = [grad[region] for region in _CORNERS]
-        return (grad_phases, None, *[g.to(dtype) for g, dtype in zip(strips + corners, ctx.dtypes)])
+                                  memory_format=torch.channels_last if ctx.phases_channels_last
+                                  else torch.contiguous_format)
+        source = grad.reshape(n, c, h, 2, w, 2)
+        if ctx.relu6:
+            (out,) = ctx.saved_tensors
+            # 0 < clamped < 6 exactly where 0 < input < 6: torch's own derivative of ReLU6
+            torch.ops.aten.hardtanh_backward.grad_input(source, out.view(n, c, h, 2, w, 2), 0.0, 6.0,
+                                                        grad_input=_phase_view(grad_phases))
+        else:
+            _phase_view(grad_phases).copy_(source)
+        return grad_phases, None, None
+
+
+class _FixBorders(torch.autograd.Function):
+    """Subtract the four border strips from the phases (in place, in the 2× map's coordinates) and
+    add back the four corners; the gradient passes through and is read off for the strips."""
+
+    @staticmethod
+    def forward(ctx, phases, top, bottom, left, right, top_left, top_right, bottom_left, bottom_right):
+        ctx.dtypes = [t.dtype for t in (top, bottom, left, right, top_left, top_right, bottom_left, bottom_right)]
+        view = _phase_view(phases)
+        for region, strip in zip(_STRIPS, (top, bottom, left, right)):
+            view[region].sub_(strip.reshape(view[region].shape))
+        for region, corner in zip(_CORNERS, (top_left, top_right, bottom_left, bottom_right)):
+            view[region].add_(corner.reshape(view[region].shape))
+        ctx.mark_dirty(phases)
+        ctx.strip_shapes = [t.shape for t in (top, bottom, left, right, top_left, top_right, bottom_left, bottom_right)]
+        return phases
+
+    @staticmethod
+    def backward(ctx, grad):
+        view = _phase_view(grad)
+        strips = [-view[region] for region in _STRIPS]
+        corners = [view[region] for region in _CORNERS]
+        parts = [g.reshape(shape).to(dtype) for g, shape, dtype in zip(strips + corners, ctx.strip_shapes, ctx.dtypes)]
+        return (grad, *parts)
 
 
 _ALL = slice(None)
-_STRIPS = ((_ALL, _ALL, slice(0, 1), _ALL), (_ALL, _ALL, slice(-1, None), _ALL),
-           (_ALL, _ALL, _ALL, slice(0, 1)), (_ALL, _ALL, _ALL, slice(-1, None)))
-_CORNERS = tuple((_ALL, _ALL, r, c) for r in (slice(0, 1), slice(-1, None)) for c in (slice(0, 1), slice(-1, None)))
+# the 2× map's border rows and columns in its (B, C, H, 2, W, 2) view: first row = (h 0, row phase 0),
+# last row = (h H-1, row phase 1), first column = (w 0, column phase 0), last column = (w W-1, phase 1)
+_FIRST, _LAST = (0, 0), (-1, 1)
+_STRIPS = tuple((_ALL, _ALL, *idx, _ALL, _ALL) for idx in (_FIRST, _LAST)) + \
+    tuple((_ALL, _ALL, _ALL, _ALL, *idx) for idx in (_FIRST, _LAST))
+_CORNERS = tuple((_ALL, _ALL, *r, *c) for r in (_FIRST, _LAST) for c in (_FIRST, _LAST))
 
 
 class _Borders(torch.autograd.Function):

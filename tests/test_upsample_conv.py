@@ -60,17 +60,18 @@ def test_the_decoder_composes_its_largest_maps_only():
     assert chosen == {224: [2, 3, 4], 96: [3, 4]}
 
 
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize("train", [True, False])
-def test_a_composing_block_computes_the_two_layers_block_in_fp64(train):
+def test_a_composing_block_computes_the_two_layers_block_in_fp64(train, fmt):
     """The whole block (BatchNorms in training mode too): output, every parameter gradient, the input
     gradient and the running statistics as with torch's two layers (SparK as published)."""
     torch.manual_seed(0)
-    ours = UpsampleBlock(8, 4).double().to(memory_format=torch.channels_last).train(train)
-    theirs = UpsampleBlock(8, 4).double().to(memory_format=torch.channels_last).train(train)
+    ours = UpsampleBlock(8, 4).double().to(memory_format=fmt).train(train)
+    theirs = UpsampleBlock(8, 4).double().to(memory_format=fmt).train(train)
     theirs.load_state_dict(ours.state_dict())
     theirs.as_published = True
     set_backward_as_convs(theirs, False)  # torch's transposed conv, as SparK's block has it
-    x = torch.randn(2, 8, 12, 13, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, 8, 12, 13, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
     assert ours.composes(x) and not theirs.composes(x)
     a, b = ours(x), theirs(x)
     assert rel_max(a, b) <= 1e-12
@@ -86,7 +87,7 @@ def test_small_maps_keep_the_two_layers(monkeypatch):
     block = UpsampleBlock(64, 32)
     assert not block.composes(torch.randn(1, 64, 2, 2))  # 4 positions for 64 channels: does not pay
     called = []
-    monkeypatch.setattr("spark_sparse.decoder.upsample_conv", lambda *a: called.append(1))
+    monkeypatch.setattr("spark_sparse.decoder.composed_phases", lambda *a: called.append(1))
     with torch.no_grad():
         block(torch.randn(1, 64, 2, 2))
     assert called == []
