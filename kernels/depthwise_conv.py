@@ -39,6 +39,8 @@ def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel: Tuple
     whose output gradient is ``grad_out``, as one forward depthwise conv with B·C groups."""
     b, c, h, w = x.shape
     ho, wo = grad_out.shape[2:]
+    if x.numel() == 0 or grad_out.numel() == 0:  # no images (e.g. no visible tile of a shape): no gradient
+        return x.new_zeros(c, 1, *kernel)
     # channels-last (1, B·C, H, W): group b·C + c is image b's channel c (oneDNN's fast layout)
     maps = x.permute(2, 3, 0, 1).reshape(1, h, w, b * c).permute(0, 3, 1, 2)
     kernels = grad_out.reshape(b * c, 1, ho, wo)

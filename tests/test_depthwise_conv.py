@@ -93,3 +93,11 @@ def test_bf16_under_autocast_keeps_the_callers_dtype():
         y = depthwise_conv2d(x, w, (1, 1))
     y.backward(dy)
     assert y.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
+
+
+def test_an_empty_batch_has_a_zero_weight_gradient():
+    """A batch with no images (a tile shape no visible run has) gives a zero gradient, as torch's."""
+    x = torch.zeros(0, 4, 14, 14, dtype=torch.float64).requires_grad_(True)
+    weight = torch.randn(4, 1, 7, 7, dtype=torch.float64, requires_grad=True)
+    depthwise_conv2d(x, weight, (0, 0)).sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight)) and x.grad.shape == x.shape
