@@ -180,24 +180,20 @@ class _FixBorders(torch.autograd.Function):
     add back the four corners; the gradient passes through and is read off for the strips."""
 
     @staticmethod
-    def forward(ctx, phases, top, bottom, left, right, top_left, top_right, bottom_left, bottom_right):
-        ctx.dtypes = [t.dtype for t in (top, bottom, left, right, top_left, top_right, bottom_left, bottom_right)]
+    def forward(ctx, phases, *parts):  # top, bottom, left, right, then the four corners
+        ctx.parts = [(t.shape, t.dtype) for t in parts]
         view = _phase_view(phases)
-        for region, strip in zip(_STRIPS, (top, bottom, left, right)):
-            view[region].sub_(strip.reshape(view[region].shape))
-        for region, corner in zip(_CORNERS, (top_left, top_right, bottom_left, bottom_right)):
-            view[region].add_(corner.reshape(view[region].shape))
+        for region, sign, part in zip(_STRIPS + _CORNERS, (-1,) * 4 + (1,) * 4, parts):
+            view[region].add_(part.reshape(view[region].shape), alpha=sign)
         ctx.mark_dirty(phases)
-        ctx.strip_shapes = [t.shape for t in (top, bottom, left, right, top_left, top_right, bottom_left, bottom_right)]
         return phases
 
     @staticmethod
     def backward(ctx, grad):
         view = _phase_view(grad)
-        strips = [-view[region] for region in _STRIPS]
-        corners = [view[region] for region in _CORNERS]
-        parts = [g.reshape(shape).to(dtype) for g, shape, dtype in zip(strips + corners, ctx.strip_shapes, ctx.dtypes)]
-        return (grad, *parts)
+        signs = (-1,) * 4 + (1,) * 4
+        return (grad, *[(sign * view[region]).reshape(shape).to(dtype)
+                        for region, sign, (shape, dtype) in zip(_STRIPS + _CORNERS, signs, ctx.parts)])
 
 
 _ALL = slice(None)
