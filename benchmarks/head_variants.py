@@ -5,8 +5,9 @@
   decoder runs, spark_sparse/upsample.py); four phase convolutions (each output pixel parity is a 2×2 convolution
   of the input: the same 16 taps per input pixel); one sub-pixel 3×3 convolution to 4× the
   channels (zero taps where a phase has none: 36 taps) followed by a pixel shuffle.
-- The whole LightDecoder NCHW (SparK's code), channels-last (ours), channels-last under bf16
-  autocast, and optionally ``torch.compile``-d.
+- The whole LightDecoder NCHW (SparK's code), channels-last with SparK's layers
+  (``LightDecoder.set_as_published``), channels-last (ours), channels-last under bf16 autocast, and
+  optionally ``torch.compile``-d.
 
 Errors are max |fp32 - fp64| / max |fp64| of the output and of the input gradient, with fp64 run
 through torch's own op on the same weights and inputs: a faster form is only worth having if it
