@@ -298,6 +298,10 @@ def environment_lines(doc: dict) -> str:
              f"(interop {cpu['torch_interop_threads']}); load average at start {env.get('load_average_start')}, "
              f"at end {env.get('load_average_end')}"
              + (f"; malloc: {env['malloc']}" if env.get("malloc") else "")]
+    mem = env.get("memory_start")
+    if mem:
+        lines.append(f"- memory at start: {mem['total_gib']} GiB, {mem['free_gib']} GiB free, "
+                     f"{mem['page_cache_gib']} GiB page cache")
     if env.get("cuda"):
         c = env["cuda"]
         lines.append(f"- GPU: {c['name']} (sm {c['capability']}, {c['memory_gib']} GiB), CUDA {c['cuda']}, "

@@ -73,6 +73,16 @@ def _doc(records):
                                              "reason": "not sparsifiable yet: X"}], "profiles": []}
 
 
+def test_the_environment_records_the_memory_state():
+    from spark_sparse.benchmarks.environment import environment, memory_info
+    mem = memory_info()
+    if mem is None:
+        pytest.skip("no /proc/meminfo here")
+    assert mem["total_gib"] > 0 and 0 <= mem["free_gib"] <= mem["total_gib"]
+    assert 0 <= mem["page_cache_gib"] <= mem["total_gib"]
+    assert environment()["memory_start"].keys() == mem.keys()
+
+
 def test_speedups_pair_the_repeats_of_one_round():
     rec = _record({"sparse[torch]": [10.0, 20.0, 10.0], "sparse[auto]": [5.0, 5.0, 10.0],
                    "masked-dense": [10.0, 20.0, 30.0], "dense": [5.0, 10.0, 40.0]},
@@ -103,6 +113,9 @@ def test_tables_and_json():
     assert "| step | 0.60 | n/a | n/a | n/a | n/a |" in md      # the step's absence is shown, not hidden
     assert "dense (channels_last)" in md
     assert "- convnext_tiny (cpu fp32): not sparsifiable yet: X" in md
+    assert "memory at start" not in md  # not recorded (a document from before, or not Linux): no line
+    doc["environment"]["memory_start"] = {"total_gib": 23.5, "free_gib": 13.9, "page_cache_gib": 9.5}
+    assert "- memory at start: 23.5 GiB, 13.9 GiB free, 9.5 GiB page cache" in markdown.markdown(doc, [])
     # JSON: no NaN or infinity, ever
     rec["speedup"]["fwd"]["sparse[auto]"]["vs_dense"] = float("nan")
     parsed = json.loads(schema.to_json(doc))
