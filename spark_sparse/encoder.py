@@ -31,6 +31,7 @@ class SparseEncoder(PlannedEncoder):
         super().__init__(plan, children)
         self.arch = arch
         self.checkpointing = False
+        self._stem_paths: Optional[List[str]] = None
 
     def set_backend(self, backend: str) -> "SparseEncoder":
         """Run every non-depthwise conv with ``backend`` ('auto', 'torch', 'tiles', 'spconv'); 1×1 and
@@ -68,14 +69,17 @@ class SparseEncoder(PlannedEncoder):
         return self
 
     def stem_paths(self) -> List[str]:
-        """The plan's modules before the first stage (ResNet: conv1, bn1, act1, maxpool; ConvNeXt: stem)."""
-        stem = []
-        for path in self.plan.run:
-            module = self.get_submodule(path)
-            if path in self.plan.features or any(isinstance(m, SparseResidualBlock) for m in module.modules()):
-                break
-            stem.append(path)
-        return stem
+        """The plan's modules before the first stage (ResNet: conv1, bn1, act1, maxpool; ConvNeXt: stem);
+        found once (the plan does not change), read by every checkpointed forward."""
+        if self._stem_paths is None:
+            stem = []
+            for path in self.plan.run:
+                module = self.get_submodule(path)
+                if path in self.plan.features or any(isinstance(m, SparseResidualBlock) for m in module.modules()):
+                    break
+                stem.append(path)
+            self._stem_paths = stem
+        return list(self._stem_paths)
 
     def _convs(self, depthwise: Optional[bool] = None) -> List[SparseConv2d]:
         return [m for m in self.modules() if isinstance(m, SparseConv2d)

@@ -7,7 +7,7 @@ draws the same masks) and accepts any inputs and outputs (SparseFeatures too).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -23,12 +23,7 @@ def run_recomputed(module: nn.Module, function, *args):
     """``function(*args)`` under activation checkpointing; ``module``'s buffers (BatchNorm running
     statistics and batch counters) stay as the first forward left them."""
     return checkpoint(function, *args, use_reentrant=False,
-                      context_fn=lambda: (_nothing(), _buffers_kept(module)))
-
-
-@contextmanager
-def _nothing():
-    yield
+                      context_fn=lambda: (nullcontext(), _buffers_kept(module)))
 
 
 @contextmanager
