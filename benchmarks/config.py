@@ -93,8 +93,13 @@ class BenchConfig:
 
     def validate(self) -> "BenchConfig":
         """Raise ValueError naming the bad value and what is accepted."""
+        from spark_sparse.archs import check_arch
         from spark_sparse.masks import check_mask_ratio, patch_grid
         from spark_sparse.plan import PATCH_SIZE
+        for m in self.models:
+            check_arch(m, "--models")
+        if self.profile_model:
+            check_arch(self.profile_model, "--profile-model")
         for r in self.mask_ratios:
             check_mask_ratio(r)
         check_mask_ratio(self.profile_ratio)

@@ -74,8 +74,6 @@ def skip_reason(error: Exception) -> str:
     from spark_sparse import UnsupportedLayerError
     if isinstance(error, UnsupportedLayerError):
         return f"not sparsifiable yet: {error}"
-    if isinstance(error, RuntimeError) and "Unknown model" in str(error):
-        return f"timm has no such model: {error}"
     return f"{type(error).__name__}: {error}"
 
 

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from .archs import check_arch
 from .files import file_kind, zip_damage
 from .plan import EncoderPlan
 
@@ -84,14 +85,9 @@ def strip_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch
 def _shapes(arch: str) -> Tuple[Dict[str, Tuple[int, ...]], Tuple[str, ...]]:
     import timm
 
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(arch, pretrained=False)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise WeightsError(f"unknown timm architecture {arch!r}; spark_sparse supports timm ResNets "
-                               f"(resnet18 … resnet200, resnet*d) and ConvNeXts (convnext_*, convnextv2_*)") from e
-        raise
+    check_arch(arch, "architecture")
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False)
     keep = set(EncoderPlan.from_model(model).top_level)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     encoder = {k: s for k, s in shapes.items() if k.split(".")[0] in keep}

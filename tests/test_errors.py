@@ -74,3 +74,36 @@ def test_conv_that_changes_resolution_is_refused():
     model.layer1[0].conv1 = nn.Conv2d(64, 64, 3, padding=0, bias=False)
     with pytest.raises(ss.UnsupportedLayerError, match=r"layer1\.0\.conv1.*H/stride"):
         ss.sparsify(model)
+
+
+def test_check_arch_accepts_timm_names_with_or_without_a_tag():
+    from spark_sparse.archs import check_arch
+    assert check_arch("resnet50") == "resnet50"
+    assert check_arch("resnet50.a1_in1k") == "resnet50.a1_in1k"
+
+
+def test_unknown_arch_names_the_option_and_the_closest_names():
+    from spark_sparse.archs import UnknownArchError, check_arch
+    with pytest.raises(UnknownArchError, match=r"--models 'resnet51': timm has no such model \(closest: .*resnet50"):
+        check_arch("resnet51", "--models")
+    with pytest.raises(ValueError, match=r"'qwertyuiop': timm has no such model\. spark_sparse runs timm ResNets"):
+        check_arch("qwertyuiop")
+
+
+@pytest.mark.parametrize("argv,prefix", [
+    (["pretrain", "--arch", "convnext_tinny"], "--arch 'convnext_tinny'"),
+    (["demo", "--arch", "convnext_tinny"], "--arch 'convnext_tinny'"),
+    (["import", "missing.pth", "--arch", "convnext_tinny"], "--arch 'convnext_tinny'"),
+    (["bench", "--models", "convnext_tinny", "--devices", "cpu"], "--models 'convnext_tinny'"),
+    (["bench", "--profile-model", "convnext_tinny", "--devices", "cpu"], "--profile-model 'convnext_tinny'"),
+])
+def test_commands_refuse_an_unknown_arch_before_writing(tmp_path, monkeypatch, capsys, argv, prefix):
+    """A typo in a model name ends with status 2 and one line suggesting the right name (not timm's
+    traceback), before anything is built or written."""
+    from spark_sparse.cli import main
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", str(tmp_path / "out")] if argv[0] in ("pretrain", "import", "bench") else []
+    assert main(argv + out) == 2
+    err = capsys.readouterr().err
+    assert prefix in err and "closest: convnext_tiny" in err
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ import argparse
 import os
 from typing import Optional
 
+from ..archs import check_arch
 from ..backends import BACKEND_NAMES
 from ..masks import check_patches_both_ways, patch_grid
 from ..plan import PATCH_SIZE
@@ -119,6 +120,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_args(args) -> None:
     """Clear errors for values that cannot work, before anything is built."""
+    check_arch(args.arch, "--arch")
     patch_grid(args.input_size, args.input_size, PATCH_SIZE, "--input-size")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")

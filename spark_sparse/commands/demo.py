@@ -4,6 +4,7 @@ ratio and the time of both. Random weights: nothing is downloaded."""
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 NAME = "demo"
@@ -27,9 +28,15 @@ def run(args) -> int:
     import torch
 
     import spark_sparse as ss
+    from spark_sparse.archs import check_arch
     from spark_sparse.flops import dense_macs
     from spark_sparse.masks import patch_grid
 
+    try:
+        check_arch(args.arch, "--arch")
+    except ValueError as e:
+        print(f"spark-sparse demo: {e}", file=sys.stderr)
+        return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     height, width = (args.size * 2)[:2]

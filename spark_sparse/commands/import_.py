@@ -38,6 +38,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from spark_sparse.archs import check_arch
     from spark_sparse.io.checkpoint import save_atomic
     from spark_sparse.files import check_output
     from spark_sparse.io.imports import checkpoint_from_import
@@ -45,6 +46,8 @@ def run(args) -> int:
     from spark_sparse.weights import WeightsError
 
     try:
+        if args.arch is not None:
+            check_arch(args.arch, "--arch")
         check_output(args.out, inputs=[args.file], force=args.force)
         imported = read_weights(args.file, trust=args.trust_file)
         payload = checkpoint_from_import(imported, args.arch, decoder_width=args.decoder_width,
