@@ -27,6 +27,14 @@ def data(tmp_path_factory):
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--vis-images", "0"], "--vis-images must be >= 1"),
     (["--workers", "-1"], "--workers must be >= 0"),
+    (["--arch", "resnet51"], "--arch 'resnet51': timm has no such model (closest: "),
+    (["--lr", "-0.001"], "--lr must be > 0"),
+    (["--base-lr", "0"], "--base-lr must be > 0"),
+    (["--wd", "-0.1"], "--wd must be >= 0"),
+    (["--wd-end", "nan"], "--wd-end must be >= 0"),
+    (["--drop-path", "1.5"], "--drop-path must be in [0, 1)"),
+    (["--clip", "nan"], "--clip must be a number"),
+    (["--epochs", "nan"], "--epochs must be > 0"),
 ])
 def test_impossible_runs_are_refused_before_training(data, tmp_path, capsys, options, message):
     if "cuda:7" in options and torch.cuda.device_count() > 7:
@@ -37,6 +45,14 @@ def test_impossible_runs_are_refused_before_training(data, tmp_path, capsys, opt
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (out / "checkpoints").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_and_left_alone(data, tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    assert pretrain(parse(["--data", data, *TINY, "--steps", "1", "--out", str(path)])) == EXIT_BAD_INPUT
+    assert "is a file; pass a folder" in capsys.readouterr().err
+    assert path.read_text() == "mine"
 
 
 def test_every_step_a_checkpoint_covers_is_on_disk_when_it_is_written(data, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ ImageNet pass SparK's scale: ``--arch resnet50 --input-size 224 --batch-size 409
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Optional
 
@@ -121,6 +122,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_args(args) -> None:
     """Clear errors for values that cannot work, before anything is built."""
     check_arch(args.arch, "--arch")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file; pass a folder (it holds the run's checkpoints and logs)")
     patch_grid(args.input_size, args.input_size, PATCH_SIZE, "--input-size")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -139,12 +142,25 @@ def check_args(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0: off), got {getattr(args, name)}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.epochs <= 0 and not args.steps:
+    if not args.epochs > 0 and not args.steps:
         raise ValueError(f"--epochs must be > 0 (or give --steps), got {args.epochs}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if args.warmup_epochs < 0:
+    if not args.warmup_epochs >= 0:
         raise ValueError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+    # written as "not (valid)" so that NaN is refused too
+    for name in ("lr", "base_lr"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0 (a learning rate), got {value}")
+    for name in ("wd", "wd_end"):
+        if not getattr(args, name) >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (a weight decay), got {getattr(args, name)}")
+    if args.drop_path is not None and not 0 <= args.drop_path < 1:
+        raise ValueError(f"--drop-path must be in [0, 1) (the probability that a residual block is skipped), "
+                         f"got {args.drop_path}")
+    if math.isnan(args.clip):
+        raise ValueError("--clip must be a number (<= 0: no clipping), got nan")
 
 
 def peak_lr(args, global_batch: int) -> float:
