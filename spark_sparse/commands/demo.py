@@ -23,27 +23,42 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
 
 
+def checked_options(args):
+    """(device, height, width) from the options, or ValueError naming the bad one."""
+    from spark_sparse.archs import check_arch
+    from spark_sparse.masks import check_mask_ratio, patch_grid
+    from spark_sparse.plan import PATCH_SIZE
+    from spark_sparse.train.distributed import resolve_device
+
+    check_arch(args.arch, "--arch")
+    check_mask_ratio(args.mask_ratio)
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if len(args.size) not in (1, 2):
+        raise ValueError(f"--size takes S or H W, got {len(args.size)} numbers")
+    height, width = (args.size * 2)[:2]
+    patch_grid(height, width, PATCH_SIZE)
+    return resolve_device(args.device, 0), height, width
+
+
 def run(args) -> int:
     import timm
     import torch
 
     import spark_sparse as ss
-    from spark_sparse.archs import check_arch
     from spark_sparse.flops import dense_macs
     from spark_sparse.masks import patch_grid
 
     try:
-        check_arch(args.arch, "--arch")
-    except ValueError as e:
+        device, height, width = checked_options(args)
+        torch.manual_seed(args.seed)
+        model = timm.create_model(args.arch, pretrained=False).to(device).train()
+        encoder = ss.sparsify(model, backend=args.backend)
+    except (ValueError, ss.UnsupportedLayerError) as e:  # an option, or a backbone that cannot run sparse
         print(f"spark-sparse demo: {e}", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    height, width = (args.size * 2)[:2]
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    model = timm.create_model(args.arch, pretrained=False).to(device).train()
-    encoder = ss.sparsify(model, backend=args.backend)
     reference = ss.MaskedDenseEncoder(model)
     g = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.batch, 3, height, width, generator=g).to(device)
