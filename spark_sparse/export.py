@@ -33,12 +33,17 @@ DEFAULT_TOLERANCE = 1e-4  # the contract's: max |sparse − reference| ≤ 1e-4 
 
 
 def format_for(path: str, fmt: Optional[str] = None) -> str:
-    """``fmt`` if given, else from the file name: ``.pth``/``.pt``/``.bin`` → pth, anything else safetensors."""
-    if fmt:
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-        return fmt
-    return "pth" if os.path.splitext(path)[1].lower() in (".pth", ".pt", ".bin") else "safetensors"
+    """The format timm will read ``path`` as: it picks its loader by the name (safetensors for
+    ``*.safetensors``, ``torch.load`` for any other name), so that is the format written; a ``fmt``
+    that disagrees with the name is refused, since timm could not load the file."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    named = "safetensors" if path.lower().endswith(".safetensors") else "pth"
+    if fmt is not None and fmt != named:
+        rename = "end it in .safetensors" if fmt == "safetensors" else "end it in .pth, .pt or .bin"
+        raise ValueError(f"--format {fmt} does not fit --out {path}: timm reads a file named so as {named} "
+                         f"(safetensors only for *.safetensors), so it could not load it; {rename}, or drop --format")
+    return named
 
 
 def timm_state(payload: Dict[str, Any], source: str) -> Dict[str, torch.Tensor]:

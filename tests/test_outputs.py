@@ -58,6 +58,22 @@ def test_export_options_are_checked_before_writing(checkpoint, tmp_path, options
     assert rc == 2 and message in err and not out.exists()
 
 
+@pytest.mark.parametrize("name,fmt", [("w.pth", "safetensors"), ("w.bin", "safetensors"), ("w.safetensors", "pth")])
+def test_export_refuses_a_format_timm_would_not_read_under_that_name(checkpoint, tmp_path, name, fmt):
+    out = tmp_path / name
+    rc, _, err = cli("export", checkpoint, "--out", out, "--format", fmt)
+    assert rc == 2 and f"--format {fmt} does not fit --out" in err and not out.exists()
+
+
+def test_export_writes_what_timm_reads_under_any_name(checkpoint, tmp_path, timm_state):
+    """timm loads safetensors only from *.safetensors and torch.load's anything else: a name without
+    one of the usual endings gets a torch.save state dict, which timm's own loader reads."""
+    out = tmp_path / "weights"
+    assert cli("export", checkpoint, "--out", out)[0] == 0
+    model = timm.create_model("resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(out)), num_classes=0)
+    assert set(model.state_dict()) == set(timm_state)
+
+
 def test_export_to_a_folder_or_below_a_file_is_a_clear_error(checkpoint, tmp_path):
     rc, _, err = cli("export", checkpoint, "--out", tmp_path)
     assert rc == 2 and "is a folder" in err

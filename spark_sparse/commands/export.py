@@ -23,7 +23,8 @@ def add_arguments(p):
     p.add_argument("checkpoint", metavar="CKPT", help="a pre-training checkpoint (spark-sparse pretrain or import)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the weights")
     p.add_argument("--format", choices=["safetensors", "pth"], default=None,
-                   help="file format (default: pth for .pth/.pt/.bin names, safetensors otherwise)")
+                   help="file format; must fit the name, since timm picks its loader by it (default: safetensors "
+                        "for *.safetensors, a torch.save state dict (pth) for any other name)")
     p.add_argument("--verify", action="store_true",
                    help="check that the dense timm model built from FILE equals the sparse encoder on visible sites")
     p.add_argument("--tolerance", type=float, default=1e-4,
