@@ -93,6 +93,15 @@ def test_import_refuses_its_input_and_existing_files(tmp_path, timm_state):
     assert rc == 2 and "exists; pass --force" in err
 
 
+@pytest.mark.parametrize("width", ["0", "-8", "16"])
+def test_import_refuses_a_decoder_width_too_small_to_halve(tmp_path, timm_state, width):
+    """0 once fell through to the default 768 (``width or 768``) and wrote a checkpoint."""
+    src = tmp_path / "w.pth"
+    torch.save(timm_state, src)
+    rc, _, err = cli("import", src, "--out", tmp_path / "c.pt", "--decoder-width", width)
+    assert rc == 2 and f"decoder width {width} is too small" in err and not (tmp_path / "c.pt").exists()
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64, torch.uint8])
 def test_import_refuses_weights_that_are_not_floating_point(tmp_path, timm_state, dtype):
     state = dict(timm_state)

@@ -96,7 +96,7 @@ def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, de
             raise WeightsError(f"{imported.source}: its decoder has {name.replace('_', ' ')} {fixed[name]!r}, "
                                f"--{name.replace('_', '-')} asks for {asked!r}; leave the option out to keep the "
                                f"file's decoder")
-    decoder_width = fixed.get("decoder_width", decoder_width or 768)
+    decoder_width = fixed.get("decoder_width", 768 if decoder_width is None else decoder_width)
     densify_norm = fixed.get("densify_norm", densify_norm or "auto")
     mask_ratio = mask_ratio if mask_ratio is not None else float(rec.get("mask_ratio", 0.6))
     input_size = input_size or int(rec.get("input_size", 224))
