@@ -93,6 +93,14 @@ def test_import_refuses_its_input_and_existing_files(tmp_path, timm_state):
     assert rc == 2 and "exists; pass --force" in err
 
 
+def test_import_refuses_an_input_size_of_zero(tmp_path, timm_state):
+    """0 once fell through to the file's record or 224 (``size or 224``) and wrote a checkpoint."""
+    src = tmp_path / "w.pth"
+    torch.save(timm_state, src)
+    rc, _, err = cli("import", src, "--out", tmp_path / "c.pt", "--input-size", "0")
+    assert rc == 2 and "input size 0x0" in err and not (tmp_path / "c.pt").exists()
+
+
 @pytest.mark.parametrize("width", ["0", "-8", "16"])
 def test_import_refuses_a_decoder_width_too_small_to_halve(tmp_path, timm_state, width):
     """0 once fell through to the default 768 (``width or 768``) and wrote a checkpoint."""

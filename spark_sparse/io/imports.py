@@ -99,7 +99,7 @@ def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, de
     decoder_width = fixed.get("decoder_width", 768 if decoder_width is None else decoder_width)
     densify_norm = fixed.get("densify_norm", densify_norm or "auto")
     mask_ratio = mask_ratio if mask_ratio is not None else float(rec.get("mask_ratio", 0.6))
-    input_size = input_size or int(rec.get("input_size", 224))
+    input_size = input_size if input_size is not None else int(rec.get("input_size", 224))
 
     check_mask_ratio(mask_ratio)
     try:
