@@ -25,11 +25,12 @@ def _grid_hw(grid: Grid) -> Tuple[int, int]:
     return h, w
 
 
-def check_mask_ratio(mask_ratio: float) -> float:
-    """Return ``mask_ratio`` as a float, or raise if it is not in [0, 1)."""
+def check_mask_ratio(mask_ratio: float, name: str = "mask_ratio") -> float:
+    """Return ``mask_ratio`` as a float, or raise if it is not in [0, 1); ``name`` is what the caller
+    calls it (an API argument or a command's option) in the message."""
     ratio = float(mask_ratio)
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1) (the fraction of patches hidden), got {mask_ratio!r}")
+        raise ValueError(f"{name} must be in [0, 1) (the fraction of patches hidden), got {mask_ratio!r}")
     return ratio
 
 

@@ -31,7 +31,7 @@ def checked_options(args):
     from spark_sparse.train.distributed import resolve_device
 
     check_arch(args.arch, "--arch")
-    check_mask_ratio(args.mask_ratio)
+    check_mask_ratio(args.mask_ratio, "--mask-ratio")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if len(args.size) not in (1, 2):
