@@ -104,9 +104,9 @@ def check_output(path: str, *, inputs: Iterable[str] = (), force: bool = False, 
     for source in inputs:
         if os.path.exists(path) and _same_file(path, source):
             raise OutputError(f"{what} {path} is also an input of this command; writing it would destroy the "
-                              f"input: choose another name")
+                              f"input: choose another {what}")
     if os.path.isdir(path):
-        raise OutputError(f"{what} {path} is a folder; give a file name")
+        raise OutputError(f"{what} {path} is a folder, where a file is to be written: choose another {what}")
     if os.path.lexists(path) and not force:
         raise OutputError(f"{what} {path} exists; pass --force to overwrite it")
     folder = os.path.dirname(os.path.abspath(path))

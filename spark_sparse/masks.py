@@ -51,8 +51,8 @@ def check_patches_both_ways(grid: Grid, mask_ratio: float, what: str = "mask rat
                          f"a larger image")
     if keep == h * w:
         raise ValueError(f"{what} {mask_ratio} hides none of the {h}×{w} patches (round({h * w} × (1 − "
-                         f"{mask_ratio})) = {keep}): the loss is defined on masked patches only, so nothing would "
-                         f"be learned; use a ratio above {0.5 / (h * w):.4g} (SparK: 0.6)")
+                         f"{mask_ratio})) = {keep}): the loss is defined on masked patches only, so there would be "
+                         f"nothing to predict; use a ratio above {0.5 / (h * w):.4g} (SparK: 0.6)")
     return keep
 
 

@@ -37,6 +37,8 @@ def read_file(path: str, *, trust: bool = False) -> Tuple[Any, Dict[str, str]]:
     ``torch.save`` files are loaded with ``weights_only=True`` (tensors and plain values only);
     ``trust=True`` allows any pickled object — only for files from a source you trust.
     """
+    if os.path.isdir(path):
+        raise WeightsError(f"{path}: a folder, not a weights file")
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: no such file")
     kind = file_kind(path)

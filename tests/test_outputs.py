@@ -189,3 +189,46 @@ def test_one_output_rule(tmp_path):
     with pytest.raises(OutputError, match="also an input"):
         check_output(str(tmp_path / "link"), inputs=[str(a)], force=True)
     check_output(str(tmp_path / "new" / "deeper" / "f"))  # folders are created on writing
+
+
+def test_reconstruct_names_every_image_apart_and_refuses_bad_options_before_loading(checkpoint, tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    for name in ("a-2.png", "a.png", "a.jpg"):  # the clash of a.png and a.jpg must not take a-2's name
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(images / name)
+    strip = images / "strip.png"  # a very elongated image: cropped before resizing, no huge intermediate
+    Image.fromarray(np.full((1, 3000, 3), 200, np.uint8)).save(strip)
+    paths = [images / n for n in ("a-2.png", "a.png", "a.jpg")] + [strip]
+    rc, out, err = cli("reconstruct", checkpoint, *paths, "--out", tmp_path / "vis", "--size", "64")
+    assert rc == 0, out + err
+    assert sorted(os.listdir(tmp_path / "vis")) == ["a-2.png", "a-3.png", "a.png", "grid.png", "strip.png"]
+
+    for options, message in ((["--seed", str(2**32)], "--seed must be in 0 … 4294967295"),
+                             (["--size", "0"], "--size must be a multiple of 32 from 64 to 1024, got 0"),
+                             (["--size", "32"], "from 64 to 1024, got 32"),
+                             (["--size", "65536"], "from 64 to 1024, got 65536"),
+                             (["--device", "foo"], "--device 'foo': not a device name"),
+                             (["--mask-ratio", "1.5"], "--mask-ratio must be in [0, 1)")):
+        rc, _, err = cli("reconstruct", checkpoint, paths[0], "--out", tmp_path / "x", *options)
+        assert rc == 2 and message in err and "Traceback" not in err, (options, err)
+    rc, _, err = cli("reconstruct", checkpoint, paths[0], "--out", "")
+    assert rc == 2 and "--out is empty" in err
+    rc, _, err = cli("reconstruct", tmp_path, paths[0], "--out", tmp_path / "y")
+    assert rc == 2 and "a folder, not a checkpoint file" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped_to_white(tmp_path):
+    from spark_sparse.images import open_rgb
+    ramp = np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    rgb = np.asarray(open_rgb(str(tmp_path / "g16.png")))
+    assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
+    Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16)).save(tmp_path / "i8.tif")  # mode I, 8-bit values
+    assert Image.open(tmp_path / "i8.tif").mode == "I"
+    np.testing.assert_array_equal(np.asarray(open_rgb(str(tmp_path / "i8.tif")))[..., 1], np.arange(256).reshape(16, 16))
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(ValueError, match="32-bit floating-point image"):
+        open_rgb(str(tmp_path / "f.tif"))

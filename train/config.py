@@ -18,6 +18,7 @@ from ..backends import BACKEND_NAMES
 from ..masks import check_patches_both_ways, patch_grid
 from ..plan import PATCH_SIZE
 from ..recipe import default_drop_path
+from ..seeds import check_seed
 from .resources import cpu_has_native_bf16
 
 # Peak lr of the no-argument demo run: SparK's on ImageNet (2e-4 × 4096 / 256).
@@ -107,7 +108,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="also save a reconstruction grid every N steps (always: after the first step, at the "
                           "end of each epoch and of the run)")
     run.add_argument("--vis-images", type=int, default=8, help="images in a reconstruction grid")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed of the weights' initialisation, the data order, augmentation and masks (0 … 2^32−1)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (under torchrun: the local rank's GPU)")
     run.add_argument("--keep-freed-memory", default=True, action=argparse.BooleanOptionalAction,
                      help="CPU training: let glibc keep freed memory for reuse (no mmap, no trim), so a step does "
@@ -132,8 +134,7 @@ def check_args(args) -> None:
                          f"hidden patches only), got {args.mask_ratio}")
     check_patches_both_ways(args.input_size // PATCH_SIZE, args.mask_ratio,
                             f"--mask-ratio at --input-size {args.input_size}:")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    check_seed(args.seed)
     for name in ("vis_images", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -26,6 +26,8 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+from ..images import open_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -72,11 +74,6 @@ class ImageSource:
         raise NotImplementedError
 
 
-def _open_rgb(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")  # forces a full decode: truncated or corrupt files raise here
-
-
 def find_images(root: str) -> List[str]:
     """Every image file under ``root`` (ImageFolder layout or flat), sorted, so the order is stable."""
     if not os.path.isdir(root):
@@ -106,7 +103,7 @@ class FolderImages(ImageSource):
         return len(self.paths)
 
     def load(self, index: int) -> Image.Image:
-        return _open_rgb(self.paths[index])
+        return open_rgb(self.paths[index])
 
     def name(self, index: int) -> str:
         return os.path.relpath(self.paths[index], self.root)
@@ -124,7 +121,7 @@ def embedded_photo_paths() -> List[str]:
 
 @lru_cache(maxsize=None)
 def _photo(path: str) -> Image.Image:
-    return _open_rgb(path)
+    return open_rgb(path)
 
 
 class EmbeddedPhotos(ImageSource):

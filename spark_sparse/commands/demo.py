@@ -20,7 +20,7 @@ def add_arguments(p):
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "tiles", "spconv"],
                    help="k×k conv backend")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights, images and mask (0 … 2^32−1)")
 
 
 def checked_options(args):
@@ -28,10 +28,12 @@ def checked_options(args):
     from spark_sparse.archs import check_arch
     from spark_sparse.masks import check_mask_ratio, patch_grid
     from spark_sparse.plan import PATCH_SIZE
+    from spark_sparse.seeds import check_seed
     from spark_sparse.train.distributed import resolve_device
 
     check_arch(args.arch, "--arch")
     check_mask_ratio(args.mask_ratio, "--mask-ratio")
+    check_seed(args.seed)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if len(args.size) not in (1, 2):

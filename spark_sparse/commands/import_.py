@@ -30,7 +30,8 @@ def add_arguments(p):
                    help="recorded mask ratio (default: the file's record, else 0.6)")
     p.add_argument("--input-size", type=int, default=None,
                    help="recorded input size (default: the file's record, else 224)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fresh decoder / densify / mask-token weights")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the fresh decoder / densify / mask-token weights (0 … 2^32−1)")
     p.add_argument("--trust-file", action="store_true",
                    help="allow arbitrary pickled Python objects in FILE (e.g. timm training checkpoints that store "
                         "their argparse arguments); only for files from a source you trust")
@@ -41,6 +42,7 @@ def run(args) -> int:
     from spark_sparse.archs import check_arch
     from spark_sparse.io.checkpoint import save_atomic
     from spark_sparse.files import check_output
+    from spark_sparse.seeds import check_seed
     from spark_sparse.io.imports import checkpoint_from_import
     from spark_sparse.spark_format import read_weights
     from spark_sparse.weights import WeightsError
@@ -48,6 +50,7 @@ def run(args) -> int:
     try:
         if args.arch is not None:
             check_arch(args.arch, "--arch")
+        check_seed(args.seed)
         check_output(args.out, inputs=[args.file], force=args.force)
         imported = read_weights(args.file, trust=args.trust_file)
         payload = checkpoint_from_import(imported, args.arch, decoder_width=args.decoder_width,

@@ -185,6 +185,9 @@ def verify_integrity(path: str) -> None:
 
 def load(path: str, map_location="cpu") -> Dict[str, Any]:
     """Load and validate one checkpoint; raise CheckpointError saying what is wrong with it."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file (pretrain writes them to its --out's "
+                              f"checkpoints/)")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     kind = file_kind(path)
@@ -203,8 +206,8 @@ def load(path: str, map_location="cpu") -> Dict[str, Any]:
         if "weights_only" in str(e):
             raise CheckpointError(f"{path}: an intact file that holds pickled Python objects, not a spark_sparse "
                                   f"checkpoint (those hold tensors and plain values only); for timm or SparK "
-                                  f"weights, make one with `spark-sparse import` (--trust-file allows pickled "
-                                  f"objects from a source you trust)") from e
+                                  f"weights, make one with `spark-sparse import` (whose --trust-file "
+                                  f"allows pickled objects from a source you trust)") from e
         raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e}); truncated or corrupt?") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a spark_sparse pre-training checkpoint; for timm or SparK weights, make "
