@@ -33,7 +33,7 @@ def records(out, name="metrics.jsonl"):
         return [json.loads(line)["step"] for line in f]
 
 
-def test_foreign_and_corrupt_checkpoints_are_never_pruned_resumed_or_overwritten(data, tmp_path):
+def test_foreign_and_corrupt_checkpoints_are_never_pruned_resumed_or_overwritten(data, tmp_path, capsys):
     base = ["--data", data, *TINY, "--ckpt-every", "1", "--keep-ckpts", "1"]
     other, mine = str(tmp_path / "other"), str(tmp_path / "mine")
     train(base + ["--steps", "1", "--out", other])
@@ -51,8 +51,10 @@ def test_foreign_and_corrupt_checkpoints_are_never_pruned_resumed_or_overwritten
     untouched = {n: open(os.path.join(folder, n), "rb").read()
                  for n in ("ckpt-00000003.pt", "ckpt-00000100.pt", "ckpt-00000200.pt")}
 
-    with pytest.warns(UserWarning, match="another run"):
-        train(base + ["--steps", "4", "--out", mine])  # --resume auto: its own step 2, not step 100
+    capsys.readouterr()
+    train(base + ["--steps", "4", "--out", mine])  # --resume auto: its own step 2, not step 100
+    said = capsys.readouterr().out
+    assert "WARNING: skipping checkpoint" in said and "written by another run" in said and "ckpt-00000200.pt" in said
     found = steps_and_runs(mine)
     own = [(s, name) for s, name, r in found if r == run]
     assert own == [(4, "ckpt-00000004.pt")], f"keeps its newest own checkpoint only: {found}"
@@ -62,14 +64,14 @@ def test_foreign_and_corrupt_checkpoints_are_never_pruned_resumed_or_overwritten
     assert records(mine) == [1, 2, 3, 4]
 
 
-def test_the_step_taken_by_another_runs_file_saves_beside_it(data, tmp_path):
+def test_the_step_taken_by_another_runs_file_saves_beside_it(data, tmp_path, capsys):
     base = ["--data", data, *TINY, "--ckpt-every", "1", "--keep-ckpts", "0"]
     other, mine = str(tmp_path / "other"), str(tmp_path / "mine")
     train(base + ["--steps", "1", "--out", other])
     train(base + ["--steps", "1", "--out", mine])
     shutil.copy(ckpt.list_checkpoints(other)[-1][1], ckpt.checkpoint_path(mine, 2))
-    with pytest.warns(UserWarning, match="another run"):
-        train(base + ["--steps", "2", "--out", mine])
+    train(base + ["--steps", "2", "--out", mine])
+    assert "written by another run" in capsys.readouterr().out
     run = folder_run(mine)
     names = {name: r for _, name, r in steps_and_runs(mine)}
     assert names[f"ckpt-00000002.{run[:8]}.pt"] == run and names["ckpt-00000002.pt"] == folder_run(other)
@@ -116,3 +118,37 @@ def test_resume_none_into_a_folder_with_checkpoints_is_refused(data, tmp_path, c
     train(base + ["--steps", "1"])
     assert pretrain(parse(base + ["--steps", "1", "--resume", "none"])) == EXIT_BAD_INPUT
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_a_run_whose_checkpoints_are_all_unreadable_is_not_silently_restarted(data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    base = ["--data", data, *TINY, "--ckpt-every", "1", "--keep-ckpts", "0", "--out", out]
+    train(base + ["--steps", "2"])
+    run, metrics = folder_run(out), open(os.path.join(out, "metrics.jsonl")).read()
+    for _, path in ckpt.list_checkpoints(out):
+        os.truncate(path, 1000)
+    mine = os.path.join(ckpt.checkpoint_dir(out), "notes.tmp")  # the user's file: not a stale temporary
+    open(mine, "w").write("mine")
+    assert pretrain(parse(base + ["--steps", "3"])) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "none of the 2 checkpoint(s)" in err and "cannot continue" in err and "--force" in err
+    assert open(os.path.join(out, "metrics.jsonl")).read() == metrics and folder_run(out) == run, "nothing touched"
+    assert open(mine).read() == "mine"
+
+    train(base + ["--steps", "1", "--force"])  # forced: a new run from step 0, the old logs kept aside
+    said = capsys.readouterr().out
+    assert f"no readable checkpoint of run {run}" in said and "starting run" in said
+    assert folder_run(out) != run and records(out) == [1]
+    assert open(os.path.join(out, PREVIOUS, run, "metrics.jsonl")).read() == metrics
+
+
+def test_a_run_that_logged_steps_but_left_no_checkpoint_moves_its_logs_aside(data, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    base = ["--data", data, *TINY, "--out", out]
+    train(base + ["--steps", "2"])
+    run, metrics = folder_run(out), open(os.path.join(out, "metrics.jsonl")).read()
+    shutil.rmtree(ckpt.checkpoint_dir(out))
+    capsys.readouterr()
+    train(base + ["--steps", "1"])
+    assert f"no readable checkpoint of run {run}" in capsys.readouterr().out
+    assert open(os.path.join(out, PREVIOUS, run, "metrics.jsonl")).read() == metrics and records(out) == [1]

@@ -6,6 +6,9 @@ before anything is written:
 
 - ``--resume auto``: the newest valid checkpoint of the folder's run (files of other runs are
   skipped with a warning); a folder from before run ids: the newest valid checkpoint; none: fresh.
+  Checkpoints of the run that are all unreadable are refused (starting again at step 0 would
+  pass for a resume); a run that logged steps but left no checkpoint starts again as a new run,
+  its logs moved to ``previous-runs/``, and says so.
 - ``--resume none``: refused when the folder holds checkpoints.
 - ``--resume FILE``: refused when the folder holds another run's checkpoints (or run.json), and when
   it holds newer checkpoints of FILE's own run (the run would prune them or later resume them).
@@ -19,8 +22,8 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 from ..io import checkpoint as ckpt
 from ..files import write_text
@@ -35,6 +38,7 @@ class ResumePlan:
     path: Optional[str]               # checkpoint to resume from (None: a fresh start)
     run_id: str                       # the run this process continues or starts
     previous_run: Optional[str] = None  # the folder's other run whose logs move aside
+    notes: List[str] = field(default_factory=list)  # what the user should know: skipped checkpoints, a restart
 
 
 class RunFolderError(ValueError):
@@ -70,11 +74,25 @@ def plan_resume(out: str, choice: str, force: bool = False) -> ResumePlan:
     share = ("pass --force to start this run beside them (they are kept and never pruned; the folder's "
              f"metrics.jsonl, tensorboard/ and vis/ move to {PREVIOUS}/)")
     if choice == "auto":
-        found = ckpt.latest_valid(out, run_id=owner)
+        skipped: List = []
+        found = ckpt.latest_valid(out, run_id=owner, skipped=skipped)
+        notes = [f"skipping checkpoint {why}" for _, why, _ in skipped]
         if found:
             path, payload = found
-            return ResumePlan(path, payload.get("run_id") or owner or new_run_id())
-        return ResumePlan(None, owner or new_run_id(), previous_run=None if owner else _unknown_logs(out))
+            return ResumePlan(path, payload.get("run_id") or owner or new_run_id(), notes=notes)
+        unreadable = [why for _, why, bad in skipped if bad]
+        if unreadable and not force:
+            raise RunFolderError(f"none of the {len(unreadable)} checkpoint(s) in {ckpt.checkpoint_dir(out)} can be "
+                                 f"read (newest: {unreadable[0]}), so this run cannot continue; starting again "
+                                 f"would begin at step 0. Resume a copy you trust with --resume FILE, or {share}")
+        if owner and (unreadable or _logged_steps(out)):
+            fresh = new_run_id()
+            notes.append(f"no readable checkpoint of run {owner} in {ckpt.checkpoint_dir(out)}: starting run {fresh} "
+                         f"from step 0; the earlier run's metrics.jsonl, tensorboard/ and vis/ move to "
+                         f"{os.path.join(out, PREVIOUS, owner)}")
+            return ResumePlan(None, fresh, previous_run=owner, notes=notes)
+        return ResumePlan(None, owner or new_run_id(), previous_run=None if owner else _unknown_logs(out),
+                          notes=notes)
     if choice == "none":
         if existing and not force:
             raise RunFolderError(f"{ckpt.checkpoint_dir(out)} already holds checkpoints: continue them with --resume "
@@ -99,6 +117,14 @@ def plan_resume(out: str, choice: str, force: bool = False) -> ResumePlan:
                                  f"step {payload['step']}, resume into another --out, or {share}")
         return ResumePlan(choice, new_run_id(), previous_run=owner or _unknown_logs(out))  # a branch: a new run
     return ResumePlan(choice, file_run or owner or new_run_id(), previous_run=None if owner else _unknown_logs(out))
+
+
+def _logged_steps(out: str) -> bool:
+    """Whether the folder's metrics.jsonl holds any step (then a fresh start would overwrite progress)."""
+    try:
+        return os.path.getsize(os.path.join(out, LOGS[0])) > 0
+    except OSError:
+        return False
 
 
 def _unknown_logs(out: str) -> Optional[str]:

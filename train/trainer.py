@@ -139,6 +139,8 @@ class Trainer:
                 plan = plan_resume(self.out, self.args.resume, force=getattr(self.args, "force", False))
                 claim(self.out, plan)
                 decision["plan"] = (plan.path, plan.run_id)
+                for note in plan.notes:
+                    self.warn(note)
             except (RunFolderError, ckpt.CheckpointError) as e:
                 decision["error"] = (type(e).__name__, str(e))
         decision = broadcast_object(decision, self.procs)

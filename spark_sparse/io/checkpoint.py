@@ -242,27 +242,36 @@ def list_checkpoints(out_dir: str) -> List[Tuple[int, str]]:
     return sorted(found)
 
 
-def latest_valid(out_dir: str, map_location="cpu", run_id: Optional[str] = None
-                 ) -> Optional[Tuple[str, Dict[str, Any]]]:
-    """The newest checkpoint that loads and validates (and, with ``run_id``, was written by that run);
-    the others are skipped with a warning."""
+def latest_valid(out_dir: str, map_location="cpu", run_id: Optional[str] = None,
+                 skipped: Optional[List[Tuple[str, str, bool]]] = None) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The newest checkpoint that loads and validates (and, with ``run_id``, was written by that run).
+
+    Each newer one passed over goes into ``skipped`` as (path, why, unreadable), or, without that
+    list, into a warning."""
+    def skip(path: str, why: str, unreadable: bool) -> None:
+        if skipped is None:
+            warnings.warn(f"skipping checkpoint {why}", stacklevel=3)
+        else:
+            skipped.append((path, why, unreadable))
+
     for _, path in reversed(list_checkpoints(out_dir)):
         try:
             payload = load(path, map_location)
         except CheckpointError as e:
-            warnings.warn(f"skipping checkpoint {e}", stacklevel=2)
+            skip(path, str(e), True)
             continue
         if run_id is not None and payload.get("run_id") != run_id:
-            warnings.warn(f"skipping checkpoint {path}: written by another run ({payload.get('run_id')}), "
-                          f"not this folder's run {run_id}", stacklevel=2)
+            skip(path, f"{path}: written by another run ({payload.get('run_id')}), not this folder's run {run_id}",
+                 False)
             continue
         return path, payload
     return None
 
 
 def remove_stale_temporaries(out_dir: str) -> List[str]:
-    """Delete ``*.tmp`` files a killed save left behind."""
-    stale = glob.glob(os.path.join(checkpoint_dir(out_dir), "*.tmp"))
+    """Delete the temporaries a killed save left behind (``ckpt-*.pt.<random>.tmp``, as
+    :func:`~spark_sparse.files.atomic_write` names them); other files are the user's and stay."""
+    stale = glob.glob(os.path.join(checkpoint_dir(out_dir), "ckpt-*.pt.*.tmp"))
     for path in stale:
         os.unlink(path)
     return stale
