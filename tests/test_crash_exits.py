@@ -90,6 +90,25 @@ def test_an_error_in_the_data_pipeline_exits(tmp_path):
     rc, out, left = run_cli(["--data", str(root), *TINY, "--workers", "1", "--steps", "3",
                              "--out", str(tmp_path / "r")])
     check_failed(rc, out, left, "unreadable images in a row")
+    assert "Traceback" not in out and "spark-sparse pretrain: error: 16 unreadable images in a row" in out, out
+
+
+def test_a_killed_data_worker_ends_the_run_with_one_line(data, tmp_path):
+    patch = """
+        import os, signal
+        from spark_sparse.train import data
+        get, calls = data.PretrainDataset.__getitem__, []
+        def dying(self, key):
+            calls.append(1)
+            if len(calls) == 6:  # in the worker, during the second batch: as the kernel's OOM killer would
+                os.kill(os.getpid(), signal.SIGKILL)
+            return get(self, key)
+        data.PretrainDataset.__getitem__ = dying
+    """
+    rc, out, left = run_cli(["--data", data, *TINY, "--workers", "1", "--steps", "3", "--ckpt-every", "1",
+                             "--out", str(tmp_path / "r")], patch)
+    check_failed(rc, out, left, "a data-loading process died")
+    assert "Traceback" not in out and "rerun the same command to continue" in out, out
 
 
 def test_a_failed_checkpoint_write_exits(data, tmp_path):

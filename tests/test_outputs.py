@@ -228,7 +228,8 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped_to_white(tmp_path):
     np.testing.assert_array_equal(rgb[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
     Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16)).save(tmp_path / "i8.tif")  # mode I, 8-bit values
     assert Image.open(tmp_path / "i8.tif").mode == "I"
-    np.testing.assert_array_equal(np.asarray(open_rgb(str(tmp_path / "i8.tif")))[..., 1], np.arange(256).reshape(16, 16))
+    eight_bit = np.asarray(open_rgb(str(tmp_path / "i8.tif")))[..., 1]
+    np.testing.assert_array_equal(eight_bit, np.arange(256).reshape(16, 16))
     Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(ValueError, match="32-bit floating-point image"):
         open_rgb(str(tmp_path / "f.tif"))

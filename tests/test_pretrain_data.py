@@ -44,6 +44,9 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path):
 def test_missing_or_empty_folders_get_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FolderImages(str(tmp_path / "nope"))
+    (tmp_path / "a.jpg").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="is a file; pass the folder"):
+        FolderImages(str(tmp_path / "a.jpg"))
     (tmp_path / "empty").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "empty" / "readme.txt.gif")  # not an accepted extension
     with pytest.raises(FileNotFoundError, match="no images"):
@@ -67,3 +70,17 @@ def test_process_shards_interleave_into_the_single_process_batch():
     assert list(one) == list(again)[3:], "a resumed epoch continues with the same batches"
     with pytest.raises(ValueError, match="fewer than one global batch"):
         ResumableBatchSampler(list(range(5)), 4, world=2)
+
+
+def test_the_runs_own_output_is_not_data_and_the_fingerprint_follows_the_files(tmp_path):
+    root = make_image_folder(str(tmp_path / "data"), count=4)
+    out = os.path.join(root, "run", "vis")  # --out inside --data: its reconstruction PNGs are not images to train on
+    os.makedirs(out)
+    Image.new("RGB", (8, 8)).save(os.path.join(out, "reconstruction-00000001.png"))
+    images = FolderImages(root, exclude=os.path.join(root, "run"))
+    assert len(images) == 4 and len(FolderImages(root)) == 5
+    moved = str(tmp_path / "moved")
+    os.rename(root, moved)
+    assert FolderImages(moved, exclude=os.path.join(moved, "run")).fingerprint() == images.fingerprint()
+    os.remove(os.path.join(moved, "class0", "img000.jpg"))
+    assert FolderImages(moved, exclude=os.path.join(moved, "run")).fingerprint() != images.fingerprint()

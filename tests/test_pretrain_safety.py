@@ -24,6 +24,7 @@ def data(tmp_path_factory):
     (["--epochs", "0.05"], "rounds to 0 steps"),
     (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "CUDA is not available"),
     (["--device", "tpu-ish"], "not a device name"),
+    (["--data", ""], "--data is empty"),
     (["--seed", "-1"], "--seed must be in 0 … 4294967295"),
     (["--seed", str(2**32)], "--seed must be in 0 … 4294967295"),  # would draw what seed 0 draws
     (["--vis-images", "0"], "--vis-images must be >= 1"),

@@ -152,3 +152,20 @@ def test_a_run_that_logged_steps_but_left_no_checkpoint_moves_its_logs_aside(dat
     train(base + ["--steps", "1"])
     assert f"no readable checkpoint of run {run}" in capsys.readouterr().out
     assert open(os.path.join(out, PREVIOUS, run, "metrics.jsonl")).read() == metrics and records(out) == [1]
+
+
+def test_resuming_on_another_batch_size_or_data_set_is_refused_unless_forced(tmp_path, capsys):
+    data = make_image_folder(str(tmp_path / "data"), count=16)
+    out = str(tmp_path / "run")
+    base = ["--data", data, *TINY, "--out", out]
+    train(base + ["--epochs", "1"])
+    capsys.readouterr()
+    bigger = [a if a != "4" else "8" for a in base]  # --batch-size 4 → 8
+    assert pretrain(parse(bigger + ["--epochs", "2"])) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--batch-size 4 → 8" in err and "--force" in err
+    make_image_folder(str(tmp_path / "data" / "more"), count=4, seed=1)
+    assert pretrain(parse(base + ["--epochs", "2"])) == EXIT_BAD_INPUT
+    assert "another data set (16 images then, 20 now" in capsys.readouterr().err
+    train(base + ["--epochs", "2", "--force"])
+    assert "going on (--force)" in capsys.readouterr().out

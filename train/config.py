@@ -28,8 +28,10 @@ DEMO_PEAK_LR = 3.2e-3
 def add_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--data", default=None, metavar="DIR",
-                      help="folder of images, flat or in class sub-folders (ImageNet's train/); omitted: the "
-                           "embedded data set, real photographs shipped with scikit-image cut into 288 crops")
+                      help="folder of images (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp), flat or in class "
+                           "sub-folders, searched recursively (ImageNet: pass its train/, not the folder holding "
+                           "train/ and val/); omitted: the embedded data set, real photographs shipped with "
+                           "scikit-image cut into 288 crops")
     data.add_argument("--input-size", type=int, default=96,
                       help="training crop size in pixels, a multiple of 32 (SparK on ImageNet: 224)")
     data.add_argument("--workers", type=int, default=None,
@@ -124,6 +126,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_args(args) -> None:
     """Clear errors for values that cannot work, before anything is built."""
     check_arch(args.arch, "--arch")
+    if args.data is not None and not args.data.strip():
+        raise ValueError("--data is empty (an unset variable?): pass a folder of images, or omit --data for the "
+                         "embedded photographs")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a file; pass a folder (it holds the run's checkpoints and logs)")
     patch_grid(args.input_size, args.input_size, PATCH_SIZE, "--input-size")

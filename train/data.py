@@ -13,6 +13,7 @@ run with an error: that is a wrong folder, not a few bad files.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from dataclasses import dataclass
@@ -73,13 +74,31 @@ class ImageSource:
     def name(self, index: int) -> str:
         raise NotImplementedError
 
+    def fingerprint(self) -> str:
+        """Which images, in which order: a resumed run checks that it continues on the same data set."""
+        return _digest(self.name(i) for i in range(len(self)))
 
-def find_images(root: str) -> List[str]:
-    """Every image file under ``root`` (ImageFolder layout or flat), sorted, so the order is stable."""
+
+def _digest(names) -> str:
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()[:16]
+
+
+class DataError(RuntimeError):
+    """The data cannot feed the run (not a few bad files: those are skipped)."""
+
+
+def find_images(root: str, exclude: Optional[str] = None) -> List[str]:
+    """Every image file under ``root`` (ImageFolder layout or flat), sorted, so the order is stable;
+    nothing under the folder ``exclude`` (the run's own --out, whose PNGs are not data)."""
+    if os.path.isfile(root):
+        raise FileNotFoundError(f"--data {root!r} is a file; pass the folder that holds the images")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data folder {root!r} does not exist (pass a folder of images, flat or in "
                                 f"class sub-folders as ImageNet's train/, or omit --data for the embedded photos)")
-    found, seen = [], set()
+    found, seen = [], {os.path.realpath(exclude)} if exclude else set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:  # a symlink loop, or two links to one folder: each real folder once
@@ -95,9 +114,9 @@ def find_images(root: str) -> List[str]:
 
 
 class FolderImages(ImageSource):
-    def __init__(self, root: str):
+    def __init__(self, root: str, exclude: Optional[str] = None):
         self.root = root
-        self.paths = find_images(root)
+        self.paths = find_images(root, exclude)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -107,6 +126,11 @@ class FolderImages(ImageSource):
 
     def name(self, index: int) -> str:
         return os.path.relpath(self.paths[index], self.root)
+
+    def fingerprint(self) -> str:
+        """Names relative to the root: moving the folder keeps it, adding or removing a file changes it."""
+        start = len(os.path.join(self.root, ""))
+        return _digest(p[start:] for p in self.paths)
 
 
 def embedded_photo_paths() -> List[str]:
@@ -180,7 +204,7 @@ class PretrainDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed(self.seed, epoch, index))
                 return self.transform(image), skipped
-        raise RuntimeError(f"{MAX_SUBSTITUTES} unreadable images in a row from index {index}, e.g. "
+        raise DataError(f"{MAX_SUBSTITUTES} unreadable images in a row from index {index}, e.g. "
                            f"{skipped[0][0]} ({skipped[0][1]}): is the data folder right?")
 
 
@@ -212,6 +236,18 @@ class UnreadableFiles:
 
     def summary(self) -> str:
         return f"{len(self.files)} unreadable image files skipped ({self.reads} reads)"
+
+
+def data_failure(error: BaseException) -> Optional[str]:
+    """One line for an error that ended the data's supply — a :class:`DataError` (re-raised from a worker
+    with the worker's traceback inside its message) or a worker process that died — else None."""
+    text = str(error).strip()
+    if isinstance(error, DataError):
+        last = text.splitlines()[-1] if text else ""
+        return last.split("DataError: ", 1)[-1] if "Original Traceback" in text else text
+    if isinstance(error, RuntimeError) and text.startswith("DataLoader worker"):
+        return f"a data-loading process died ({text.splitlines()[0]}; out of memory?)"
+    return None
 
 
 def shutdown_workers(loader, timeout: float = 5.0) -> None:
@@ -288,15 +324,16 @@ class DataConfig:
     rank: int = 0
     world: int = 1
     pin_memory: bool = False
+    exclude: Optional[str] = None  # a folder under --data that is not data (the run's --out)
 
 
-def build_source(data: Optional[str]) -> ImageSource:
-    return EmbeddedPhotos() if not data else FolderImages(data)
+def build_source(data: Optional[str], exclude: Optional[str] = None) -> ImageSource:
+    return EmbeddedPhotos() if not data else FolderImages(data, exclude)
 
 
 def build_loader(cfg: DataConfig):
     """(DataLoader, batch sampler, source): iterate once per epoch after ``sampler.set_position``."""
-    source = build_source(cfg.data)
+    source = build_source(cfg.data, cfg.exclude)
     dataset = PretrainDataset(source, cfg.input_size, cfg.seed)
     sampler = ResumableBatchSampler(dataset, cfg.batch_size, cfg.rank, cfg.world, cfg.seed)
     loader = torch.utils.data.DataLoader(

@@ -33,7 +33,8 @@ def training_payload(t) -> Optional[Dict]:
         scaler=t.scaler.state_dict() if t.scaler is not None else None,
         rng={**{k: [st[k] for st in states] for k in ("torch", "cuda", "numpy", "python")},
              "mask_generator": t.mask_generator.get_state(),
-             "sampler": {"seed": t.args.seed, "epoch": t.epoch, "batch": t.batch}},
+             "sampler": {"seed": t.args.seed, "epoch": t.epoch, "batch": t.batch, "images": len(t.source),
+                         "fingerprint": t.data_fingerprint}},
         epoch=t.epoch, step=t.step, world_size=t.procs.world, args=plain_args(t.args),
         metrics={"loss": t.last_loss, "images_seen": t.step * t.global_batch, **t.unreadable.state()},
         run_id=t.run_id,
@@ -68,6 +69,7 @@ def load_training_state(t, payload: Dict) -> None:
         seed_everything(t.args.seed + t.procs.rank + payload["step"])
         t.warn(f"the checkpoint was written by {payload.get('world_size')} processes, this run has "
                f"{t.procs.world}: data order and masks continue exactly, drop-path draws do not")
+    check_same_data(t, payload)
     t.mask_generator.set_state(rng["mask_generator"])
     t.epoch, t.batch, t.step = payload["epoch"], rng["sampler"]["batch"], payload["step"]
     metrics = payload.get("metrics", {})
@@ -78,3 +80,24 @@ def load_training_state(t, payload: Dict) -> None:
     if changed:
         t.warn("resuming with changed arguments (checkpoint → now): " +
                ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()))
+
+
+def check_same_data(t, payload: Dict) -> None:
+    """Refuse (unless --force) to continue a run on another global batch size or data set: its position
+    is a batch of an epoch's permutation, so either would change what the remaining epochs and the
+    schedule mean, not continue them."""
+    sampler, saved_batch = payload["rng"]["sampler"], payload["args"].get("batch_size")
+    changes = []
+    if saved_batch is not None and saved_batch != t.args.batch_size:
+        changes.append(f"--batch-size {saved_batch} → {t.args.batch_size} (an epoch is another number of steps)")
+    if "fingerprint" in sampler and sampler["fingerprint"] != t.data_fingerprint:
+        then, now = sampler["images"], len(t.source)
+        changes.append(f"another data set ({then} images then, {now} now" + (", other files" if then == now else "")
+                       + ": another order of images)")
+    if not changes:
+        return
+    text = f"resuming step {payload['step']} with {'; '.join(changes)}"
+    if not getattr(t.args, "force", False):
+        raise ValueError(f"{text}: the run would not continue as it was. Resume with the same --batch-size and "
+                         f"data, start a new run in another --out, or pass --force to go on anyway")
+    t.warn(f"{text}: going on (--force); the epochs and the schedule now count in the new setting")

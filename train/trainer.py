@@ -30,7 +30,7 @@ from ..masks import random_visible
 from ..spark import SparK, build_spark, model_config
 from ..step_timer import StepTimer, split_of
 from .config import amp_dtype, check_args, drop_path, peak_lr
-from .data import DataConfig, UnreadableFiles, build_loader, shutdown_workers
+from .data import DataConfig, UnreadableFiles, build_loader, data_failure, shutdown_workers
 from .distributed import Processes, barrier, broadcast_object, init_processes, shutdown
 from .monitor import Monitor
 from .resources import plan_threads
@@ -81,7 +81,11 @@ class Trainer:
         workers = self.threads.workers
         self.loader, self.sampler, self.source = build_loader(DataConfig(
             args.data, args.input_size, self.local_batch, workers, args.seed, self.procs.rank, world,
-            pin_memory=self.device.type == "cuda"))
+            pin_memory=self.device.type == "cuda", exclude=args.out))
+        self.data_fingerprint = self.source.fingerprint()  # recorded in checkpoints, checked on resume
+        if args.data and all(os.path.isdir(os.path.join(args.data, d)) for d in ("train", "val")):
+            self.warn(f"--data {args.data} holds both train/ and val/, and every image under it is used: to "
+                      f"pre-train on the training images only, pass {os.path.join(args.data, 'train')}")
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = args.steps or int(round(args.epochs * self.steps_per_epoch))
         if self.total_steps < 1:
@@ -278,7 +282,8 @@ class Trainer:
 
     def describe(self) -> str:
         a = self.args
-        data = a.data or f"the embedded photographs ({len(self.source)} crops)"
+        count = len(self.source)
+        data = f"{a.data} ({count} images)" if a.data else f"the embedded photographs ({count} crops)"
         recomputed = [part for part in ("encoder", "decoder") if getattr(a, f"{part}_checkpointing", False)]
         return (f"SparK pre-training: {a.arch} ({self.model.encoder_kind} encoder, densify {self.model.densify_norm}, "
                 f"drop path {drop_path(a)}), {a.input_size}px, mask ratio {a.mask_ratio}, data {data}\n"
@@ -312,7 +317,17 @@ def pretrain(args) -> int:
             # what the user asked for cannot work: say so plainly (a traceback would bury it)
             print(f"spark-sparse pretrain: error: {e}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
-        return trainer.fit()
+        try:
+            return trainer.fit()
+        except RuntimeError as e:
+            failure = data_failure(e)
+            if failure is None:
+                raise
+            last = ckpt.list_checkpoints(trainer.out)
+            print(f"spark-sparse pretrain: error: {failure}. The newest checkpoint is "
+                  f"{last[-1][1] if last else 'none (none was written yet)'}; rerun the same command to continue "
+                  f"from it", file=sys.stderr, flush=True)
+            return 1
     finally:
         if trainer is not None:
             trainer.close()
