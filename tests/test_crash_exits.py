@@ -131,3 +131,32 @@ def test_an_error_in_the_visualisation_exits(data, tmp_path):
     rc, out, left = run_cli(["--data", data, *TINY, "--workers", "1", "--steps", "3", "--out", str(tmp_path / "r")],
                             patch)
     check_failed(rc, out, left, "injected failure writing a reconstruction grid")
+
+
+def test_a_stuck_data_worker_ends_the_run_after_the_data_timeout(data, tmp_path):
+    patch = """
+        import time
+        from spark_sparse.train import data
+        get, calls = data.PretrainDataset.__getitem__, []
+        def stuck(self, key):
+            calls.append(1)
+            if len(calls) == 6:  # in the worker, during the second batch: a read that never returns
+                time.sleep(3600)
+            return get(self, key)
+        data.PretrainDataset.__getitem__ = stuck
+    """
+    rc, out, left = run_cli(["--data", data, *TINY, "--workers", "1", "--steps", "3", "--data-timeout", "5",
+                             "--out", str(tmp_path / "r")], patch)
+    check_failed(rc, out, left, "no batch came from the data-loading processes within --data-timeout")
+    assert "Traceback" not in out, out
+
+
+def test_a_second_ctrl_c_says_that_no_checkpoint_was_saved(data, tmp_path, monkeypatch, capsys):
+    from tests.pretrain_utils import parse
+    from spark_sparse.train import trainer
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer.Trainer, "fit", interrupted)
+    assert trainer.pretrain(parse(["--data", data, *TINY, "--steps", "1", "--out", str(tmp_path / "r")])) == 130
+    assert "second Ctrl-C before the step ended: no checkpoint saved; the newest is none" in capsys.readouterr().err

@@ -37,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--workers", type=int, default=None,
                       help="data-loading processes per training process (default: chosen with the compute "
                            "threads to fit the cores this process was given; logged at the start)")
+    data.add_argument("--data-timeout", type=float, default=600,
+                      help="seconds to wait for one batch from the data-loading processes before the run stops "
+                           "with an error (a read stuck on a network file system would otherwise hang it); "
+                           "0: wait forever")
 
     model = p.add_argument_group("model")
     model.add_argument("--arch", default="resnet18",
@@ -93,12 +97,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="output folder: checkpoints/, tensorboard/, vis/ (reconstruction PNGs), metrics.jsonl")
     run.add_argument("--resume", default="auto", metavar="auto|none|FILE",
                      help="auto: continue from the newest valid checkpoint of this --out's run (a fresh start when "
-                          "there is none); none: start fresh (refused if --out holds checkpoints); or a checkpoint "
-                          "file (refused if --out holds another run's checkpoints, or newer ones of the same run)")
+                          "there is none; refused when all of them are unreadable); none: start fresh (refused if "
+                          "--out holds checkpoints); or a checkpoint file (refused if --out holds another run's "
+                          "checkpoints, or newer ones of the same run). Resuming with another --batch-size or data "
+                          "set is refused; the other options may change (with a warning where the run then computes "
+                          "something else)")
     run.add_argument("--force", action="store_true",
-                     help="let this run share --out with another run's checkpoints (refused otherwise): they are "
-                          "kept and never pruned, and that run's metrics.jsonl, tensorboard/ and vis/ move to "
-                          "previous-runs/<its run id>/")
+                     help="go ahead where a run would be refused: share --out with another run's checkpoints "
+                          "(they are kept and never pruned, and that run's metrics.jsonl, tensorboard/ and vis/ "
+                          "move to previous-runs/<its run id>/), or resume with another --batch-size or data set")
     run.add_argument("--ckpt-every", type=int, default=500,
                      help="also save every N steps (0: only at the end of each epoch and of the run)")
     run.add_argument("--keep-ckpts", type=int, default=3,
@@ -148,6 +155,8 @@ def check_args(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0: off), got {getattr(args, name)}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if not args.data_timeout >= 0:
+        raise ValueError(f"--data-timeout must be >= 0 seconds (0: wait forever), got {args.data_timeout}")
     if not args.epochs > 0 and not args.steps:
         raise ValueError(f"--epochs must be > 0 (or give --steps), got {args.epochs}")
     if args.steps is not None and args.steps < 1:

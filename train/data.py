@@ -247,6 +247,9 @@ def data_failure(error: BaseException) -> Optional[str]:
         return last.split("DataError: ", 1)[-1] if "Original Traceback" in text else text
     if isinstance(error, RuntimeError) and text.startswith("DataLoader worker"):
         return f"a data-loading process died ({text.splitlines()[0]}; out of memory?)"
+    if isinstance(error, RuntimeError) and text.startswith("DataLoader timed out"):
+        return (f"no batch came from the data-loading processes within --data-timeout ({text}; a read stuck on "
+                f"a slow or network file system?)")
     return None
 
 
@@ -325,6 +328,7 @@ class DataConfig:
     world: int = 1
     pin_memory: bool = False
     exclude: Optional[str] = None  # a folder under --data that is not data (the run's --out)
+    timeout: float = 0             # seconds to wait for a batch from the workers (0: forever)
 
 
 def build_source(data: Optional[str], exclude: Optional[str] = None) -> ImageSource:
@@ -339,6 +343,7 @@ def build_loader(cfg: DataConfig):
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate, pin_memory=cfg.pin_memory,
         persistent_workers=cfg.workers > 0, worker_init_fn=ignore_stop_signals,
+        timeout=cfg.timeout if cfg.workers > 0 else 0,
         generator=torch.Generator(),  # its base-seed draw must not consume the global RNG (drop-path draws)
     )
     return loader, sampler, source

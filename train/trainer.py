@@ -81,7 +81,7 @@ class Trainer:
         workers = self.threads.workers
         self.loader, self.sampler, self.source = build_loader(DataConfig(
             args.data, args.input_size, self.local_batch, workers, args.seed, self.procs.rank, world,
-            pin_memory=self.device.type == "cuda", exclude=args.out))
+            pin_memory=self.device.type == "cuda", exclude=args.out, timeout=getattr(args, "data_timeout", 0)))
         self.data_fingerprint = self.source.fingerprint()  # recorded in checkpoints, checked on resume
         if args.data and all(os.path.isdir(os.path.join(args.data, d)) for d in ("train", "val")):
             self.warn(f"--data {args.data} holds both train/ and val/, and every image under it is used: to "
@@ -319,6 +319,11 @@ def pretrain(args) -> int:
             return EXIT_BAD_INPUT
         try:
             return trainer.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: no waiting for the step to end, so no checkpoint
+            last = ckpt.list_checkpoints(trainer.out)
+            print(f"spark-sparse pretrain: interrupted by a second Ctrl-C before the step ended: no checkpoint "
+                  f"saved; the newest is {last[-1][1] if last else 'none'}", file=sys.stderr, flush=True)
+            return 130
         except RuntimeError as e:
             failure = data_failure(e)
             if failure is None:

@@ -12,7 +12,9 @@ Re-running the same command continues from the newest valid checkpoint of this r
 prunes only checkpoints it wrote, and refuses an --out holding another run unless --force. Exit
 status: 0 done, 2 refused before training (bad options or --out), 3 the loss or gradient became
 NaN/infinite (the last good checkpoint is kept), 143 / 130 stopped by SIGTERM / SIGINT after saving
-a checkpoint, 1 any other error (the run exits at once, data workers included)."""
+a checkpoint (a second Ctrl-C: at once, without one), 1 any other error (the run exits at once, data
+workers included; a data set that cannot be read, a dead data worker or no batch within
+--data-timeout are said in one line)."""
 from __future__ import annotations
 
 NAME = "pretrain"
