@@ -205,7 +205,7 @@ class PretrainDataset(Dataset):
                 torch.manual_seed(sample_seed(self.seed, epoch, index))
                 return self.transform(image), skipped
         raise DataError(f"{MAX_SUBSTITUTES} unreadable images in a row from index {index}, e.g. "
-                           f"{skipped[0][0]} ({skipped[0][1]}): is the data folder right?")
+                        f"{skipped[0][0]} ({skipped[0][1]}): is the data folder right?")
 
 
 def ignore_stop_signals(worker_id: int) -> None:
