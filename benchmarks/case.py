@@ -22,11 +22,9 @@ import torch
 
 import spark_sparse as ss
 
-from .config import DTYPES
+from .config import DTYPES, PUBLISHED, step_variants
 from .contenders import Call, Contender, autocast, build_contenders, create_model, encoder_call, make_inputs
 from .step import make_step
-
-PUBLISHED = "spark-published"
 
 
 @dataclass
@@ -102,14 +100,10 @@ class Case:
             out[name] = StepContender(name, c.kind, c, self.dtype)
             if c.kind != "sparse" or (self.step_backends is not None and c.backend not in self.step_backends):
                 continue
-            for dtype in self.step_dtypes:
-                out[f"{name} {dtype}"] = StepContender(f"{name} {dtype}", "sparse", c, dtype)
-            if self.decoder_checkpointing:
-                out[f"{name} ckpt"] = StepContender(f"{name} ckpt", "sparse", c, self.dtype,
-                                                    decoder_checkpointing=True)
-            if self.encoder_checkpointing:
-                out[f"{name} ckpt-all"] = StepContender(f"{name} ckpt-all", "sparse", c, self.dtype,
-                                                        decoder_checkpointing=True, encoder_checkpointing=True)
+            for variant, (amp, decoder_ckpt, encoder_ckpt) in step_variants(
+                    name, self.dtype, self.step_dtypes, self.decoder_checkpointing, self.encoder_checkpointing).items():
+                out[variant] = StepContender(variant, "sparse", c, amp, decoder_checkpointing=decoder_ckpt,
+                                             encoder_checkpointing=encoder_ckpt)
         if self.published:
             enc = Contender(PUBLISHED, "masked_dense", ss.MaskedDenseEncoder(self._published_model))
             out[PUBLISHED] = StepContender(PUBLISHED, "published", enc, "fp32", head_format="contiguous")

@@ -5,8 +5,9 @@ the runner never reads ``argparse`` objects and tests can build small configurat
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -17,12 +18,13 @@ MODE_TITLES = {"fwd": "encoder forward", "fwd_bwd": "encoder forward+backward",
                "step": "whole SparK step (encoder + densify + decoder + loss + backward + optimizer)"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DENSE_FORMATS = ("auto", "contiguous", "channels_last")
+PUBLISHED = "spark-published"  # the step contender of SparK as published (see case.py)
 
 # --quick: small enough for CI (2 cores, well under 40 s with the test around it); it checks that
 # every code path runs and that the outputs are valid, not the speed of anything.
 QUICK = dict(models=["resnet18", "convnext_atto"], mask_ratios=[0.5], batches=[2], image_size=(64, 64),
              warmup=0, repeats=1, dense_format="contiguous", decoder_width=32, memory_modes=["fwd_bwd"],
-             profile_warmup=0, profile_repeats=1, profile_model="resnet18")
+             profile_warmup=0, profile_repeats=1)  # the profile: of the first model that ran, as without --quick
 
 
 @dataclass
@@ -92,52 +94,101 @@ class BenchConfig:
         return replace(cfg, **overrides)
 
     def validate(self) -> "BenchConfig":
-        """Raise ValueError naming the bad value and what is accepted."""
+        """Raise ValueError naming the option, the bad value and what is accepted: every value is
+        checked here, before anything is measured, so a bad one never ends a run half-way."""
         from spark_sparse.archs import check_arch
-        from spark_sparse.masks import check_mask_ratio, patch_grid
+        from spark_sparse.decoder import check_width
+        from spark_sparse.masks import check_mask_ratio, check_patches_both_ways, patch_grid
         from spark_sparse.plan import PATCH_SIZE
+        from spark_sparse.seeds import check_seed
         for m in self.models:
             check_arch(m, "--models")
         if self.profile_model:
             check_arch(self.profile_model, "--profile-model")
+        h, w = self.image_size
+        grid = patch_grid(h, w, PATCH_SIZE, "--size")
+        size = f"--size {h}" if h == w else f"--size {h} {w}"
         for r in self.mask_ratios:
-            check_mask_ratio(r)
-        check_mask_ratio(self.profile_ratio)
-        patch_grid(*self.image_size, PATCH_SIZE)
-        for b in self.batches:
-            if b < 1:
-                raise ValueError(f"batch sizes must be >= 1, got {b}")
-        for m in self.modes + (self.memory_modes or []):
-            if m not in MODES:
-                raise ValueError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+            # 0 is the sweep's unmasked reference point (every patch visible): only a ratio above it
+            # must leave a patch visible and hide one at this size
+            if check_mask_ratio(r, "--mask-ratios") > 0:
+                check_patches_both_ways(grid, r, f"--mask-ratios at {size}:")
+        if check_mask_ratio(self.profile_ratio, "--profile-ratio") > 0 and self.profile_model is not None:
+            check_patches_both_ways(grid, self.profile_ratio, f"--profile-ratio at {size}:")
+        for option, values, low in (("--batch", self.batches, 1), ("--background-load", self.background_load, 0),
+                                    ("--warmup", [self.warmup], 0), ("--repeats", [self.repeats], 1),
+                                    ("--threads", [self.threads], 1), ("--profile-batch", [self.profile_batch], 1),
+                                    ("--profile-repeats", [self.profile_repeats], 1),
+                                    ("profile_warmup", [self.profile_warmup], 0),
+                                    ("format_trials", [self.format_trials], 1)):
+            for v in values:
+                if v is not None and v < low:  # None: the default (torch's threads, the first batch)
+                    raise ValueError(f"{option} must be >= {low}, got {v}")
+        cores = usable_cores()
         for n in self.background_load:
-            if n < 0:
-                raise ValueError(f"background load must be >= 0 busy processes, got {n}")
-        for d in self.step_dtypes:
-            if d not in DTYPES:
-                raise ValueError(f"unknown step dtype {d!r}; choose from {', '.join(DTYPES)}")
+            if n > 4 * cores:
+                raise ValueError(f"--background-load {n}: at most {4 * cores} (4 × the {cores} usable cores); "
+                                 f"each is a process busy on a core, so more only slows the machine down")
+        check_seed(self.seed)
+        check_width(self.decoder_width, PATCH_SIZE, "--decoder-width")
+        for option, values, known in (("--modes", self.modes, MODES),
+                                      ("--memory-modes", self.memory_modes or [], MODES),
+                                      ("--step-dtypes", self.step_dtypes, DTYPES),
+                                      ("--dense-format", [self.dense_format], DENSE_FORMATS),
+                                      ("--devices", self.devices, ("cpu", "cuda"))):
+            for v in values:
+                if v not in known:
+                    raise ValueError(f"{option} {v!r}: unknown; choose from {', '.join(known)}")
         for device in self.devices:
-            if device not in ("cpu", "cuda"):
-                raise ValueError(f"unknown device {device!r}; choose cpu or cuda")
             if device == "cuda" and not torch.cuda.is_available():
-                raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+                raise ValueError("--devices cuda: torch sees no CUDA device here; choose --devices cpu")
             for d in self.dtypes_for(device):
                 if d not in DTYPES:
-                    raise ValueError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
-        if self.decoder_width < 1:
-            raise ValueError(f"decoder width must be >= 1, got {self.decoder_width}")
-        if self.dense_format not in DENSE_FORMATS:
-            raise ValueError(f"unknown dense format {self.dense_format!r}; choose from {', '.join(DENSE_FORMATS)}")
-        if self.warmup < 0 or self.profile_warmup < 0 or self.repeats < 1 or self.profile_repeats < 1 \
-                or self.format_trials < 1:
-            raise ValueError("need warm-ups >= 0, and repeats and format trials >= 1")
+                    raise ValueError(f"--dtypes {d!r}: unknown; choose from {', '.join(DTYPES)}")
         from spark_sparse.backends import check_backend_name
         for b in (self.backends or []) + (self.step_backends or []):
             check_backend_name(b)
+        from spark_sparse.routing import check_routing, get_routing
         if self.routing is not None:
-            from spark_sparse.routing import check_routing
             check_routing(self.routing)
+        else:
+            get_routing()  # a bad $SPARK_SPARSE_ROUTING is refused here, not after the sweep
+        if self.step_contenders is not None:
+            known = self.step_contender_names()
+            for name in self.step_contenders:
+                if name not in known:
+                    raise ValueError(f"--step-contenders {name!r}: no such step contender in this run; choose from "
+                                     f"{', '.join(map(repr, known))} (--step-backends, --step-dtypes and the "
+                                     f"checkpointing options add more)")
         return self
+
+    def step_contender_names(self) -> List[str]:
+        """Every contender the whole step of this configuration can run (as the sweep names them)."""
+        names = []
+        for b in self.step_backends_or_default():
+            name = f"sparse[{b}]"
+            names += [name] + list(step_variants(name, "fp32", self.step_dtypes, self.decoder_checkpointing,
+                                                 self.encoder_checkpointing))
+        return names + ["masked-dense", "dense"] + ([PUBLISHED] if self.published else [])
+
+
+def step_variants(name: str, dtype: str, step_dtypes, decoder_checkpointing: bool,
+                  encoder_checkpointing: bool) -> Dict[str, Tuple[str, bool, bool]]:
+    """The extra step contenders of sparse contender ``name`` (the one place for their names, which
+    --step-contenders is checked against): {name: (autocast dtype, decoder ckpt, encoder ckpt)}."""
+    out = {f"{name} {d}": (d, False, False) for d in step_dtypes}
+    if decoder_checkpointing:
+        out[f"{name} ckpt"] = (dtype, True, False)
+    if encoder_checkpointing:
+        out[f"{name} ckpt-all"] = (dtype, True, True)
+    return out
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def default_devices() -> List[str]:

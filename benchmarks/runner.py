@@ -171,6 +171,9 @@ def cpu_memory(pending: List[Tuple[dict, List[dict]]]) -> None:
     """Peak RSS of every CPU case (spec, its records), measured in one child process, into the records."""
     if not pending:
         return
+    print(f"measuring peak memory in a child process: {len(pending)} case{'s' if len(pending) > 1 else ''} ("
+          + ", ".join(f"{spec['model']} b{spec['batch']}" for spec, _ in pending)
+          + "), every contender once more ...", file=sys.stderr, flush=True)
     try:
         reason = cpu_peak_rss_supported()
         if reason is not None:
@@ -235,7 +238,8 @@ def _run(cfg: BenchConfig, progress: bool, checkpoint: Optional[Callable[[dict],
     doc["config"]["backends"] = backends
     jobs = [(d, t, m, b) for d in cfg.devices for t in cfg.dtypes_for(d) for m in cfg.models for b in cfg.batches]
     per_case = len(cfg.mask_ratios) * len(cfg.modes) * len(cfg.background_load)
-    bar = _progress(0 if cfg.profile_only else len(jobs) * per_case, progress)
+    total = 0 if cfg.profile_only else len(jobs) * per_case
+    bar = _progress(total, progress and total > 0)  # no empty bar when there is nothing to sweep
     skipped = set()
     pending_memory: List[Tuple[dict, List[dict]]] = []  # CPU cases: measured together in one child
     for device, dtype, model_name, batch in ([] if cfg.profile_only else jobs):

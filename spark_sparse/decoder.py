@@ -69,6 +69,15 @@ class UpsampleBlock(nn.Module):
                 and composition_pays(x.shape[0], x.shape[1], x.shape[2], x.shape[3]))
 
 
+def check_width(width: int, patch_size: int = 32, what: str = "decoder width") -> int:
+    """``width``, or ValueError naming ``what``: the decoder halves its width once per upsampling
+    step, log2(patch_size) times, and every step needs at least one channel."""
+    steps = int(round(math.log2(patch_size)))
+    if width < 2 ** steps:
+        raise ValueError(f"{what} {width} is too small to halve {steps} times; use at least {2 ** steps}")
+    return width
+
+
 class LightDecoder(nn.Module):
     """Dense decoder: ``decoder([map_s32, map_s16, map_s8, map_s4])`` → (B, 3, H, W).
 
@@ -86,8 +95,7 @@ class LightDecoder(nn.Module):
         if 2 ** steps != patch_size:
             raise ValueError(f"patch_size must be a power of 2 (the decoder doubles the resolution per step), "
                              f"got {patch_size}")
-        if width < 2 ** steps:
-            raise ValueError(f"decoder width {width} is too small to halve {steps} times; use at least {2 ** steps}")
+        check_width(width, patch_size)
         channels = [width // 2 ** i for i in range(steps + 1)]
         self.patch_size = patch_size
         self.widths = tuple(channels[:-1])

@@ -127,7 +127,11 @@ def test_validate_rejects_broken_documents():
     schema.validate(good)
     for breaking in (lambda d: d.pop("environment"), lambda d: d.update(schema="other"),
                      lambda d: d["results"][0].pop("macs"),
-                     lambda d: d["results"][0]["time_ms"]["fwd"]["dense"].update(median=0.0)):
+                     lambda d: d["results"][0]["time_ms"]["fwd"]["dense"].update(median=0.0),
+                     # hand-damaged documents: refused here, not by a KeyError while the tables are written
+                     lambda d: d.update(environment={}), lambda d: d["environment"]["cpu"].pop("model"),
+                     lambda d: d["results"][0]["time_ms"]["fwd"]["dense"].pop("median"),
+                     lambda d: d["results"][0]["time_ms"]["fwd"].update(dense=None)):
         doc = json.loads(json.dumps(good))
         breaking(doc)
         with pytest.raises(ValueError):
@@ -143,6 +147,12 @@ def test_readme_block_is_regenerated(tmp_path):
     assert "old table" not in text and text.startswith("# x\n\nintro\n") and text.endswith("\n\nrest\n")
     assert "[benchmarks/results/results.md](benchmarks/results/results.md)" in text
     assert markdown.headline_table(_doc([rec])) in text and "Note: busy machine" in text
+    before = path.read_text()
+    with pytest.raises(ValueError, match="no results"):  # an empty table never replaces the last good one
+        readme.update_readme(str(path), _doc([]), str(tmp_path))
+    with pytest.raises(ValueError, match="--note must not contain"):  # it would end the block early
+        readme.update_readme(str(path), dict(_doc([rec]), note=f"a {readme.README_END} b"), str(tmp_path))
+    assert path.read_text() == before
     path.write_text("# no markers\n")
     with pytest.raises(ValueError, match="no generated block"):
         readme.update_readme(str(path), _doc([rec]), str(tmp_path))
@@ -311,10 +321,162 @@ def test_command_line_round_trips_and_rejects_bad_values(tmp_path, capsys):
     assert build_config(parser.parse_args(["bench", "--quick", "--repeats", "3"])).repeats == 3
     assert build_config(parser.parse_args(["bench", "--keep-freed-memory"])).keep_freed_memory
     assert not build_config(parser.parse_args(["bench"])).keep_freed_memory
-    for bad, message in ((["--mask-ratios", "1.0"], "mask_ratio must be in [0, 1)"),
-                         (["--size", "100"], "multiples of 32"), (["--batch", "0"], "batch sizes must be >= 1")):
+    for bad, message in ((["--mask-ratios", "1.0"], "--mask-ratios must be in [0, 1)"),
+                         (["--size", "100"], "multiples of 32"), (["--batch", "0"], "--batch must be >= 1")):
         assert main(["bench", *bad, "--out", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
+
+
+QUICK_FWD = ["--quick", "--models", "resnet18", "--modes", "fwd", "--profile-model", "none", "--no-memory",
+             "--no-plots", "--no-progress"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--threads", "-2"], "--threads must be >= 1, got -2"), (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--mask-ratios", "0.9"], "--mask-ratios at --size 64: 0.9 keeps round(4 × (1 − 0.9)) = 0"),
+    (["--mask-ratios", "0.1"], "--mask-ratios at --size 64: 0.1 hides none"),
+    (["--size", "32"], "--mask-ratios at --size 32: 0.5 keeps"),
+    (["--profile-model", "resnet18", "--profile-ratio", "0.99"], "--profile-ratio at --size 64: 0.99 keeps"),
+    (["--out", ""], "--out is empty"),
+    (["--modes", "step", "--step-contenders", "bogus"], "--step-contenders 'bogus': no such step contender"),
+    (["--modes", "step", "--step-contenders", "sparse[torch]"], "choose from 'sparse[auto]', 'masked-dense'"),
+    (["--decoder-width", "3", "--modes", "step"], "--decoder-width 3 is too small to halve 5 times; use at least 32"),
+    (["--seed", "99999999999999999999999"], "--seed must be in 0 … 4294967295"),
+    (["--profile-only"], "--profile-only has no effect with --profile-model none"),
+    (["--profile-model", "resnet18", "--profile-batch", "-4"], "--profile-batch must be >= 1, got -4"),
+    (["--profile-model", "resnet18", "--profile-batch", "0"], "--profile-batch must be >= 1, got 0"),
+    (["--step-dtypes", "bf16"], "--step-dtypes has no effect without step in --modes"),
+    (["--decoder-checkpointing", "--no-published"],
+     "--decoder-checkpointing, --no-published have no effect without step in --modes"),
+    (["--decoder-width", "64"], "--decoder-width has no effect without step in --modes or --head-variants"),
+    (["--memory-modes", "step"], "--memory-modes step: not among --modes (fwd)"),
+    (["--modes", "fwd", "fwd_bwd", "--memory-modes", "fwd"], "--memory-modes has no effect with --no-memory"),
+    (["--compile-head"], "--compile-head has no effect without --head-variants"),
+    (["--batch", "-3"], "--batch must be >= 1, got -3"), (["--size", "63"], "--size 63x63 is not a multiple of 32"),
+    (["--modes", "step", "--decoder-width", "0"], "--decoder-width 0 is too small"),
+    (["--background-load", "-1"], "--background-load must be >= 0, got -1"),
+    (["--background-load", "100000"], "--background-load 100000: at most"),
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"), (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--profile-model", "resnet18", "--profile-repeats", "0"], "--profile-repeats must be >= 1, got 0"),
+])
+def test_bad_options_are_refused_before_measuring(tmp_path, capsys, bad, message):
+    """One line naming the option, the value and what is accepted; exit 2; nothing written."""
+    out = tmp_path / "out"
+    assert main(["bench", *QUICK_FWD, "--out", str(out), *bad]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_devices_cuda_without_cuda_names_the_option(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["bench", *QUICK_FWD, "--devices", "cuda", "--out", str(tmp_path / "out")]) == 2
+    assert "--devices cuda: torch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_bad_routing_variable_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPARK_SPARSE_ROUTING", "bogus")
+    assert main(["bench", *QUICK_FWD, "--out", str(tmp_path / "out")]) == 2
+    assert "$SPARK_SPARSE_ROUTING: unknown routing 'bogus'; choose one of measured, fixed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_readme_is_checked_before_measuring(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    no_markers = tmp_path / "R.md"
+    no_markers.write_text("# no block\n")
+    with_markers = tmp_path / "M.md"
+    with_markers.write_text(f"{readme.README_START}\n{readme.README_END}\n")
+    for bad, message in ((["--readme", str(tmp_path / "missing.md")], "cannot read it"),
+                         (["--readme", str(tmp_path)], "cannot read it"),
+                         (["--readme", str(no_markers)], "has no generated block"),
+                         (["--readme", str(with_markers), "--note", readme.README_END], "--note must not contain"),
+                         (["--readme", str(with_markers), "--profile-only", "--profile-model", "resnet18"],
+                          "--readme has no effect with --profile-only")):
+        assert main(["bench", *QUICK_FWD, "--out", out, *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_outputs_are_checked_after_the_options_and_cover_the_plots(tmp_path, capsys):
+    from spark_sparse.benchmarks.report import plot_names
+    from spark_sparse.commands.bench import build_config
+    (tmp_path / "results.json").write_text("{}")
+    assert main(["bench", *QUICK_FWD, "--out", str(tmp_path), "--batch", "-1"]) == 2
+    assert "--batch must be >= 1" in capsys.readouterr().err  # the option first, then the files
+    mine = tmp_path / "plots"
+    mine.mkdir()
+    (mine / "speedup.png").write_text("the user's own")
+    assert main(["bench", "--quick", "--models", "resnet18", "--out", str(mine)]) == 2
+    assert "speedup.png exists; pass --force" in capsys.readouterr().err
+    assert (mine / "speedup.png").read_text() == "the user's own"
+    # --quick profiles the first of --models, as without --quick; its plot is among the files checked
+    cfg = build_config(build_parser().parse_args(["bench", "--quick", "--models", "convnext_atto"]))
+    assert cfg.profile_model == "" and plot_names(cfg) == ["speedup.png", "step_phases.png",
+                                                           "profile_convnext_atto.png"]
+
+
+def test_render_refuses_damaged_documents_and_measuring_options(tmp_path, capsys):
+    rec = _record({"sparse[auto]": [1.0], "sparse[torch]": [1.0], "masked-dense": [2.0], "dense": [1.0]})
+    for name, damage in (("env", lambda d: d.update(environment={})),
+                         ("median", lambda d: d["results"][0]["time_ms"]["fwd"]["dense"].pop("median"))):
+        doc = json.loads(json.dumps(_doc([rec])))
+        damage(doc)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(doc))
+        assert main(["bench", "--render", str(path), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "not a readable results.json" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "out").exists()  # nothing written: a rerun needs no --force
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_doc([rec])))
+    assert main(["bench", "--render", str(good), "--batch", "-5", "--size", "63", "--devices", "cuda",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "--render measures nothing: --batch, --size, --devices would be ignored" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_list_options_are_measured_once_each():
+    from spark_sparse.commands.bench import build_config
+    args = build_parser().parse_args(["bench", "--models", "resnet18", "resnet18", "--mask-ratios", "0.5", "0.5",
+                                      "--modes", "fwd", "fwd", "--background-load", "0", "0", "--batch", "2", "2"])
+    cfg = build_config(args)
+    assert (cfg.models, cfg.mask_ratios, cfg.modes, cfg.background_load, cfg.batches) == \
+           (["resnet18"], [0.5], ["fwd"], [0], [2])
+    # a preset's peak-memory modes outside --modes are not the user's: not refused
+    assert build_config(build_parser().parse_args(["bench", "--quick", "--modes", "fwd"])).modes == ["fwd"]
+    step = build_config(build_parser().parse_args(["bench", "--modes", "step", "--step-dtypes", "bf16",
+                                                   "--step-contenders", "sparse[auto] bf16", "spark-published"]))
+    assert step.step_contenders == ["sparse[auto] bf16", "spark-published"]
+
+
+def test_a_run_that_measured_nothing_exits_1_with_the_reasons(tmp_path, capsys):
+    path = tmp_path / "README.md"
+    path.write_text(f"{readme.README_START}\nold table\n{readme.README_END}\n")
+    out = tmp_path / "out"
+    assert main(["bench", "--quick", "--models", "mobilenetv3_small_050", "--profile-model", "none", "--no-memory",
+                 "--no-progress", "--readme", str(path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("spark-sparse bench: nothing was measured: every case was skipped (mobilenetv3_small_050")
+    assert "not sparsifiable yet" in err and "left as it was" in err
+    assert json.loads((out / "results.json").read_text())["skipped"][0]["model"] == "mobilenetv3_small_050"
+    assert "old table" in path.read_text()
+
+
+def test_progress_shows_no_empty_sweep_and_announces_the_memory_child(capsys, monkeypatch):
+    from spark_sparse.benchmarks import runner
+    from spark_sparse.benchmarks.config import BenchConfig
+    runner.run(BenchConfig.quick_config(profile_only=True, profile_model=None, memory=False), progress=True)
+    assert "bench:" not in capsys.readouterr().err  # --profile-only: no "bench: 0measure" bar
+
+    def child(specs):
+        raise RuntimeError("no child here")
+    monkeypatch.setattr(runner, "measure_cpu_in_child", child)
+    runner.cpu_memory([({"model": "resnet18", "batch": 2}, [{}])])
+    err = capsys.readouterr().err
+    assert "measuring peak memory in a child process: 1 case (resnet18 b2)" in err
 
 
 def test_a_contender_that_runs_like_another_is_measured_once():

@@ -22,9 +22,10 @@ def add_arguments(p):
     from spark_sparse.backends import BACKEND_NAMES
     from spark_sparse.benchmarks.config import DEFAULT_MASK_RATIOS, DEFAULT_MODELS, DENSE_FORMATS, MODES
     p.add_argument("--quick", action="store_true",
-                   help="tiny run for CI: resnet18 and convnext_atto at 64×64, batch 2, mask ratio 0.5, one "
-                        "repeat, decoder width 32; checks that everything runs and the outputs are valid, "
-                        "measures nothing useful")
+                   help="tiny run for CI, checks that everything runs and the outputs are valid, measures nothing "
+                        "useful: --models resnet18 convnext_atto --size 64 --batch 2 --mask-ratios 0.5 --warmup 0 "
+                        "--repeats 1 --dense-format contiguous --decoder-width 32 --memory-modes fwd_bwd "
+                        "--profile-repeats 1 and no profile warm-up (options given beside it win)")
     p.add_argument("--models", nargs="+", default=S, metavar="NAME",
                    help=f"timm model names (any timm ResNet/ConvNeXt; default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--mask-ratios", nargs="+", type=float, default=S, metavar="R",
@@ -124,7 +125,8 @@ def build_config(args):
     cfg = BenchConfig.quick_config() if args.quick else BenchConfig()
     for arg, field in FIELDS.items():
         if hasattr(args, arg):
-            setattr(cfg, field, getattr(args, arg))
+            value = getattr(args, arg)
+            setattr(cfg, field, list(dict.fromkeys(value)) if isinstance(value, list) else value)  # once each
     if hasattr(args, "size"):
         if len(args.size) not in (1, 2):
             raise ValueError(f"--size takes S or H W, got {len(args.size)} numbers")
@@ -142,7 +144,61 @@ def build_config(args):
     cfg.profile_only = args.profile_only
     cfg.note = args.note
     cfg.command = command_line(args)
-    return cfg.validate()
+    cfg.validate()
+    check_combinations(args, cfg)
+    return cfg
+
+
+# options that change only the whole step / only the per-layer profile / that --render reads
+STEP_ONLY = ("step_dtypes", "decoder_checkpointing", "encoder_checkpointing", "no_published", "step_contenders",
+             "step_backends")
+PROFILE_ONLY = ("profile_ratio", "profile_batch", "profile_repeats")
+RENDER_OPTIONS = ("render", "out", "readme", "no_plots", "force", "no_progress")
+
+
+def given(args, name: str) -> bool:
+    """Whether the user typed option ``name`` (unset options are absent, or False / None / '')."""
+    value = getattr(args, name, None)
+    return value is not None and value is not False and value != ""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_combinations(args, cfg) -> None:
+    """Options that would be silently ignored beside the others are refused (ValueError naming them)."""
+    def refuse(names, why):
+        typed = [flag(n) for n in names if given(args, n)]
+        if typed:
+            raise ValueError(f"{', '.join(typed)} {'has' if len(typed) == 1 else 'have'} no effect {why}")
+    if "step" not in cfg.modes:
+        refuse(STEP_ONLY, f"without step in --modes (only the whole step uses it; --modes is {' '.join(cfg.modes)})")
+        if not cfg.head_variants:
+            refuse(["decoder_width"], "without step in --modes or --head-variants")
+    if given(args, "memory_modes"):
+        extra = [m for m in args.memory_modes if m not in cfg.modes]
+        if extra:
+            raise ValueError(f"--memory-modes {' '.join(extra)}: not among --modes ({' '.join(cfg.modes)}); peak "
+                             f"memory is measured in timed modes only")
+        if args.no_memory:
+            refuse(["memory_modes"], "with --no-memory")
+    if not cfg.head_variants:
+        refuse(["compile_head"], "without --head-variants (it adds a compiled decoder to them)")
+    if cfg.profile_model is None:
+        refuse(["profile_only"] + list(PROFILE_ONLY), "with --profile-model none (no per-layer profile)")
+    if cfg.profile_only:
+        refuse(["readme"], "with --profile-only (the README's table needs the sweep)")
+
+
+def check_render_options(args) -> None:
+    """--render measures nothing: a measuring option beside it would be silently ignored."""
+    ignored = [flag(k) for k in vars(args) if not k.startswith("_") and k != "command" and k not in RENDER_OPTIONS
+               and given(args, k)]
+    if ignored:
+        raise ValueError(f"--render measures nothing: {', '.join(ignored)} would be ignored; drop "
+                         f"{'it' if len(ignored) == 1 else 'them'} (the results keep the settings they were "
+                         f"measured with)")
 
 
 def command_line(args) -> str:
@@ -151,13 +207,12 @@ def command_line(args) -> str:
     for key, value in vars(args).items():
         if key.startswith("_") or key in ("command", "force") or value is None or value is False or value == "":
             continue
-        flag = "--" + key.replace("_", "-")
         if value is True:
-            words.append(flag)
+            words.append(flag(key))
         elif isinstance(value, list):
-            words += [flag] + [str(v) for v in value]
+            words += [flag(key)] + [str(v) for v in value]
         elif key != "out" or value != "bench_results":
-            words += [flag, str(value)]
+            words += [flag(key), str(value)]
     return shlex.join(words)
 
 
@@ -176,38 +231,72 @@ def load_results(path: str) -> dict:
     return doc
 
 
-def check_outputs(args) -> None:
-    """Results already in --out are another run's: refused before measuring anything, unless --force
-    (re-rendering results.json in place rewrites the same document, so it needs --force too)."""
+def check_outputs(args, plots=()) -> None:
+    """Files already in --out are another run's (or the user's): refused before measuring anything,
+    unless --force. Checked for every file the run may write: results.json, results.md and the
+    ``plots`` (re-rendering results.json in place rewrites the same document, so it needs --force too)."""
     import os
 
     from spark_sparse.files import check_output
-    for name in ("results.json", "results.md"):
+    if not args.out:
+        raise ValueError("--out is empty; give the folder for results.json, results.md and the plots")
+    for name in ["results.json", "results.md", *plots]:
         check_output(os.path.join(args.out, name), force=args.force, what="--out")
 
 
 def run(args) -> int:
     from spark_sparse.benchmarks import markdown, readme, report, runner
-    try:
-        check_outputs(args)
-        doc = load_results(args.render) if args.render else None
-        cfg = None if doc else build_config(args)
+    try:  # options first, then the files: nothing is measured or written unless every check passes
+        if args.render:
+            check_render_options(args)
+            cfg, doc = None, load_results(args.render)
+        else:
+            cfg, doc = build_config(args), None
+        if args.readme:
+            readme.check_readme(args.readme, args.note if doc is None else doc.get("note") or "", doc)
+        plots = []
+        if not args.no_plots:
+            plots = report.plot_names(cfg) if doc is None else [name for name, _ in report.plots_of(doc)]
+        check_outputs(args, plots)
     except (ValueError, ImportError) as e:
         print(f"spark-sparse bench: {e}", file=sys.stderr)
         return 2
     if doc is None:
         doc = runner.run(cfg, progress=not args.no_progress, checkpoint=lambda d: report.write_partial(d, args.out))
     written = report.write_outputs(doc, args.out, plots=not args.no_plots)
-    if args.readme:
-        readme.update_readme(args.readme, doc, args.out)
-        written.append(args.readme)
+    failed = nothing_measured(doc, cfg)
+    if args.readme and not failed:
+        try:  # checked before measuring; a README changed meanwhile still ends in one line
+            readme.update_readme(args.readme, doc, args.out)
+            written.append(args.readme)
+        except (OSError, ValueError) as e:
+            failed = str(e)
     if doc["results"]:
         print(markdown.headline_table(doc))
     print_routes(doc)
     for s in doc["skipped"]:
         print(f"skipped {s['model']}: {s['reason']}")
     print("wrote " + ", ".join(written))
+    if failed:
+        print(f"spark-sparse bench: {failed}" + (f"; --readme {args.readme} left as it was" if args.readme else ""),
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def nothing_measured(doc: dict, cfg) -> str:
+    """Why a run measured nothing ('' when it measured something): such a run must not exit 0."""
+    if cfg is None:
+        return ""  # --render measures nothing by design
+    if cfg.profile_only:
+        if any("layers" in p for p in doc["profiles"]):
+            return ""
+        why = "; ".join(f"{p['model']}: {p['skipped']}" for p in doc["profiles"] if "skipped" in p)
+        return f"nothing was measured: the per-layer profile was skipped ({why or 'no model'})"
+    if doc["results"]:
+        return ""
+    why = "; ".join(f"{s['model']} ({s['device']} {s['dtype']}): {s['reason']}" for s in doc["skipped"])
+    return f"nothing was measured: every case was skipped ({why or 'no case'}); results.json records why"
 
 
 def print_routes(doc: dict) -> None:
