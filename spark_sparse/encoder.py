@@ -86,7 +86,9 @@ class SparseEncoder(PlannedEncoder):
                 and (depthwise is None or m.spec.is_depthwise == depthwise)]
 
     def geometry(self, images: torch.Tensor, visible: torch.Tensor) -> Geometry:
-        return Geometry(check_visible(visible, images, self.patch_size), self.patch_size)
+        visible = check_visible(visible, images, self.patch_size)
+        self.check_images(images)
+        return Geometry(visible, self.patch_size)
 
     def forward_sparse(self, images: torch.Tensor, visible: torch.Tensor) -> List[SparseFeatures]:
         """Per-stage SparseFeatures (no densify copy), for heads that work on active sites."""

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from .files import atomic_write
-from .masks import dense_mask, random_visible
+from .masks import dense_mask, num_visible, random_visible
 from .reference import MaskedDenseEncoder
 from .restore import build_model, encoder_state
 from .weights import WeightsError, check_encoder_state, read_file
@@ -94,22 +94,34 @@ class StageError:
     error: float  # max |dense − sparse| / max |dense| over visible sites
 
 
+def verify_setting(payload: Dict[str, Any], size: Optional[int] = None,
+                   mask_ratio: Optional[float] = None) -> Tuple[int, float]:
+    """The image size and mask ratio of a verification (default: the checkpoint's), refused where no
+    patch would be visible: every stage's error would be 0 with nothing compared."""
+    config = payload["model_config"]
+    size = int(config.get("input_size", 224)) if size is None else size
+    mask_ratio = float(config.get("mask_ratio", 0.6)) if mask_ratio is None else mask_ratio
+    patch = int(config.get("patch_size", 32))
+    if size <= 0 or size % patch:
+        raise ValueError(f"verification image size must be a positive multiple of {patch}, got {size}")
+    if num_visible((size // patch) ** 2, mask_ratio) == 0:
+        raise ValueError(f"verification at {size}px with mask ratio {mask_ratio} keeps no patch visible, so "
+                         f"nothing would be compared: use a larger --verify-size")
+    return size, mask_ratio
+
+
 def verify(payload: Dict[str, Any], source: str, exported: str, *, batch: int = 2, size: Optional[int] = None,
            mask_ratio: Optional[float] = None, seed: int = 0) -> List[StageError]:
     """Per-stage error between the dense timm model built from ``exported`` (under SparK's masking) and
     the sparse encoder built from the checkpoint, on random images and masks, eval mode, fp32."""
 
-    config = payload["model_config"]
-    size = int(config.get("input_size", 224)) if size is None else size
-    mask_ratio = float(config.get("mask_ratio", 0.6)) if mask_ratio is None else mask_ratio
+    size, mask_ratio = verify_setting(payload, size, mask_ratio)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         sparse = build_model(payload, source, encoder_kind="sparse").encoder.eval()
         dense = MaskedDenseEncoder(load_timm(payload["arch"], exported).eval()).eval()
         patch = sparse.patch_size
-        if size % patch:
-            raise ValueError(f"verification image size must be a multiple of {patch}, got {size}")
         g = torch.Generator().manual_seed(seed)
         images = torch.randn(batch, 3, size, size, generator=g)
         visible = random_visible(batch, (size // patch, size // patch), mask_ratio, generator=g)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .layers.conv import SparseConv2d
-from .plan import EncoderPlan, run_plan
+from .plan import EncoderPlan, in_channels, run_plan
 
 
 def conv_macs(n_out: int, conv: SparseConv2d) -> int:
@@ -47,7 +47,10 @@ def sparse_macs(encoder: nn.Module, visible: torch.Tensor) -> Dict[str, object]:
     was_training = encoder.training
     patch = encoder.patch_size
     param = next(encoder.parameters())
-    images = torch.zeros(visible.shape[0], 3, visible.shape[1] * patch, visible.shape[2] * patch,
+    if not (isinstance(visible, torch.Tensor) and visible.dim() == 3 and visible.dtype == torch.bool):
+        shape = tuple(visible.shape) if isinstance(visible, torch.Tensor) else type(visible).__name__
+        raise TypeError(f"visible must be a (B, h, w) bool tensor of visible patches, got {shape}")
+    images = torch.zeros(visible.shape[0], encoder.in_channels, visible.shape[1] * patch, visible.shape[2] * patch,
                          device=param.device, dtype=param.dtype)
     try:
         encoder.eval()
@@ -64,7 +67,7 @@ def dense_macs(model: nn.Module, batch: int, image_size: Tuple[int, int]) -> int
     """MACs of the dense backbone's encoder part (same layers as the SparseEncoder) on full images."""
     plan = EncoderPlan.from_model(model)
     param = next(model.parameters())
-    x = torch.zeros(batch, 3, *image_size, device=param.device, dtype=param.dtype)
+    x = torch.zeros(batch, in_channels(model), *image_size, device=param.device, dtype=param.dtype)
     counter = FlopCounterMode(display=False)
     was_training = model.training
     try:

@@ -13,13 +13,20 @@ import torch
 Grid = Union[int, Sequence[int]]
 
 
+def _whole(value, what: str) -> int:
+    """``value`` as an int, refusing a fraction (2.7 patches or images would be truncated silently)."""
+    if isinstance(value, bool) or not float(value).is_integer():
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def _grid_hw(grid: Grid) -> Tuple[int, int]:
-    if isinstance(grid, int):
-        h = w = grid
+    if isinstance(grid, (int, float)):
+        h = w = _whole(grid, "grid")
     else:
         if len(grid) != 2:
             raise ValueError(f"grid must be an int or (h, w), got {tuple(grid)!r}")
-        h, w = (int(v) for v in grid)
+        h, w = (_whole(v, "grid") for v in grid)
     if h < 1 or w < 1:
         raise ValueError(f"grid must be positive, got ({h}, {w})")
     return h, w
@@ -64,7 +71,7 @@ def random_visible(batch: int, grid: Grid, mask_ratio: float, *, generator: Opti
     generator's device (the CPU by default), so a seeded generator gives the same mask on any device.
     Returns a bool tensor (batch, h, w) on ``device``, True = visible.
     """
-    if int(batch) < 1:
+    if _whole(batch, "batch") < 1:
         raise ValueError(f"batch must be >= 1, got {batch!r}")
     h, w = _grid_hw(grid)
     keep = num_visible(h * w, mask_ratio)

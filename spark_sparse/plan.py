@@ -114,5 +114,31 @@ class PlannedEncoder(nn.Module):
         """The total stride: masks live on a grid of patches this many pixels wide."""
         return self.plan.patch_size
 
+    @property
+    def in_channels(self) -> int:
+        """The channels the first layer takes (3 for RGB; timm's ``in_chans``)."""
+        return in_channels(self)
+
+    def check_images(self, images) -> None:
+        """Images whose dtype differs from the weights' fail deep inside torch, some layers in: say so
+        first (under autocast each layer casts for itself, so any floating dtype goes)."""
+        import torch
+        weight = next(self.parameters(), None)
+        if (weight is not None and isinstance(images, torch.Tensor) and images.is_floating_point()
+                and images.dtype != weight.dtype and not torch.is_autocast_enabled(images.device.type)):
+            raise TypeError(f"images are {images.dtype}, the encoder's weights {weight.dtype}: cast the images "
+                            f"(images.to({weight.dtype})) or the model (model.to({images.dtype})), or run under "
+                            f"torch.autocast")
+
     def run_plan(self, x: T, step: Step) -> List[T]:
         return run_plan(self, self.plan, x, step)
+
+
+def in_channels(model: nn.Module) -> int:
+    """The input channels of a backbone: those of its first layer that has any (a dense conv's own,
+    or a sparse conv's spec's)."""
+    for module in list(model.modules())[1:]:
+        for owner in (module, getattr(module, "spec", None)):
+            if isinstance(getattr(owner, "in_channels", None), int):
+                return owner.in_channels
+    raise ValueError(f"{type(model).__name__}: no layer with in_channels, cannot tell the input's channels")

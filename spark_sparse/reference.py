@@ -31,6 +31,8 @@ class MaskedDenseEncoder(PlannedEncoder):
 
     def forward(self, images: torch.Tensor, visible: torch.Tensor) -> List[torch.Tensor]:
         visible = check_visible(visible, images, self.patch_size)
+        self.check_images(images)
         masks = MaskPyramid(visible, self.patch_size, images.dtype)
-        return self.run_plan(images * masks.like(images),
+        # where, not a product: inf or NaN pixels in a masked patch must not leak through as inf·0 = NaN
+        return self.run_plan(torch.where(masks.like(images) > 0, images, 0),
                              lambda module, x, path: masked_forward(module, x, masks, path))

@@ -54,6 +54,8 @@ _REGISTRY: Dict[type, LayerRules] = {}
 def register_layer(types, *, sparse: SparseRule, masked: MaskedRule) -> None:
     """Teach the library a layer type (or a tuple of them): its sparse twin and its masked-dense rule."""
     for layer_type in tuple(types) if isinstance(types, (tuple, list)) else (types,):
+        if not isinstance(layer_type, type):
+            raise TypeError(f"register_layer takes layer classes (e.g. torch.nn.Mish), got {layer_type!r}")
         if layer_type in _REGISTRY:
             warnings.warn(f"layer type {layer_type.__module__}.{layer_type.__qualname__} registered again: "
                           f"its new rules replace the old ones", stacklevel=2)
@@ -157,6 +159,7 @@ def _sparse_block(module, path, converter, program: BlockProgram):
         child = getattr(module, name, None)
         if child is not None and not isinstance(child, nn.Identity):
             raise UnsupportedLayerError(f"{path}.{name}", child, "no sparse meaning is implemented for it")
+    program.check(module, path)
     sparse = converter.convert_children(module, SparseResidualBlock(program), path)
     for name, param in module.named_parameters(recurse=False):  # e.g. ConvNeXt's layer scale
         sparse.register_parameter(name, param)
@@ -164,6 +167,7 @@ def _sparse_block(module, path, converter, program: BlockProgram):
 
 
 def _masked_block(block, x, masks, path, program: BlockProgram):
+    program.check(block, path)
     shortcut = x
     for name in program.main:
         step = getattr(block, name, None)

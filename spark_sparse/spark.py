@@ -15,7 +15,7 @@ with statistics over active sites. Both give the same numbers (tests/test_spark_
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -26,7 +26,7 @@ from .decoder import LightDecoder
 from .features import SparseFeatures
 from .layers.base import SparseModule
 from .layers.norm import SparseBatchNorm2d
-from .masks import MaskPyramid, check_mask_ratio, check_visible, dense_mask, random_visible
+from .masks import MaskPyramid, check_mask_ratio, check_patches_both_ways, check_visible, dense_mask, random_visible
 from .reference import MaskedDenseEncoder
 from .registry import masked_forward
 
@@ -99,6 +99,15 @@ class SparK(nn.Module):
                  densify_norm: str = "auto", head_format: str = "channels_last",
                  decoder_checkpointing: bool = False, encoder_checkpointing: bool = False):
         super().__init__()
+        if not (hasattr(encoder, "patch_size") and hasattr(encoder, "channels")):
+            raise TypeError(f"SparK takes an encoder made from a timm backbone — spark_sparse.sparsify(model) or "
+                            f"spark_sparse.MaskedDenseEncoder(model) — got {type(encoder).__name__}")
+        if encoder.in_channels != 3:
+            raise ValueError(f"SparK reconstructs RGB images and its decoder paints 3 channels; this encoder takes "
+                             f"{encoder.in_channels} (timm's in_chans): build the backbone with in_chans=3")
+        if not check_mask_ratio(mask_ratio) > 0:
+            raise ValueError("mask_ratio must be > 0 for SparK: its loss is computed on masked patches only, so a "
+                             "model that hides none learns nothing")
         if densify_norm not in DENSIFY_NORMS:
             raise ValueError(f"densify_norm must be one of {DENSIFY_NORMS}, got {densify_norm!r}")
         if head_format not in HEAD_FORMATS:
@@ -160,6 +169,10 @@ class SparK(nn.Module):
         return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
 
     def mask(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """SparK's random mask for ``images``; refused where the ratio would show no patch or hide none at
+        their size (every such step would be wasted: nothing to encode, or nothing to predict)."""
+        size = "×".join(str(n) for n in images.shape[-2:])
+        check_patches_both_ways(self.grid(images), self.mask_ratio, f"mask_ratio at image size {size}:")
         return random_visible(images.shape[0], self.grid(images), self.mask_ratio, generator=generator,
                               device=images.device)
 
@@ -253,17 +266,26 @@ class SparK(nn.Module):
 def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto", drop_path: float = 0.0,
                 decoder_width: int = 768, mask_ratio: float = 0.6, densify_norm: str = "auto",
                 pretrained: bool = False, decoder_checkpointing: bool = False, encoder_checkpointing: bool = False,
-                **ignored) -> SparK:
+                input_size: Optional[int] = None, patch_size: Optional[int] = None,
+                channels: Optional[Sequence[int]] = None, strides: Optional[Sequence[int]] = None) -> SparK:
     """A SparK model around a fresh timm backbone; the keyword names are a checkpoint's ``model_config``.
 
     ``encoder_kind``: 'sparse' (SparseEncoder) or 'masked_dense' (SparK's reference encoder).
-    Keys of ``model_config`` that do not shape the model (input size, channels, …) are ignored.
+    ``input_size`` is a record only (the model takes any multiple of the patch size); ``patch_size``,
+    ``channels`` and ``strides``, when given, must be what timm builds for ``arch`` (a checkpoint made
+    with another timm version could differ). Any other keyword is refused, as a misspelt one would
+    otherwise be ignored.
     """
     kind = encoder_kind.replace("-", "_")
     if kind not in ("sparse", "masked_dense"):
         raise ValueError(f"encoder_kind must be 'sparse' or 'masked_dense', got {encoder_kind!r}")
     backbone = timm.create_model(arch, pretrained=pretrained, drop_path_rate=drop_path)
     encoder = sparsify(backbone, backend=backend) if kind == "sparse" else MaskedDenseEncoder(backbone)
+    built = {"patch_size": encoder.patch_size, "channels": list(encoder.channels), "strides": list(encoder.strides)}
+    for key, recorded in (("patch_size", patch_size), ("channels", channels), ("strides", strides)):
+        if recorded is not None and (list(recorded) if key != "patch_size" else recorded) != built[key]:
+            raise ValueError(f"{key} {recorded} was recorded for {arch}, but timm {timm.__version__} builds it with "
+                             f"{built[key]}")
     return SparK(encoder, decoder_width=decoder_width, mask_ratio=mask_ratio, densify_norm=densify_norm,
                  decoder_checkpointing=decoder_checkpointing, encoder_checkpointing=encoder_checkpointing)
 

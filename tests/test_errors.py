@@ -107,3 +107,73 @@ def test_commands_refuse_an_unknown_arch_before_writing(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert prefix in err and "closest: convnext_tiny" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_images_of_another_dtype_than_the_weights_are_named_before_any_layer(encoders):
+    visible = torch.ones(1, 2, 2, dtype=torch.bool)
+    for enc in encoders:
+        for dtype in (torch.float16, torch.float64):
+            with pytest.raises(TypeError, match=f"images are {dtype}, the encoder's weights torch.float32"):
+                enc(torch.zeros(1, 3, 64, 64, dtype=dtype), visible)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast each layer casts for itself
+        encoders[0](torch.zeros(1, 3, 64, 64, dtype=torch.bfloat16), visible)
+
+
+def test_non_finite_pixels_in_masked_patches_reach_neither_encoder(encoders):
+    images = torch.randn(1, 3, 64, 64)
+    images[0, :, 32:, 32:] = float("inf")
+    visible = torch.tensor([[[True, True], [True, False]]])
+    for enc in encoders:
+        assert all(torch.isfinite(out).all() for out in enc.eval()(images, visible))
+        enc.train()
+
+
+def test_spark_refuses_what_would_train_on_nothing_or_fail_later():
+    with pytest.raises(TypeError, match=r"build_spark\(\) got an unexpected keyword argument 'mask_ration'"):
+        ss.build_spark("resnet18", mask_ration=0.9)
+    with pytest.raises(ValueError, match="channels .* was recorded for resnet18"):
+        ss.build_spark("resnet18", channels=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match="mask_ratio must be > 0 for SparK"):
+        ss.build_spark("resnet18", decoder_width=32, mask_ratio=0.0)
+    with pytest.raises(TypeError, match="SparK takes an encoder made from a timm backbone"):
+        ss.SparK(timm.create_model("resnet18"))
+    with pytest.raises(ValueError, match="this encoder takes 1"):
+        ss.SparK(ss.sparsify(timm.create_model("resnet18", in_chans=1)), decoder_width=32)
+    model = ss.build_spark("resnet18", decoder_width=32, mask_ratio=0.1)
+    with pytest.raises(ValueError, match="mask_ratio at image size 64×64: 0.1 hides none of the 2×2 patches"):
+        model(torch.randn(2, 3, 64, 64))
+
+
+def test_macs_and_masks_take_only_what_they_can_use(encoders):
+    enc = ss.sparsify(timm.create_model("resnet18", in_chans=1))
+    assert enc.macs(torch.ones(1, 2, 2, dtype=torch.bool)) > 0  # a 1-channel stem: counted on 1-channel images
+    with pytest.raises(TypeError, match=r"\(B, h, w\) bool tensor"):
+        encoders[0].macs(torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="batch must be a whole number"):
+        ss.random_visible(2.7, 2, 0.5)
+    with pytest.raises(ValueError, match="grid must be a whole number"):
+        ss.random_visible(2, 2.5, 0.5)
+    with pytest.raises(TypeError, match="register_layer takes layer classes"):
+        ss.register_layer("Mish", sparse=None, masked=None)
+
+
+def test_a_block_program_that_misses_a_layer_is_refused():
+    from timm.models.resnet import BasicBlock
+    from spark_sparse.registry import _REGISTRY
+    model = timm.create_model("resnet18")
+    saved = _REGISTRY[BasicBlock]
+    try:
+        with pytest.warns(UserWarning, match="registered again"):
+            ss.register_block(BasicBlock, ss.BlockProgram(
+                main=("conv1", "bn1", "drop_block", "act1", "aa", "conv2", "bn_2"), shortcut="downsample", post="act2"))
+        with pytest.raises(ValueError, match=r"layer1.0 \(BasicBlock\): the program registered for it names \['bn_2"):
+            ss.sparsify(model)
+        with pytest.raises(ValueError, match="names \\['bn_2'\\]"):
+            ss.MaskedDenseEncoder(model)(torch.zeros(1, 3, 64, 64), torch.ones(1, 2, 2, dtype=torch.bool))
+        with pytest.warns(UserWarning):
+            ss.register_block(BasicBlock, ss.BlockProgram(
+                main=("conv1", "bn1", "drop_block", "act1", "aa", "conv2"), shortcut="downsample", post="act2"))
+        with pytest.raises(ValueError, match=r"never runs its child\(ren\) \['bn2'\]"):
+            ss.sparsify(model)
+    finally:
+        _REGISTRY[BasicBlock] = saved

@@ -233,3 +233,9 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped_to_white(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(ValueError, match="32-bit floating-point image"):
         open_rgb(str(tmp_path / "f.tif"))
+
+
+def test_export_verify_that_could_compare_nothing_is_refused_before_writing(checkpoint, tmp_path):
+    out = tmp_path / "w.pth"
+    rc, _, err = cli("export", checkpoint, "--out", out, "--verify", "--verify-size", "32")  # 1 patch, none kept
+    assert rc == 2 and "keeps no patch visible, so nothing would be compared" in err and not out.exists()

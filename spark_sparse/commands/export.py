@@ -32,7 +32,7 @@ def add_arguments(p):
     p.add_argument("--verify-batch", type=int, default=2, help="random images used by --verify")
     p.add_argument("--verify-size", type=int, default=None,
                    help="their size in pixels (default: the checkpoint's input size)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random images and masks of --verify")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random images and masks of --verify (0 … 2^32−1)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists (never the checkpoint itself)")
 
 
@@ -45,6 +45,8 @@ def check_verify_options(args) -> None:
                          f"{args.verify_size}")
     if not args.tolerance >= 0:
         raise ValueError(f"--tolerance must be >= 0, got {args.tolerance}")
+    from spark_sparse.seeds import check_seed
+    check_seed(args.seed)
 
 
 def run(args) -> int:
@@ -57,6 +59,8 @@ def run(args) -> int:
         check_verify_options(args)
         check_output(args.out, inputs=[args.checkpoint], force=args.force)
         payload = load(args.checkpoint)
+        if args.verify:  # before writing: a verification that could compare nothing is refused first
+            ex.verify_setting(payload, args.verify_size)
         fmt = ex.format_for(args.out, args.format)
         state = ex.export(payload, args.checkpoint, args.out, fmt)
     except (CheckpointError, WeightsError, ValueError) as e:  # OutputError is a ValueError

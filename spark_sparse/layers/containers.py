@@ -33,6 +33,20 @@ class BlockProgram:
     shortcut: Optional[str]
     post: Optional[str]
 
+    def check(self, block: nn.Module, path: str) -> None:
+        """Refuse a program that names what ``block`` does not have, or leaves out a child it has: the
+        sparse encoder and the reference read the same program, so a typo would drop a layer from both
+        alike, where comparing the two cannot see it. (A name may be None on the block: a layer the
+        block was built without.)"""
+        names = [n for n in (*self.main, self.shortcut, self.post) if n]
+        missing = [n for n in names if not hasattr(block, n)]
+        unused = [n for n, child in block.named_children() if n not in names and not isinstance(child, nn.Identity)]
+        if missing or unused:
+            what = (f"names {missing}, which the block does not have" if missing else
+                    f"never runs its child(ren) {unused}")
+            raise ValueError(f"{path or '<root>'} ({type(block).__name__}): the program registered for it {what}; "
+                             f"its children are {[n for n, _ in block.named_children()]} (see register_block)")
+
 
 class SparseResidualBlock(SparseModule):
     """A residual block run on SparseFeatures; children keep the dense block's names.
