@@ -112,6 +112,7 @@ def run(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor, out_gra
 
 
 def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) if b.numel() else 0.0
 
 
