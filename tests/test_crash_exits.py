@@ -147,7 +147,7 @@ def test_a_stuck_data_worker_ends_the_run_after_the_data_timeout(data, tmp_path)
     """
     rc, out, left = run_cli(["--data", data, *TINY, "--workers", "1", "--steps", "3", "--data-timeout", "5",
                              "--out", str(tmp_path / "r")], patch)
-    check_failed(rc, out, left, "no batch came from the data-loading processes within --data-timeout")
+    check_failed(rc, out, left, "no batch came from the data loading within --data-timeout 5 s")
     assert "Traceback" not in out, out
 
 

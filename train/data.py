@@ -238,6 +238,34 @@ class UnreadableFiles:
         return f"{len(self.files)} unreadable image files skipped ({self.reads} reads)"
 
 
+def batches_within(loader, seconds: float) -> Iterator:
+    """``loader``'s batches, each within ``seconds`` of asking for it (0: no limit), else DataError.
+
+    Not the DataLoader's own ``timeout``: with one set, it stops polling its workers every few
+    seconds and waits the whole timeout before noticing that one of them died. A real-time alarm in
+    the main process interrupts the wait (or a read the main process itself is stuck in) instead.
+    """
+    iterator = iter(loader)
+    limit = seconds if seconds > 0 and hasattr(signal, "setitimer") else 0
+
+    def expired(signum, frame):
+        raise DataError(f"no batch came from the data loading within --data-timeout {seconds:g} s (a read stuck "
+                        f"on a slow or network file system?)")
+    while True:
+        previous = signal.signal(signal.SIGALRM, expired) if limit else None
+        if limit:
+            signal.setitimer(signal.ITIMER_REAL, limit)
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            if limit:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+        yield batch
+
+
 def data_failure(error: BaseException) -> Optional[str]:
     """One line for an error that ended the data's supply — a :class:`DataError` (re-raised from a worker
     with the worker's traceback inside its message) or a worker process that died — else None."""
@@ -247,9 +275,6 @@ def data_failure(error: BaseException) -> Optional[str]:
         return last.split("DataError: ", 1)[-1] if "Original Traceback" in text else text
     if isinstance(error, RuntimeError) and text.startswith("DataLoader worker"):
         return f"a data-loading process died ({text.splitlines()[0]}; out of memory?)"
-    if isinstance(error, RuntimeError) and text.startswith("DataLoader timed out"):
-        return (f"no batch came from the data-loading processes within --data-timeout ({text}; a read stuck on "
-                f"a slow or network file system?)")
     return None
 
 
@@ -328,7 +353,6 @@ class DataConfig:
     world: int = 1
     pin_memory: bool = False
     exclude: Optional[str] = None  # a folder under --data that is not data (the run's --out)
-    timeout: float = 0             # seconds to wait for a batch from the workers (0: forever)
 
 
 def build_source(data: Optional[str], exclude: Optional[str] = None) -> ImageSource:
@@ -343,7 +367,6 @@ def build_loader(cfg: DataConfig):
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate, pin_memory=cfg.pin_memory,
         persistent_workers=cfg.workers > 0, worker_init_fn=ignore_stop_signals,
-        timeout=cfg.timeout if cfg.workers > 0 else 0,
         generator=torch.Generator(),  # its base-seed draw must not consume the global RNG (drop-path draws)
     )
     return loader, sampler, source

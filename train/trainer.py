@@ -30,7 +30,7 @@ from ..masks import random_visible
 from ..spark import SparK, build_spark, model_config
 from ..step_timer import StepTimer, split_of
 from .config import amp_dtype, check_args, drop_path, peak_lr
-from .data import DataConfig, UnreadableFiles, build_loader, data_failure, shutdown_workers
+from .data import DataConfig, UnreadableFiles, batches_within, build_loader, data_failure, shutdown_workers
 from .distributed import Processes, barrier, broadcast_object, init_processes, shutdown
 from .monitor import Monitor
 from .resources import plan_threads
@@ -81,7 +81,7 @@ class Trainer:
         workers = self.threads.workers
         self.loader, self.sampler, self.source = build_loader(DataConfig(
             args.data, args.input_size, self.local_batch, workers, args.seed, self.procs.rank, world,
-            pin_memory=self.device.type == "cuda", exclude=args.out, timeout=getattr(args, "data_timeout", 0)))
+            pin_memory=self.device.type == "cuda", exclude=args.out))
         self.data_fingerprint = self.source.fingerprint()  # recorded in checkpoints, checked on resume
         if args.data and all(os.path.isdir(os.path.join(args.data, d)) for d in ("train", "val")):
             self.warn(f"--data {args.data} holds both train/ and val/, and every image under it is used: to "
@@ -238,7 +238,7 @@ class Trainer:
         while self.step < self.total_steps:
             self.sampler.set_position(self.epoch, self.batch)
             tick = time.perf_counter()
-            for images, skipped in self.loader:
+            for images, skipped in batches_within(self.loader, getattr(a, "data_timeout", 0)):
                 data_time = time.perf_counter() - tick
                 images = images.to(self.device, non_blocking=True)
                 visible = self.next_visible()
