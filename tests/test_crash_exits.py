@@ -159,4 +159,4 @@ def test_a_second_ctrl_c_says_that_no_checkpoint_was_saved(data, tmp_path, monke
         raise KeyboardInterrupt
     monkeypatch.setattr(trainer.Trainer, "fit", interrupted)
     assert trainer.pretrain(parse(["--data", data, *TINY, "--steps", "1", "--out", str(tmp_path / "r")])) == 130
-    assert "second Ctrl-C before the step ended: no checkpoint saved; the newest is none" in capsys.readouterr().err
+    assert "interrupted before a step boundary: no checkpoint saved; the newest is none" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, List, Optional, Tuple
@@ -246,7 +247,8 @@ def batches_within(loader, seconds: float) -> Iterator:
     the main process interrupts the wait (or a read the main process itself is stuck in) instead.
     """
     iterator = iter(loader)
-    limit = seconds if seconds > 0 and hasattr(signal, "setitimer") else 0
+    alarms = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    limit = seconds if seconds > 0 and alarms else 0  # signals reach the main thread only
 
     def expired(signum, frame):
         raise DataError(f"no batch came from the data loading within --data-timeout {seconds:g} s (a read stuck "

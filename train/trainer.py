@@ -319,10 +319,10 @@ def pretrain(args) -> int:
             return EXIT_BAD_INPUT
         try:
             return trainer.fit()
-        except KeyboardInterrupt:  # a second Ctrl-C: no waiting for the step to end, so no checkpoint
+        except KeyboardInterrupt:  # a second Ctrl-C (or one before training began): no checkpoint
             last = ckpt.list_checkpoints(trainer.out)
-            print(f"spark-sparse pretrain: interrupted by a second Ctrl-C before the step ended: no checkpoint "
-                  f"saved; the newest is {last[-1][1] if last else 'none'}", file=sys.stderr, flush=True)
+            print(f"spark-sparse pretrain: interrupted before a step boundary: no checkpoint saved; the newest "
+                  f"is {last[-1][1] if last else 'none'}", file=sys.stderr, flush=True)
             return 130
         except RuntimeError as e:
             failure = data_failure(e)
