@@ -80,11 +80,16 @@ def child_env() -> Dict[str, str]:
                 PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
 
 
-def measure_cpu_in_child(specs: List[Dict[str, object]], timeout: float = 7200) -> List[Dict[str, object]]:
-    """Run ``memory_child`` in one fresh interpreter on every case spec; returns their measurements."""
-    proc = subprocess.run([sys.executable, "-m", "spark_sparse.benchmarks.memory_child"], input=json.dumps(specs),
-                          capture_output=True, text=True, env=child_env(), timeout=timeout)
+def measure_cpu_in_child(specs: List[Dict[str, object]], timeout: float = 7200,
+                         progress: bool = False) -> List[Dict[str, object]]:
+    """Run ``memory_child`` in one fresh interpreter on every case spec; returns their measurements.
+
+    The child's stderr is this process's: its progress lines (with ``progress``) and, should it fail,
+    its error appear as they happen, not after a phase that can take many minutes."""
+    command = [sys.executable, "-m", "spark_sparse.benchmarks.memory_child"] + (["--progress"] if progress else [])
+    proc = subprocess.run(command, input=json.dumps(specs), stdout=subprocess.PIPE, text=True, env=child_env(),
+                          timeout=timeout)
     if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-5:]
-        raise RuntimeError(f"memory child process failed ({proc.returncode}): " + " | ".join(tail))
+        raise RuntimeError(f"memory child process failed (exit status {proc.returncode}; its error is printed "
+                           f"above)")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -17,8 +17,9 @@ from .memory import rss_peak_growth
 from .timing import settle_gc
 
 
-def measure_case(spec: Dict[str, object]) -> Dict[str, Dict[str, Dict[str, object]]]:
-    """{ratio: {mode: {contender: bytes | 'error: …' | reason}}} of one case, in this process."""
+def measure_case(spec: Dict[str, object], progress: bool = False) -> Dict[str, Dict[str, Dict[str, object]]]:
+    """{ratio: {mode: {contender: bytes | 'error: …' | reason}}} of one case, in this process; with
+    ``progress``, a line on stderr before each measurement (the parent's terminal shows it)."""
     case = Case.from_spec(spec)
     settle_gc()
     result: Dict[str, Dict[str, Dict[str, object]]] = {}
@@ -30,6 +31,9 @@ def measure_case(spec: Dict[str, object]) -> Dict[str, Dict[str, Dict[str, objec
             calls, unavailable = case.calls(mode, images, visible, only=spec["measure"][str(ratio)][mode])
             out = per_mode.setdefault(mode, {})
             for name, call in calls.items():
+                if progress:
+                    print(f"  peak memory: {spec['model']} b{spec['batch']} mask ratio {ratio} {mode} {name}",
+                          file=sys.stderr, flush=True)
                 try:
                     if (mode, name) not in warmed:  # one-time allocations (thread pools, caches)
                         call.reset()
@@ -43,13 +47,15 @@ def measure_case(spec: Dict[str, object]) -> Dict[str, Dict[str, Dict[str, objec
 
 
 def child_main() -> None:
-    """Read a JSON list of case specs on stdin; print the list of their measurements as JSON."""
+    """Read a JSON list of case specs on stdin; print the list of their measurements as JSON
+    (``--progress``: and what is being measured, on stderr)."""
+    progress = "--progress" in sys.argv[1:]
     specs = json.load(sys.stdin)
     if specs and specs[0].get("threads"):
         torch.set_num_threads(int(specs[0]["threads"]))
     results = []
     for spec in specs:
-        results.append(measure_case(spec))
+        results.append(measure_case(spec, progress))
         gc.collect()
     print(json.dumps(results))
 

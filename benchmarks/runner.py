@@ -167,7 +167,7 @@ def tune_all(case: Case, images: torch.Tensor, visible: torch.Tensor) -> dict:
     return total
 
 
-def cpu_memory(pending: List[Tuple[dict, List[dict]]]) -> None:
+def cpu_memory(pending: List[Tuple[dict, List[dict]]], progress: bool = False) -> None:
     """Peak RSS of every CPU case (spec, its records), measured in one child process, into the records."""
     if not pending:
         return
@@ -178,7 +178,7 @@ def cpu_memory(pending: List[Tuple[dict, List[dict]]]) -> None:
         reason = cpu_peak_rss_supported()
         if reason is not None:
             raise RuntimeError(reason)
-        measured = measure_cpu_in_child([spec for spec, _ in pending])
+        measured = measure_cpu_in_child([spec for spec, _ in pending], progress=progress)
     except Exception as e:
         print(f"warning: CPU memory not measured: {e}", file=sys.stderr)
         for _, records in pending:
@@ -281,7 +281,7 @@ def _run(cfg: BenchConfig, progress: bool, checkpoint: Optional[Callable[[dict],
         if device == "cuda":
             torch.cuda.empty_cache()
     bar.close()
-    cpu_memory(pending_memory)
+    cpu_memory(pending_memory, progress)
     if checkpoint is not None:
         checkpoint(doc)
     _profile(cfg, doc, backends, progress)

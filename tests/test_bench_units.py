@@ -471,7 +471,7 @@ def test_progress_shows_no_empty_sweep_and_announces_the_memory_child(capsys, mo
     runner.run(BenchConfig.quick_config(profile_only=True, profile_model=None, memory=False), progress=True)
     assert "bench:" not in capsys.readouterr().err  # --profile-only: no "bench: 0measure" bar
 
-    def child(specs):
+    def child(specs, progress=False):
         raise RuntimeError("no child here")
     monkeypatch.setattr(runner, "measure_cpu_in_child", child)
     runner.cpu_memory([({"model": "resnet18", "batch": 2}, [{}])])
@@ -543,3 +543,16 @@ def test_roofline_floor_and_ceiling():
     assert rows["s bf16"] == ["bf16", "200", "2.0", "30", "60", "50 %", "8.00×"]
     assert rows["spark-published"][3:] == ["120", "240", "50 %", "2.00×"]
     assert conv_peak_gmacs(torch.device("cpu"), repeats=1) > 0
+
+
+def test_the_memory_child_shows_what_it_measures_as_it_goes(capfd):
+    from spark_sparse.benchmarks import runner
+    from spark_sparse.benchmarks.config import BenchConfig
+    from spark_sparse.benchmarks.memory import cpu_peak_rss_supported
+    if cpu_peak_rss_supported() is not None:
+        pytest.skip(cpu_peak_rss_supported())
+    doc = runner.run(BenchConfig.quick_config(models=["resnet18"], modes=["fwd"], memory_modes=["fwd"],
+                                              profile_model=None, backends=["torch"]), progress=True)
+    err = capfd.readouterr().err
+    assert "peak memory: resnet18 b2 mask ratio 0.5 fwd sparse[torch]" in err  # printed by the child itself
+    assert doc["results"][0]["peak_memory_bytes"]["fwd"]["sparse[torch]"] > 0
