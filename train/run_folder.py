@@ -119,6 +119,32 @@ def plan_resume(out: str, choice: str, force: bool = False) -> ResumePlan:
     return ResumePlan(choice, file_run or owner or new_run_id(), previous_run=None if owner else _unknown_logs(out))
 
 
+LOCK_FILE = "run.lock"
+
+
+def lock_folder(out: str):
+    """Hold ``<out>/run.lock`` for this process's lifetime (an open file; closing it releases the lock,
+    and so does the process's end, however it ends: no stale lock after a crash). A second run
+    started on the same --out while one is writing there would resume the same checkpoints and write
+    over each other's; it is refused, naming the process that holds the folder."""
+    import fcntl
+    os.makedirs(out, exist_ok=True)
+    handle = open(os.path.join(out, LOCK_FILE), "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderError(f"another spark-sparse pretrain (process {holder}) is writing to {out}: wait for it to "
+                             f"end, or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def _logged_steps(out: str) -> bool:
     """Whether the folder's metrics.jsonl holds any step (then a fresh start would overwrite progress)."""
     try:

@@ -35,7 +35,7 @@ from .distributed import Processes, barrier, broadcast_object, init_processes, s
 from .monitor import Monitor
 from .resources import plan_threads
 from .rng import seed_everything
-from .run_folder import ResumePlan, RunFolderError, claim, plan_resume
+from .run_folder import ResumePlan, RunFolderError, claim, lock_folder, plan_resume
 from .schedule import Schedule, build_optimizer, lamb_betas
 from .signals import StopSignals
 from .state import load_training_state, training_payload
@@ -104,8 +104,13 @@ class Trainer:
         self.last_loss = float("nan")
         self.stop = StopSignals()
         self.run_id: Optional[str] = None
+        self.folder_lock = None  # rank 0 holds --out while it runs (run_folder.lock_folder)
         self.step_timer: Optional[StepTimer] = None  # the running step's phases, when they are timed
-        self.resumed_from = self._resume()
+        try:
+            self.resumed_from = self._resume()
+        except BaseException:
+            self.close()  # a refused resume releases --out and the data workers at once
+            raise
         self.monitor = Monitor(self.out, self.procs.is_main, self.total_steps, self.step, args.log_every,
                                args.progress)
         self.reconstructions = Reconstructions(self.monitor, self.procs.is_main, args.vis_every, args.vis_images,
@@ -141,6 +146,7 @@ class Trainer:
             ckpt.remove_stale_temporaries(self.out)
             try:
                 plan = plan_resume(self.out, self.args.resume, force=getattr(self.args, "force", False))
+                self.folder_lock = lock_folder(self.out)  # before the first write: claiming the folder
                 claim(self.out, plan)
                 decision["plan"] = (plan.path, plan.run_id)
                 for note in plan.notes:
@@ -228,10 +234,13 @@ class Trainer:
         return 0
 
     def close(self) -> None:
-        """End the data workers and close the logs (safe to call twice)."""
+        """End the data workers, close the logs and release --out (safe to call twice)."""
         shutdown_workers(self.loader)
         if getattr(self, "monitor", None) is not None:
             self.monitor.close()
+        if getattr(self, "folder_lock", None) is not None:
+            self.folder_lock.close()
+            self.folder_lock = None
 
     def _loop(self) -> None:
         a = self.args
