@@ -17,6 +17,7 @@ def test_demo_reports_agreement_and_the_mac_ratio(capsys):
 @pytest.mark.parametrize("options,message", [
     (["--mask-ratio", "1.0"], "--mask-ratio must be in [0, 1)"),
     (["--batch", "0"], "--batch must be >= 1"),
+    (["--seed", "-1"], "--seed must be in 0 … 4294967295"),
     (["--size", "100"], "not a multiple of 32"),
     (["--size", "64", "64", "64"], "--size takes S or H W"),
     (["--device", "tpu"], "--device 'tpu': not a device name"),

@@ -239,3 +239,12 @@ def test_export_verify_that_could_compare_nothing_is_refused_before_writing(chec
     out = tmp_path / "w.pth"
     rc, _, err = cli("export", checkpoint, "--out", out, "--verify", "--verify-size", "32")  # 1 patch, none kept
     assert rc == 2 and "keeps no patch visible, so nothing would be compared" in err and not out.exists()
+
+
+def test_seeds_outside_what_torch_keeps_are_refused_by_import_and_export(checkpoint, timm_state, tmp_path):
+    torch.save(timm_state, tmp_path / "r18.pth")
+    rc, _, err = cli("import", tmp_path / "r18.pth", "--arch", "resnet18", "--out", tmp_path / "c.pt",
+                     "--seed", str(2**32))
+    assert rc == 2 and "--seed must be in 0 … 4294967295" in err and not (tmp_path / "c.pt").exists()
+    rc, _, err = cli("export", checkpoint, "--out", tmp_path / "w.pth", "--verify", "--seed", "-1")
+    assert rc == 2 and "--seed must be in 0 … 4294967295" in err and not (tmp_path / "w.pth").exists()
