@@ -79,6 +79,8 @@ class Trainer:
                                     os.environ.get("OMP_NUM_THREADS"), default_threads=torch.get_num_threads())
         torch.set_num_threads(self.threads.compute_threads)
         workers = self.threads.workers
+        if args.data:  # a large tree on a network file system takes a while to list
+            self.log(f"looking for images under {args.data} ...")
         self.loader, self.sampler, self.source = build_loader(DataConfig(
             args.data, args.input_size, self.local_batch, workers, args.seed, self.procs.rank, world,
             pin_memory=self.device.type == "cuda", exclude=args.out))
