@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Tuple, TypeVar
 
+import torch
 from torch import nn
 
 T = TypeVar("T")
@@ -122,7 +123,6 @@ class PlannedEncoder(nn.Module):
     def check_images(self, images) -> None:
         """Images whose dtype differs from the weights' fail deep inside torch, some layers in: say so
         first (under autocast each layer casts for itself, so any floating dtype goes)."""
-        import torch
         weight = next(self.parameters(), None)
         if (weight is not None and isinstance(images, torch.Tensor) and images.is_floating_point()
                 and images.dtype != weight.dtype and not torch.is_autocast_enabled(images.device.type)):

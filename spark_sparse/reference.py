@@ -15,7 +15,7 @@ from torch import nn
 
 from .masks import MaskPyramid, check_visible
 from .plan import PlannedEncoder, encoder_part
-from .registry import masked_forward
+from .registry import check_block_programs, masked_forward
 
 
 class MaskedDenseEncoder(PlannedEncoder):
@@ -27,6 +27,7 @@ class MaskedDenseEncoder(PlannedEncoder):
 
     def __init__(self, model: nn.Module):
         super().__init__(*encoder_part(model))
+        check_block_programs(self)
         self.train(model.training)
 
     def forward(self, images: torch.Tensor, visible: torch.Tensor) -> List[torch.Tensor]:

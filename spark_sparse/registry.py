@@ -166,8 +166,20 @@ def _sparse_block(module, path, converter, program: BlockProgram):
     return sparse
 
 
+def check_block_programs(root: nn.Module) -> None:
+    """Check the program of every residual block under ``root`` against the block (see
+    ``BlockProgram.check``): once, when the masked-dense reference is built, not on every forward."""
+    for path, module in root.named_modules():
+        for cls in type(module).__mro__:
+            rules = _REGISTRY.get(cls)
+            if rules is not None:
+                program = getattr(rules.masked, "keywords", {}).get("program")
+                if program is not None:
+                    program.check(module, path)
+                break
+
+
 def _masked_block(block, x, masks, path, program: BlockProgram):
-    program.check(block, path)
     shortcut = x
     for name in program.main:
         step = getattr(block, name, None)
