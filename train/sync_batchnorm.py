@@ -45,10 +45,6 @@ class SparseSyncBatchNorm(SparseBatchNorm2d):
         self._check_input_dim(x)
         return batch_norm(self, x, (0, 2, 3) if x.dim() == 4 else (0,), group=self.process_group)
 
-    @classmethod
-    def from_batch_norm(cls, bn: nn.modules.batchnorm._BatchNorm, process_group=None) -> "SparseSyncBatchNorm":
-        return cls.from_dense(bn, process_group=process_group)
-
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     """Replace every BatchNorm (sparse or dense, 1-D or 2-D) under ``module`` by SparseSyncBatchNorm, in place.
@@ -58,7 +54,7 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     """
     for name, child in list(module.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SparseSyncBatchNorm):
-            setattr(module, name, SparseSyncBatchNorm.from_batch_norm(child, process_group))
+            setattr(module, name, SparseSyncBatchNorm.from_dense(child, process_group=process_group))
         else:
             convert_sync_batchnorm(child, process_group)
     return module

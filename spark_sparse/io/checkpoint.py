@@ -53,7 +53,7 @@ schedule           ``{"peak_lr", "warmup_steps", "total_steps", "wd", "wd_end"}`
                    pure functions of the step, see schedule.py)
 scaler             ``GradScaler.state_dict()`` with ``--amp fp16``, else ``None``
 rng                ``{"torch": [ByteTensor per process, rank order], "cuda": [ByteTensor per
-                   process] or None, "numpy": [per process: {"name", "keys" (uint32 tensor),
+                   process] or None, "numpy": [per process: {"name", "keys" (int64 tensor of the uint32 keys),
                    "pos", "has_gauss", "cached_gaussian"}], "python": [per process: (version,
                    [625 ints], gauss)], "mask_generator": ByteTensor (the mask generator is shared:
                    every process draws the global batch's masks), "sampler": {"seed", "epoch",
@@ -97,8 +97,9 @@ import torch
 from .. import __version__
 from ..files import atomic_write, file_kind, zip_damage
 from ..spark import model_config
+from ..spark_format import OUR_FORMAT
 
-FORMAT = "spark_sparse.pretrain"
+FORMAT = OUR_FORMAT  # what spark_format recognises as ours on import
 VERSION = 1
 REQUIRED_KEYS = ("format", "version", "arch", "encoder_kind", "model_config", "model", "optimizer", "schedule",
                  "rng", "epoch", "step", "args")
