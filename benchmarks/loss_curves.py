@@ -13,6 +13,8 @@ import statistics
 import sys
 from typing import Dict, List
 
+from .plots import pyplot, save_figure
+
 
 def read_metrics(run_dir: str) -> List[dict]:
     path = os.path.join(run_dir, "metrics.jsonl")
@@ -33,20 +35,14 @@ def summary(runs: Dict[str, List[dict]]) -> List[str]:
 
 
 def plot(runs: Dict[str, List[dict]], path: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.8))
     for label, records in runs.items():
         ax.plot([r["step"] for r in records], [r["loss"] for r in records], marker=".", label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (masked patches, per-patch normalised MSE)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:

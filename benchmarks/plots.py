@@ -10,16 +10,25 @@ MODE_STYLE = {"fwd": ("encoder fwd", "tab:blue"), "fwd_bwd": ("encoder fwd+bwd",
               "step": ("whole SparK step", "tab:green")}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on its file-only Agg backend, imported on first use (only plots need it)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
+def save_figure(fig, path: str, dpi: int) -> str:
+    """Write ``fig`` to ``path`` and free it (pyplot keeps every open figure otherwise)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def plot_speedups(doc: dict, path: str) -> str:
     """One panel per model (and device, dtype, batch): speed-up of the sparse encoder vs mask ratio."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = group_results(doc["results"])
     cols = min(len(groups), 3)
     rows = math.ceil(len(groups) / cols)
@@ -55,10 +64,7 @@ def plot_speedups(doc: dict, path: str) -> str:
         ax.legend(fontsize=6.5, loc="upper left")
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 PHASE_COLORS = {"data": "tab:grey", "encoder_fwd": "tab:orange", "densify": "tab:olive", "decoder_fwd": "tab:blue",
@@ -69,7 +75,7 @@ PHASE_COLORS = {"data": "tab:grey", "encoder_fwd": "tab:orange", "densify": "tab
 def plot_step_phases(doc: dict, path: str) -> str:
     """One stacked bar per step contender (per model, dtype, batch, mask ratio and load): where its
     median step time goes, phase by phase."""
-    plt = _pyplot()
+    plt = pyplot()
     bars = [(f"{rec['model']} {rec['dtype']} b{rec['batch']} r{rec['mask_ratio']:.2f}"
              + (f" load {rec['background_load']}" if rec.get("background_load") else "") + f" · {name}", split)
             for rec in doc["results"] for name, split in rec.get("step_phases_ms", {}).items()]
@@ -89,10 +95,7 @@ def plot_step_phases(doc: dict, path: str) -> str:
     seen = dict(zip(labels, handles))
     ax.legend(seen.values(), seen.keys(), fontsize=7, ncol=5, loc="lower right")
     ax.set_title("Where the whole SparK step's time goes", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _group_key(layer: dict) -> str:
@@ -104,7 +107,7 @@ def _group_key(layer: dict) -> str:
 
 def plot_profile(profile: dict, path: str, mode: str = "fwd_bwd", top: int = 25) -> str:
     """Left: time per (stage, layer kind), sparse vs its twins. Right: the slowest sparse layers."""
-    plt = _pyplot()
+    plt = pyplot()
     if mode not in profile["modes"]:
         mode = profile["modes"][0]
     kinds = ("sparse", "dense", "masked-dense")
@@ -135,7 +138,4 @@ def plot_profile(profile: dict, path: str, mode: str = "fwd_bwd", top: int = 25)
     ax2.set_title(f"the {len(slow)} slowest sparse layers", fontsize=9)
     fig.suptitle(f"{profile['model']} per-layer {mode}: {profile['device']} {profile['dtype']}, batch "
                  f"{profile['batch']}, mask ratio {profile['mask_ratio']}, backend {profile['backend']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

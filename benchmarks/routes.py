@@ -7,6 +7,7 @@ first, so that no timed call pays for tuning and the time tuning took is reporte
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Dict, List
 
 import torch
@@ -57,10 +58,8 @@ def routes(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
 
 def summary(rows: List[dict]) -> str:
     """'matmul 37, tiles 9, torch 7': how many convs each implementation runs."""
-    counts: Dict[str, int] = {}
-    for row in rows:
-        counts[row["implementation"]] = counts.get(row["implementation"], 0) + 1
-    return ", ".join(f"{impl} {n}" for impl, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    counts = Counter(row["implementation"] for row in rows)
+    return ", ".join(f"{impl} {n}" for impl, n in counts.most_common())
 
 
 def main(argv=None) -> int:

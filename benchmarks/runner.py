@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections import Counter
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -63,11 +64,7 @@ def measured_in(mode: str, contenders: Dict[str, dict], aliases: Dict[str, str],
 
 def plan_summary(plan: List[str]) -> Dict[str, int]:
     """How many convs ran on each backend ('matmul': pointwise and patchify convs, no backend needed)."""
-    counts: Dict[str, int] = {}
-    for entry in plan:
-        key = entry.rsplit(" ", 1)[-1]
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    return dict(Counter(entry.rsplit(" ", 1)[-1] for entry in plan))
 
 
 def skip_reason(error: Exception) -> str:

@@ -24,15 +24,9 @@ import torch
 
 from .contenders import Contender, DenseEncoder, create_model, encoder_call, make_inputs
 from .environment import load_average
+from .timing import timed
 
 import spark_sparse as ss
-
-
-def _time(call) -> float:
-    call.reset()
-    start = time.thread_time()
-    call.run()
-    return time.thread_time() - start
 
 
 def measure(model_name: str, ratios: List[float], masked_dense: List[float], batch: int, size: int,
@@ -57,7 +51,7 @@ def measure(model_name: str, ratios: List[float], masked_dense: List[float], bat
     load = [load_average()]
     for round_ in range(warmup + repeats):
         for name, call in calls.items():
-            t = _time(call)
+            t = timed(call, torch.device("cpu"), clock=time.thread_time)
             if round_ >= warmup:
                 times[name].append(t)
         load.append(load_average())
