@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from ..geometry import ConvTable
+from .gather import with_fill_rows
 
 
 WeightedSum = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
@@ -54,15 +55,10 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _padded(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with a zero row appended: where a table's sentinel index points."""
-    return torch.cat([x, x.new_zeros(1, x.shape[1])])
-
-
 def _offset_sum(x: torch.Tensor, w: torch.Tensor, index: torch.Tensor, n_rows: int, sentinel: int) -> torch.Tensor:
     """Σ_k w[k] · x[index[:, k]] → (n_rows, C), one offset at a time, accumulated in ≥ fp32 (the sentinel
     index ``len(x)`` reads the appended zero row)."""
-    rows, per_offset = _padded(x), index.t().contiguous()
+    rows, per_offset = with_fill_rows(x), index.t().contiguous()
     out = x.new_zeros(index.shape[0], x.shape[1], dtype=_accumulate_dtype(x.dtype))
     for k in range(per_offset.shape[0]):
         out.addcmul_(rows.index_select(0, per_offset[k]), w[k])
@@ -73,7 +69,7 @@ def _offset_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, index: torch.Te
                         k: int) -> torch.Tensor:
     """grad_w[k] = Σ_n x[index[n, k]] · grad_out[n] → (K, C) in ≥ fp32."""
     acc = _accumulate_dtype(x.dtype)
-    rows, per_offset, g = _padded(x), index.t().contiguous(), grad_out.to(acc)
+    rows, per_offset, g = with_fill_rows(x), index.t().contiguous(), grad_out.to(acc)
     return torch.stack([(rows.index_select(0, per_offset[k]).to(acc) * g).sum(0) for k in range(per_offset.shape[0])])
 
 

@@ -18,10 +18,10 @@ from typing import Tuple
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
 from ..geometry import ConvTable
 from .depthwise_table import depthwise_weight_kc, table_conv_function
+from .triton_support import triton_unsupported
 
 
 @triton.jit
@@ -65,10 +65,9 @@ def _weight_grad_kernel(x_ptr, g_ptr, index_ptr, part_ptr, n_rows, sentinel, C, 
 
 
 def _check_device(x: torch.Tensor) -> None:
-    if x.device.type == "cpu" and not knobs.runtime.interpret:
-        raise RuntimeError("the Triton depthwise kernels need a GPU; on the CPU they run only in Triton's interpreter: "
-                           "set TRITON_INTERPRET=1 before triton is first imported "
-                           "(use impl 'tiles' or 'table' instead)")
+    why = triton_unsupported(x.device)
+    if why is not None:
+        raise RuntimeError(f"{why} (or run the depthwise conv as 'depthwise-tiles' or 'depthwise-table')")
 
 
 def _blocks(c: int) -> Tuple[int, int]:

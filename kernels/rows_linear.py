@@ -1,14 +1,16 @@
-"""``rows @ W^T + b`` on an (N, C) row matrix, by the faster of two exact routes on the CPU.
+"""The convs that are one matmul on the visible rows: 1×1 convs (``pointwise_matmul``,
+``pointwise_conv``) and kernel == stride convs on patch blocks (``patchify_matmul``).
+
+Each takes (x, the dense-layout weight, bias, spec) and returns (N_out, C_out) with the bias added.
 
 The encoder's 1×1 convs are matmuls on the visible rows: tall (thousands of rows) and narrow (64–512
 channels). On the CPU in fp32 torch sends ``F.linear`` to the BLAS (MKL), while its convolutions go
 to oneDNN, which runs these shapes faster on some CPUs: on this project's AMD EPYC, 20480 × 64 → 256
 forward + backward takes 20 ms as a 1×1 convolution against 30 ms as a matmul, and the resnet50
 encoder's forward + backward at batch 16 drops by 5 %. The rows already are a channels-last
-(1, C, N, 1) image, so the convolution reads them without a copy. Short matrices (the deepest
-strides) stay on the matmul, which wins there; so do CUDA (cuBLAS), bf16 autocast (measured a tie)
-and fp64 (oneDNN has no fp64 kernels). Both routes compute the same sums in a different order: fp32
-results differ at rounding level.
+(1, C, N, 1) image, so the convolution reads them without a copy. Both compute the same sums in a
+different order: fp32 results differ at rounding level. Which one runs a layer is the router's
+decision (spark_sparse/routing/rules.py has the fixed rule and its threshold).
 """
 from __future__ import annotations
 
@@ -17,22 +19,43 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-ROWS_CONV_MIN = 4096  # rows from which the 1×1 conv beats the matmul (2 cores: 5120 rows faster, 320 slower)
+from ..features import SparseFeatures
+from ..spec import ConvSpec
 
 
-def conv_route_wins(rows: torch.Tensor) -> bool:
-    """Whether the 1×1-convolution route is the faster one for this row matrix here."""
-    return (rows.device.type == "cpu" and rows.dtype == torch.float32 and rows.dim() == 2
-            and rows.shape[0] >= ROWS_CONV_MIN and not torch.is_autocast_enabled("cpu"))
-
-
-def rows_linear(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                as_conv: Optional[bool] = None) -> torch.Tensor:
-    """(N, C_in) rows times the (C_out, C_in) ``weight``, plus ``bias``: (N, C_out), contiguous.
-    ``as_conv`` forces a route (tests); None picks the faster one (:func:`conv_route_wins`)."""
-    if not (conv_route_wins(rows) if as_conv is None else as_conv):
-        return F.linear(rows, weight, bias)
+def rows_conv1x1(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(rows, weight, bias)`` for (N, C_in) rows and a (C_out, C_in) ``weight``, computed as
+    a 1×1 convolution of the rows seen as a (1, C_in, N, 1) channels-last image: (N, C_out), contiguous."""
     n, c = rows.shape
     image = rows.contiguous().view(1, n, 1, c).permute(0, 3, 1, 2)  # (1, C, N, 1), channels-last strides
     out = F.conv2d(image, weight.reshape(weight.shape[0], c, 1, 1), bias)
     return out.permute(0, 2, 3, 1).reshape(n, weight.shape[0])
+
+
+def pointwise_rows(x: SparseFeatures, spec: ConvSpec) -> torch.Tensor:
+    """The input row of each output of a 1×1 conv: all rows, or for a strided one each output's
+    top-left child (it always lies in the same patch)."""
+    step = spec.stride[0]
+    if step == 1:
+        return x.features
+    return x.tiles()[:, ::step, ::step, :].reshape(-1, x.channels)
+
+
+def pointwise_matmul(x: SparseFeatures, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     spec: ConvSpec) -> torch.Tensor:
+    return F.linear(pointwise_rows(x, spec), weight.view(spec.out_channels, spec.in_channels), bias)
+
+
+def pointwise_conv(x: SparseFeatures, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   spec: ConvSpec) -> torch.Tensor:
+    return rows_conv1x1(pointwise_rows(x, spec), weight.view(spec.out_channels, spec.in_channels), bias)
+
+
+def patchify_matmul(x: SparseFeatures, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    spec: ConvSpec) -> torch.Tensor:
+    """A kernel == stride conv: a reshape of each patch's block into its outputs' windows, one matmul."""
+    k = spec.stride[0]
+    r = x.level.r // k
+    t = x.tiles().view(-1, r, k, r, k, x.channels).permute(0, 1, 3, 2, 4, 5)
+    w = weight.permute(0, 2, 3, 1).reshape(spec.out_channels, -1)
+    return F.linear(t.reshape(-1, k * k * x.channels), w, bias)

@@ -10,8 +10,8 @@ scatter-add).
 It pays the halo (for a 3×3 conv the gather copies (r + 2)(k·r + 2)/(k·r²) of the input: 1.33x at
 r = 8 and 1.69x at r = 4 for runs of 4, 1.56x and 2.25x for single patches; the input gradient
 computes those halo pixels too) and small-image efficiency of the dense kernels, so it wins at fine
-strides and loses to the gather-GEMM rulebook at coarse ones: the ``tiles`` backend
-(backends/tiles_backend.py) runs it and the router (spark_sparse/routing/) decides per layer.
+strides and loses to the gather-GEMM rulebook at coarse ones: ``tile_conv`` is the ``tiles`` backend
+and the router (spark_sparse/routing/) decides per layer.
 """
 from __future__ import annotations
 

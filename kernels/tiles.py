@@ -34,7 +34,7 @@ import torch
 
 from ..features import SparseFeatures
 from ..geometry import Geometry
-from .gather import gather_rows
+from .gather import gather_rows, take_rows, with_fill_rows
 
 # Longest run of patches one tile holds (a power of two). At 224² a row has 7 patches, so 4 gives
 # run lengths 1, 2 and 4: three conv shapes per layer.
@@ -77,10 +77,6 @@ class TileTable:
     @property
     def num_pixels(self) -> int:
         return sum(b.index.numel() for b in self.buckets)
-
-    @property
-    def num_tiles(self) -> int:
-        return sum(b.count for b in self.buckets)
 
 
 def window_halo(kernel: int, stride: int, padding: int, dilation: int = 1) -> Tuple[int, int]:
@@ -198,10 +194,8 @@ class _GatherTiles(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features: torch.Tensor, table: TileTable, masked_fill: float, border_fill: float):
         ctx.table = table
-        pad = features.new_tensor([[masked_fill], [border_fill]]).expand(2, features.shape[1])
-        rows = torch.cat([features, pad])
-        return tuple(rows.index_select(0, b.index.reshape(-1)).view(*b.index.shape, features.shape[1])
-                     for b in table.buckets)
+        rows = with_fill_rows(features, (masked_fill, border_fill))
+        return tuple(take_rows(rows, b.index) for b in table.buckets)
 
     @staticmethod
     def backward(ctx, *grads):

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from spark_sparse.spec import ConvSpec
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
-from spark_sparse.kernels.depthwise import sparse_depthwise_conv, why_unsupported
 from spark_sparse.kernels.tiles import patch_tiles, tile_table
-from spark_sparse.routing import depthwise_kernel_name, route
+from spark_sparse.routing import compute, route, unsupported
 
 from tests.equivalence import rel_max, rel_norm
 
@@ -42,7 +41,7 @@ def run_impl(impl, x: SparseFeatures, weight, spec, dtype=None):
     dtype = dtype or x.features.dtype
     feats = x.features.detach().to(dtype).requires_grad_()
     w = weight.detach().to(dtype).requires_grad_()
-    out = sparse_depthwise_conv(x.replace(feats), w, spec, impl)
+    out = compute(f"depthwise-{impl}", x.replace(feats), w, None, spec)
     g = torch.Generator().manual_seed(7)
     out_grad = torch.randn(out.shape, generator=g).to(dtype)
     (out * out_grad).sum().backward()
@@ -91,7 +90,7 @@ def test_twin_strided_and_dilated_equal_dense_conv():
     for spec, stride in ((spec_for(3, stride=2), 4), (spec_for(3, dilation=2), 8)):
         x, weight = inputs(3, stride, spec)
         x = x.replace(x.features.double())
-        out = sparse_depthwise_conv(x, weight.double(), spec, "table")
+        out = compute("depthwise-table", x, weight.double(), None, spec)
         assert rel_max(out, dense_reference(x, weight.double(), spec)) < 1e-12
 
 
@@ -151,12 +150,11 @@ def test_fixed_routes_and_refusals():
     assert [fixed(spec, r, torch.bfloat16) for r in (2, 1)] == ["depthwise-dense"] * 2
     assert fixed(spec, 8, torch.float64) == "depthwise-table"   # no fast fp64 depthwise conv on CPU
     assert fixed(spec_for(3, stride=2), 8, torch.float32) == "depthwise-table"
-    assert why_unsupported("tiles", spec_for(3, stride=2)) is not None
-    x, weight = inputs(2, 8, spec)
-    with pytest.raises(ValueError, match="cannot run this layer"):
-        sparse_depthwise_conv(x, weight, spec_for(3, stride=2), "tiles")
+    for impl in ("depthwise-tiles", "depthwise-dense"):
+        assert unsupported(impl, spec_for(3, stride=2), 8, cpu, torch.float32) is not None
+    assert unsupported("depthwise-table", spec_for(3, stride=2), 8, cpu, torch.float32) is None
     with pytest.raises(ValueError, match="choose one of"):
-        sparse_depthwise_conv(x, weight, spec, "cudnn")
+        unsupported("cudnn", spec, 8, cpu, torch.float32)
 
 
 def test_autocast_runs_in_bf16():
@@ -164,7 +162,7 @@ def test_autocast_runs_in_bf16():
     x, weight = inputs(3, 8, spec)
     impl = route(spec, x.level.r, x.features.device, torch.bfloat16, routing="fixed").implementation
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = sparse_depthwise_conv(x, weight, spec, depthwise_kernel_name(impl))
+        out = compute(impl, x, weight, None, spec)
     assert out.dtype == torch.bfloat16
     assert rel_max(out.double(), run_impl("table", x, weight, spec)[0]) < 3e-2
 

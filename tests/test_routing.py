@@ -13,7 +13,7 @@ import spark_sparse as ss
 from spark_sparse import routing
 from spark_sparse.backends import spconv_available
 from spark_sparse.spec import ConvSpec
-from spark_sparse.layers.conv import SparseConv2d
+from spark_sparse.layers.base import RoutedModule
 from spark_sparse.routing import cache
 from spark_sparse.routing import router as route_module
 from spark_sparse.routing import Workload, candidates, route
@@ -42,11 +42,18 @@ def inputs(batch=2, size=64, ratio=0.5, seed=0):
     return images, visible
 
 
-def conv_routes(encoder, images, visible):
-    """{path: Route} of every conv on these inputs (no tuning: a no-grad pass)."""
+def conv_routes(encoder, images, visible, kinds=None):
+    """{path: Route} of every conv and max-pool on these inputs (no tuning: a no-grad pass); with
+    ``kinds``, also {path: layer kind} into it."""
     found = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: found.__setitem__(m.path, m.route_for(a[0])))
-             for m in encoder.modules() if isinstance(m, SparseConv2d)]
+
+    def note(path, m, x):
+        found[path] = m.route_for(x)
+        if kinds is not None:
+            kinds[path] = routing.layer_kind(m.layer_spec(x), x.level.r)
+
+    hooks = [m.register_forward_pre_hook(lambda m, a, path=path: note(path, m, a[0]))
+             for path, m in encoder.named_modules() if isinstance(m, RoutedModule)]
     with torch.no_grad():
         encoder(images, visible)
     for h in hooks:
@@ -57,32 +64,41 @@ def conv_routes(encoder, images, visible):
 # ---- every candidate computes the same numbers ---------------------------------------------------
 
 CANDIDATES = [("resnet18", "torch"), ("resnet18", "tiles"), ("resnet18", "spconv"),
+              ("resnet18", "matmul"), ("resnet18", "pointwise-conv"),
+              ("resnet18", "maxpool-tiles"), ("resnet18", "maxpool-table"),
               ("convnext_atto", "depthwise-table"), ("convnext_atto", "depthwise-tiles"),
               ("convnext_atto", "depthwise-dense")]
+OWN_KIND = {impl: kind for kind, impls in routing.KIND_IMPLEMENTATIONS.items() for impl in impls}
 
 
 def forced(arch: str, implementation: str, dtype=torch.float64):
-    """``arch``'s encoder with every conv of the implementation's kind forced onto it."""
+    """``arch``'s encoder with every layer of the implementation's kind forced onto it."""
     encoder = ss.sparsify(cached_model(arch)).to(dtype)
     if implementation.startswith("depthwise-"):
         return encoder.set_depthwise(implementation)
-    return encoder.set_backend(implementation)
+    if OWN_KIND[implementation] == "table":
+        return encoder.set_backend(implementation)
+    for m in encoder.modules():  # 1×1 convs and max-pools: no encoder setting names them
+        if isinstance(m, RoutedModule) and implementation in routing.KIND_IMPLEMENTATIONS[
+                "maxpool" if implementation.startswith("maxpool-") else "pointwise"]:
+            m.requested = implementation
+    return encoder
 
 
 @pytest.mark.parametrize("arch,implementation", CANDIDATES)
 def test_every_candidate_equals_the_reference_in_fp64(arch, implementation):
     """Each implementation runs every layer of its kind (checked, so the test cannot pass on a
     fallback) and the encoder then matches the masked-dense reference to 1e-8 in fp64: routing
-    changes speed only. 1×1 and patchify convs (their single implementation) run in every case."""
+    changes speed only. Every other layer runs its fixed route."""
     if implementation == "spconv" and not spconv_available():
         pytest.skip("spconv is not installed")
     images, visible = inputs()
     encoder = forced(arch, implementation)
-    routes = conv_routes(copy.deepcopy(encoder), images.double(), visible)  # (a pass updates BN statistics)
-    kinds = {p: m.kind for p, m in encoder.named_modules() if isinstance(m, SparseConv2d)}
+    kinds = {}
+    routes = conv_routes(copy.deepcopy(encoder), images.double(), visible, kinds)  # (a pass updates BN statistics)
     mine = [p for p, r in routes.items() if r.implementation == implementation]
-    assert mine and all(routes[p].implementation in ("matmul", "patchify") for p in routes if p not in mine)
-    assert {kinds[p] for p in mine} == ({"depthwise"} if implementation.startswith("depthwise-") else {"table"})
+    assert mine and all(kinds[p] != OWN_KIND[implementation] for p in routes if p not in mine)
+    assert {kinds[p] for p in mine} == {OWN_KIND[implementation]}
     reference = ss.MaskedDenseEncoder(cached_model(arch)).double()
     out_grads = [torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
                  for o in reference(images.double(), visible)]

@@ -11,11 +11,14 @@ from spconv.pytorch.core import ConvAlgo  # noqa: E402
 import spark_sparse as ss  # noqa: E402
 from spark_sparse.spec import ConvSpec  # noqa: E402
 from spark_sparse.backends.rulebook import table_conv  # noqa: E402
-from spark_sparse.backends.spconv_backend import (SpconvBackend, _SpconvNativeConv, build_rulebook,  # noqa: E402
-                                                  native_kernels_usable, spconv_indices)
+from spark_sparse.backends.spconv_backend import (  # noqa: E402
+    _SpconvNativeConv, build_rulebook, native_kernels_usable, spconv_conv, spconv_indices)
 from spark_sparse.features import SparseFeatures  # noqa: E402
 from spark_sparse.geometry import Geometry  # noqa: E402
 from spark_sparse.layers.conv import SparseConv2d  # noqa: E402
+from spark_sparse.routing import unsupported  # noqa: E402
+
+CPU = torch.device("cpu")
 
 
 def geometry(batch=2, grid=(4, 5), ratio=0.5, seed=0):
@@ -82,10 +85,11 @@ def test_cpu_scatter_races_but_backend_does_not(monkeypatch):
         raise AssertionError("spconv's CPU indice_conv (racy with > 1 thread) was called")
 
     monkeypatch.setattr(ops, "indice_conv", racy)
+    filters = w.permute(0, 2, 3, 1).contiguous()
     with pytest.raises(AssertionError, match="indice_conv"):  # the trap is on the native path
-        SpconvBackend().conv(x, w, geo, 1, sp, native=True)
+        _SpconvNativeConv.apply(x, filters, build_rulebook(geo, 1, sp))
     for _ in range(3):
-        torch.testing.assert_close(SpconvBackend().conv(x, w, geo, 1, sp), expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(spconv_conv(SparseFeatures(x, geo, 1), w, sp), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_cpu_backward_needs_a_gpu_in_raw_spconv():
@@ -98,7 +102,7 @@ def test_cpu_backward_needs_a_gpu_in_raw_spconv():
         with pytest.raises(RuntimeError, match="NVIDIA driver"):  # torch.cuda.current_stream() without a GPU
             _SpconvNativeConv.apply(x, filters, rb).sum().backward()
     w = torch.randn(16, 8, 3, 3, requires_grad=True)
-    SpconvBackend().conv(x, w, geo, 8, sp).square().sum().backward()  # our CPU path
+    spconv_conv(SparseFeatures(x, geo, 8), w, sp).square().sum().backward()  # our CPU path
     assert x.grad is not None and w.grad is not None
 
 
@@ -130,7 +134,7 @@ def test_one_by_one_conv_is_wrong_in_raw_spconv_and_a_matmul_here():
     raw = spconv.SubMConv2d(8, 16, 1, bias=False, indice_key="k")
     out = raw(spconv.SparseConvTensor(x, spconv_indices(level.coords), [level.height, level.width], 2)).features
     assert not torch.allclose(out, x @ raw.weight.view(16, 8).t(), atol=1e-3), "pitfall gone upstream?"
-    assert SpconvBackend().unsupported(spec(1), x) is not None
+    assert unsupported("spconv", spec(1), 4, CPU, x.dtype) is not None  # and 1×1 convs never route there
     conv = torch.nn.Conv2d(8, 16, 1, bias=True)
     sparse, dense = _masked_dense_vs_sparse(conv, "spconv")
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
@@ -151,7 +155,7 @@ def test_bias_in_eval_mode_on_cpu():
 def test_depthwise_falls_back_from_spconv():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 8, 7, padding=3, groups=8, bias=True)
-    assert SpconvBackend().unsupported(spec(7, cin=8, cout=8, groups=8), torch.zeros(1, 8)) is not None
+    assert unsupported("spconv", spec(7, cin=8, cout=8, groups=8), 4, CPU, torch.float32) is not None
     sparse, dense = _masked_dense_vs_sparse(conv, "spconv")
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
 

@@ -3,13 +3,13 @@ import pytest
 import torch
 
 import spark_sparse as ss
-from spark_sparse.backends import get_backend
 from spark_sparse.spec import ConvSpec
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
 from spark_sparse.kernels.tile_conv import tile_max_pool, tiles_unsupported
 from spark_sparse.kernels.tiles import window_halo
-from spark_sparse.layers.pool import SparseMaxPool2d
+from spark_sparse.kernels.max_pool import PoolSpec
+from spark_sparse.routing import compute
 
 
 def features(stride, channels, batch=3, grid=(3, 4), ratio=0.5, seed=0, dtype=torch.float64):
@@ -35,7 +35,7 @@ def test_tiles_equal_gather_tables(k, s, p, d, in_stride):
     w = torch.randn(6, 5, k, k, dtype=torch.float64, requires_grad=True)
     outs, grads = [], []
     for name in ("tiles", "torch"):
-        out = get_backend(name).conv(x.features, w, x.geometry, in_stride, spec)
+        out = compute(name, x, w, None, spec)
         g = torch.autograd.grad(out, (x.features, w), torch.ones_like(out).cumsum(0))
         outs.append(out)
         grads.append(g)
@@ -57,7 +57,7 @@ def test_window_halo():
 def test_tile_max_pool_equals_table_max_pool(in_stride):
     x = features(in_stride, 4)
     relu = x.replace(x.features.relu())  # as in ResNet: max-pool after a ReLU (many exact-zero ties)
-    table = SparseMaxPool2d(3, 2, 1)(relu).features
+    table = compute("maxpool-table", relu, PoolSpec(4, (3, 3), (2, 2), (1, 1)))
     tiles = tile_max_pool(relu, 3, 2, 1)
     torch.testing.assert_close(tiles, table, rtol=0, atol=0)
     g = torch.randn(tiles.shape, dtype=tiles.dtype)
@@ -71,7 +71,7 @@ def test_tiles_under_bf16_autocast():
     spec = ConvSpec(8, 8, (3, 3), (1, 1), (1, 1), (1, 1))
     w = torch.randn(8, 8, 3, 3, generator=torch.Generator().manual_seed(1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = get_backend("tiles").conv(x.features, w, x.geometry, 4, spec)
-    ref = get_backend("torch").conv(x.features, w, x.geometry, 4, spec)
+        out = compute("tiles", x, w, None, spec)
+    ref = compute("torch", x, w, None, spec)
     assert out.dtype == torch.bfloat16
     assert float((out.detach().float() - ref.detach()).norm() / ref.detach().norm()) < 1e-2

@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spark_sparse.backends import get_backend
 from spark_sparse.spec import ConvSpec
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
-from spark_sparse.kernels.depthwise import sparse_depthwise_conv
 from spark_sparse.kernels.tiles import gather_tiles, run_pieces, tile_table, window_halo
 from spark_sparse.layers.pool import SparseMaxPool2d
+from spark_sparse.routing import compute
 
 # Rows of a 3×10 patch grid, chosen so that runs of every length 1..10 occur, touching the left
 # and right image borders and with masked patches above, below and beside them.
@@ -97,7 +96,7 @@ def test_wide_tile_conv_equals_gather_tables_fp64(k, s, p, in_stride, c, max_run
     w = torch.randn(4, c, k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
     tiles = gather_tiles(x, window_halo(k, s, p), max_run=max_run)
     out = tiles.assemble([F.conv2d(t, w, None, s) for t in tiles.tensors], s)
-    ref = get_backend("torch").conv(x.features, w, x.geometry, in_stride, spec)
+    ref = compute("torch", x, w, None, spec)
     assert out.shape == ref.shape == (x.geometry.level(in_stride * s).num_sites, 4)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     g = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
@@ -111,10 +110,10 @@ def test_tiles_backend_and_depthwise_tiles_fp64(in_stride):
     x = features(in_stride, 6)
     spec = ConvSpec(6, 6, (3, 3), (2, 2), (1, 1), (1, 1))
     w = torch.randn(6, 6, 3, 3, dtype=torch.float64, requires_grad=True)
-    outs = [get_backend(b).conv(x.features, w, x.geometry, in_stride, spec) for b in ("tiles", "torch")]
+    outs = [compute(b, x, w, None, spec) for b in ("tiles", "torch")]
     dw_spec = ConvSpec(6, 6, (7, 7), (1, 1), (3, 3), (1, 1), 6)
     dw = torch.randn(6, 1, 7, 7, dtype=torch.float64, requires_grad=True)
-    dws = [sparse_depthwise_conv(x, dw, dw_spec, impl) for impl in ("tiles", "table")]
+    dws = [compute(impl, x, dw, None, dw_spec) for impl in ("depthwise-tiles", "depthwise-table")]
     for a, b, inputs in ((*outs, (x.features, w)), (*dws, (x.features, dw))):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
         g = torch.randn(a.shape, dtype=torch.float64)
@@ -138,7 +137,7 @@ def test_max_pool_equals_masked_dense_reference_fp64(path, relu, in_stride):
     x = features(in_stride, 4)
     inp = x.replace(x.features.relu() if relu else x.features)
     pool = SparseMaxPool2d(3, 2, 1)
-    out = pool(inp).features if path == "tiles" else pool._via_table(inp)
+    out = compute(f"maxpool-{path}", inp, pool.layer_spec(inp))
     ref = masked_dense_max_pool(inp, 3, 2, 1)
     assert torch.equal(out, ref)
     if not relu:

@@ -1,19 +1,17 @@
-"""Convolution backends, chosen per layer at call time.
+"""Convolution backends: the names a user picks for k×k convs (``sparsify(backend=...)``,
+``SparseEncoder.set_backend``), each a conv function of the router's table (routing/implementations.py).
 
-``torch``  — gather → GEMM on index tables; any device, dtype and thread count (the oracle).
-``tiles``  — a dense conv on each visible patch's block plus its halo (backends/tiles_backend.py).
-``spconv`` — spconv's rulebooks and, on CUDA, its kernels (needs the ``spconv`` package).
+``torch``  — gather → GEMM on index tables; any device, dtype and thread count (the oracle;
+             backends/rulebook.py ``torch_conv``).
+``tiles``  — a dense conv on each visible patch's block plus its halo (kernels/tile_conv.py ``tile_conv``).
+``spconv`` — spconv's rulebooks and, on CUDA, its kernels (needs the ``spconv`` package;
+             backends/spconv_backend.py ``spconv_conv``).
 ``auto``   — per layer, the router's choice (spark_sparse/routing/), which also decides what runs
              a layer a backend cannot run (spconv and depthwise convs, for example).
 """
 from __future__ import annotations
 
 import functools
-from typing import Dict
-
-from .base import ConvBackend
-from .rulebook import TorchBackend
-from .tiles_backend import TilesBackend
 
 BACKEND_NAMES = ("auto", "torch", "tiles", "spconv")
 
@@ -27,15 +25,6 @@ def spconv_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
-def _instances() -> Dict[str, ConvBackend]:
-    backends: Dict[str, ConvBackend] = {"torch": TorchBackend(), "tiles": TilesBackend()}
-    if spconv_available():
-        from .spconv_backend import SpconvBackend
-        backends["spconv"] = SpconvBackend()
-    return backends
-
-
 def check_backend_name(name: str) -> str:
     """Validate a user-given backend name early, with the reason when it cannot be used here."""
     if name not in BACKEND_NAMES:
@@ -44,8 +33,3 @@ def check_backend_name(name: str) -> str:
         raise ImportError("backend 'spconv' needs the spconv package: pip install spconv (CPU) or "
                           "spconv-cu126 (CUDA 12.6; see the README for other CUDA versions)")
     return name
-
-
-def get_backend(name: str) -> ConvBackend:
-    check_backend_name(name)
-    return _instances()[name]

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import ConvTable, Geometry
-from ..kernels.depthwise_table import table_depthwise
+from ..features import SparseFeatures
+from ..geometry import ConvTable
 from ..kernels.gather import gather_rows
 from ..spec import ConvSpec, compute_dtype
-from .base import ConvBackend
 
 
 class _GatherGemmConv(torch.autograd.Function):
@@ -74,27 +73,15 @@ def _input_grad_strided(grad_out, w, table: ConvTable):
     return grad_x[:-1]
 
 
-def table_conv(x: torch.Tensor, weight: torch.Tensor, table: ConvTable, groups: int = 1) -> torch.Tensor:
-    """Convolve (N_in, C_in) features with a dense-layout weight on a neighbour table."""
+def table_conv(x: torch.Tensor, weight: torch.Tensor, table: ConvTable) -> torch.Tensor:
+    """Convolve (N_in, C_in) features with a dense-layout (groups = 1) weight on a neighbour table."""
     dtype = compute_dtype(x)
-    x = x.to(dtype)
     c_out = weight.shape[0]
-    if groups == 1:
-        w = weight.to(dtype).permute(0, 2, 3, 1).reshape(c_out, -1)  # (C_out, K·C_in), offset-major
-        return _GatherGemmConv.apply(x.contiguous(), w, table)
-    if groups == x.shape[1] == c_out and weight.shape[1] == 1:
-        return table_depthwise(x, weight.to(dtype), table)  # the twin in kernels/depthwise_table.py
-    raise NotImplementedError(f"grouped convolution with groups={groups} (only 1 or depthwise)")
+    w = weight.to(dtype).permute(0, 2, 3, 1).reshape(c_out, -1)  # (C_out, K·C_in), offset-major
+    return _GatherGemmConv.apply(x.to(dtype).contiguous(), w, table)
 
 
-class TorchBackend(ConvBackend):
-    name = "torch"
-
-    def unsupported(self, spec, x):
-        if spec.groups != 1 and not spec.is_depthwise:
-            return f"groups={spec.groups} is neither 1 nor depthwise"
-        return None
-
-    def conv(self, x, weight, geometry: Geometry, in_stride: int, spec: ConvSpec):
-        table = geometry.conv_table(in_stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
-        return table_conv(x, weight, table, spec.groups)
+def torch_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+    """The ``torch`` backend: (N_out, C_out) outputs at the next stride's active sites, no bias."""
+    table = x.geometry.conv_table(x.stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
+    return table_conv(x.features, weight, table)

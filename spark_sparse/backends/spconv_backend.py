@@ -21,10 +21,17 @@ from dataclasses import dataclass
 
 import torch
 
+from ..features import SparseFeatures
 from ..geometry import ConvTable, Geometry
 from ..spec import ConvSpec, compute_dtype
-from .base import ConvBackend
 from .rulebook import table_conv
+
+
+def _spconv_ops():
+    """spconv's ops module and its native algorithm, imported on first use (spconv is optional)."""
+    from spconv.pytorch import ops
+    from spconv.pytorch.core import ConvAlgo
+    return ops, ConvAlgo.Native
 
 
 def spconv_indices(coords: torch.Tensor) -> torch.Tensor:
@@ -85,13 +92,11 @@ def restrict_pairs(pairs: torch.Tensor, counts: torch.Tensor, out_rows: torch.Te
 
 
 def build_rulebook(geometry: Geometry, in_stride: int, spec: ConvSpec) -> SpconvRulebook:
-    from spconv.pytorch import ops
-    from spconv.pytorch.core import ConvAlgo
-
+    ops, native = _spconv_ops()
     src = geometry.level(in_stride)
     subm = spec.stride == (1, 1)
     out_inds, pairs, counts = ops.get_indice_pairs(
-        spconv_indices(src.coords), geometry.batch, [src.height, src.width], ConvAlgo.Native,
+        spconv_indices(src.coords), geometry.batch, [src.height, src.width], native,
         list(spec.kernel), list(spec.stride), list(spec.padding), list(spec.dilation), [0, 0], subm=subm)
     if subm:
         return SpconvRulebook(pairs, counts, src.num_sites, src.num_sites, True)
@@ -107,21 +112,19 @@ class _SpconvNativeConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, filters, rulebook: SpconvRulebook):
-        from spconv.pytorch import ops
-        from spconv.pytorch.core import ConvAlgo
+        ops, native = _spconv_ops()
         ctx.rulebook = rulebook
         ctx.save_for_backward(x, filters)
         return ops.indice_conv(x, filters, rulebook.pairs, rulebook.counts, rulebook.num_out,
-                               False, rulebook.subm, algo=ConvAlgo.Native)
+                               False, rulebook.subm, algo=native)
 
     @staticmethod
     def backward(ctx, grad_out):
-        from spconv.pytorch import ops
-        from spconv.pytorch.core import ConvAlgo
+        ops, native = _spconv_ops()
         x, filters = ctx.saved_tensors
         rb: SpconvRulebook = ctx.rulebook
         grad_x, grad_f = ops.indice_conv_backward(x, filters, grad_out.contiguous(), rb.pairs, rb.counts,
-                                                  False, rb.subm, algo=ConvAlgo.Native)
+                                                  False, rb.subm, algo=native)
         return grad_x, grad_f, None
 
 
@@ -142,25 +145,22 @@ def spconv_unsupported(spec: ConvSpec, device: torch.device, dtype: torch.dtype)
     return None
 
 
-class SpconvBackend(ConvBackend):
-    name = "spconv"
+def rulebook(geometry: Geometry, in_stride: int, spec: ConvSpec) -> SpconvRulebook:
+    """The (cached) rulebook of this conv geometry."""
+    key = ("spconv", in_stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
+    return geometry.cached(key, lambda: build_rulebook(geometry, in_stride, spec))
 
-    def unsupported(self, spec: ConvSpec, x: torch.Tensor):
-        return spconv_unsupported(spec, x.device, compute_dtype(x))
 
-    def rulebook(self, geometry: Geometry, in_stride: int, spec: ConvSpec) -> SpconvRulebook:
-        key = ("spconv", in_stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
-        return geometry.cached(key, lambda: build_rulebook(geometry, in_stride, spec))
-
-    def conv(self, x, weight, geometry: Geometry, in_stride: int, spec: ConvSpec, native=None):
-        rulebook = self.rulebook(geometry, in_stride, spec)
-        dtype = compute_dtype(x)
-        if native is None:
-            native = native_kernels_usable(x.device, dtype)
-        if native:
-            filters = weight.to(dtype).permute(0, 2, 3, 1).contiguous()  # spconv's KRSC layout
-            with torch.autocast(x.device.type, enabled=False):
-                return _SpconvNativeConv.apply(x.to(dtype).contiguous(), filters, rulebook)
-        key = ("spconv-table", in_stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
-        table = geometry.cached(key, lambda: rulebook.to_table(spec.kernel))
-        return table_conv(x, weight, table)
+def spconv_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+    """The ``spconv`` backend: (N_out, C_out) outputs at the next stride's active sites, no bias.
+    spconv's kernels where :func:`native_kernels_usable`, else its rulebook on our gather tables."""
+    geometry, in_stride = x.geometry, x.stride
+    book = rulebook(geometry, in_stride, spec)
+    dtype = compute_dtype(x.features)
+    if native_kernels_usable(x.features.device, dtype):
+        filters = weight.to(dtype).permute(0, 2, 3, 1).contiguous()  # spconv's KRSC layout
+        with torch.autocast(x.features.device.type, enabled=False):
+            return _SpconvNativeConv.apply(x.features.to(dtype).contiguous(), filters, book)
+    key = ("spconv-table", in_stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
+    table = geometry.cached(key, lambda: book.to_table(spec.kernel))
+    return table_conv(x.features, weight, table)

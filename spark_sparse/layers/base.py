@@ -6,13 +6,66 @@ and its state_dict keys stay those of the dense model.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 from torch import nn
 
 from ..features import SparseFeatures
+from ..routing import Route, Workload, compute, route
+from ..spec import compute_dtype
 
 
 class SparseModule(nn.Module):
     """A layer whose forward takes and returns SparseFeatures."""
+
+
+class RoutedModule(SparseModule):
+    """A layer with several implementations (convs, max-pools), one of which the router picks on
+    every call (spark_sparse/routing/) and this class runs.
+
+    ``requested``: 'auto' or one implementation; ``routing``: 'measured' / 'fixed' (None: the
+    process default). Subclasses give ``layer_spec`` (what the router reads of the layer) and
+    ``operands`` (what ``routing.compute`` takes after the input).
+    """
+    requested = "auto"
+    routing: Optional[str] = None
+
+    def layer_spec(self, x: SparseFeatures):
+        """The ConvSpec / PoolSpec of this layer on ``x``."""
+        raise NotImplementedError
+
+    def operands(self, x: SparseFeatures, trial_grad: Optional[bool] = None) -> tuple:
+        """The arguments after ``x`` of the implementation's function. For a trial (``trial_grad`` not
+        None) the parameters are detached copies that require grad or not, so that measured routing's
+        trials leave the layer's own gradients alone."""
+        raise NotImplementedError
+
+    def route_for(self, x: SparseFeatures, tune: bool = False) -> Route:
+        """How this layer runs on ``x``. With ``tune``, measured routing may time the candidates on
+        ``x`` now (forward + backward on detached copies: the layer's own gradients stay untouched)."""
+        dtype = compute_dtype(x.features)
+        return route(self.layer_spec(x), x.level.r, x.features.device, dtype, self.requested, routing=self.routing,
+                     workload=Workload(x.geometry.batch, x.features.shape[0]),
+                     trial=self._trial(x) if tune else None)
+
+    def run_routed(self, x: SparseFeatures) -> SparseFeatures:
+        """The layer's output: its route on ``x`` (tuning where gradients are on), run."""
+        implementation = self.route_for(x, tune=torch.is_grad_enabled()).implementation
+        out = compute(implementation, x, *self.operands(x))
+        return x.replace(out, stride=x.stride * self.layer_spec(x).stride[0])
+
+    def _trial(self, x: SparseFeatures):
+        # a layer without parameters needs its input's gradient for a backward to run at all
+        input_grad = x.features.requires_grad or not any(True for _ in self.parameters())
+
+        def trial(implementation: str, backward: bool = True) -> None:
+            feats = x.features.detach().requires_grad_(input_grad and backward)
+            with torch.set_grad_enabled(backward):
+                out = compute(implementation, x.replace(feats), *self.operands(x, trial_grad=backward))
+                if backward:
+                    out.backward(torch.ones_like(out))
+        return trial
 
 
 def run_layer(module: nn.Module, x: SparseFeatures) -> SparseFeatures:

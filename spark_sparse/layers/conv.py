@@ -1,14 +1,15 @@
 """Conv2d on active sites, in the four kinds SparK's backbones use (spark_sparse/routing/).
 
-- 1×1 (any stride), ``matmul``: a matmul on the (N, C) matrix (kernels/rows_linear: on the CPU, as
-  oneDNN's 1×1 conv where that is faster); a strided one first picks each output's top-left child,
-  which always lies in the same patch.
+- 1×1 (any stride), ``matmul`` or ``pointwise-conv``: a matmul on the (N, C) matrix, by the BLAS or
+  as oneDNN's / cuDNN's 1×1 conv (kernels/rows_linear.py); a strided one first picks each output's
+  top-left child, which always lies in the same patch.
 - kernel == stride, no padding (ConvNeXt 4×4/4 stem, 2×2/2 downsample), ``patchify``: each output's
   window is a block of its own patch tile, so the conv is a reshape of the tiles plus a matmul.
-- depthwise k×k (ConvNeXt's 7×7): our kernels (kernels/depthwise.py), ``depthwise-<kernel>``.
+- depthwise k×k (ConvNeXt's 7×7): our kernels (kernels/depthwise.py), ``depthwise-table`` etc.
 - any other k×k (3×3, 7×7/2 stem): a backend (``torch``, ``tiles``, ``spconv``) on the geometry.
 Which implementation runs is the router's decision (``routing.route``), made on every call from the
-layer's request ('auto' or one implementation) and its input; this module only runs it.
+layer's request ('auto' or one implementation) and its input, and the router's table
+(``routing.RUN``) runs it (layers/base.py ``RoutedModule``).
 The weight keeps the dense (C_out, C_in/groups, kh, kw) layout so state dicts move unchanged.
 """
 from __future__ import annotations
@@ -16,50 +17,16 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..backends import get_backend
-from ..spec import ConvSpec, compute_dtype
 from ..errors import UnsupportedLayerError
 from ..features import SparseFeatures
 from ..geometry import maps_to_next_level
-from ..kernels.depthwise import sparse_depthwise_conv
-from ..kernels.rows_linear import rows_linear
-from ..routing import Route, Workload, depthwise_kernel_name, layer_kind, route
-from .base import SparseModule
+from ..spec import ConvSpec
+from .base import RoutedModule
 
 
-def _matmul(x: SparseFeatures, weight, bias, spec: ConvSpec) -> torch.Tensor:
-    feats, step = x.features, spec.stride[0]
-    if step > 1:
-        feats = x.tiles()[:, ::step, ::step, :].reshape(-1, x.channels)
-    return rows_linear(feats, weight.view(spec.out_channels, spec.in_channels), bias)
-
-
-def _patchify(x: SparseFeatures, weight, bias, spec: ConvSpec) -> torch.Tensor:
-    k = spec.stride[0]
-    r = x.level.r // k
-    t = x.tiles().view(-1, r, k, r, k, x.channels).permute(0, 1, 3, 2, 4, 5)
-    w = weight.permute(0, 2, 3, 1).reshape(spec.out_channels, -1)
-    return F.linear(t.reshape(-1, k * k * x.channels), w, bias)
-
-
-def compute(implementation: str, x: SparseFeatures, weight: torch.Tensor, bias: Optional[torch.Tensor],
-            spec: ConvSpec) -> torch.Tensor:
-    """(N_out, C_out) outputs of the conv ``spec`` on ``x``, run by ``implementation``."""
-    if implementation == "matmul":
-        return _matmul(x, weight, bias, spec)
-    if implementation == "patchify":
-        return _patchify(x, weight, bias, spec)
-    if implementation.startswith("depthwise-"):
-        out = sparse_depthwise_conv(x, weight, spec, depthwise_kernel_name(implementation))
-    else:
-        out = get_backend(implementation).conv(x.features, weight, x.geometry, x.stride, spec)
-    return out if bias is None else out + bias.to(out.dtype)
-
-
-class SparseConv2d(SparseModule):
+class SparseConv2d(RoutedModule):
     def __init__(self, spec: ConvSpec, bias: bool, requested: str = "auto", path: str = ""):
         super().__init__()
         self.spec = spec
@@ -76,36 +43,19 @@ class SparseConv2d(SparseModule):
                 f"padding={s.padding}, groups={s.groups}, bias={self.bias is not None}, "
                 f"requested={self.requested!r}")
 
-    @property
-    def kind(self) -> str:
-        """'pointwise', 'patchify', 'depthwise' or 'table' (see spark_sparse/routing/)."""
-        return layer_kind(self.spec)
+    def layer_spec(self, x: SparseFeatures) -> ConvSpec:
+        return self.spec
 
-    def route_for(self, x: SparseFeatures, tune: bool = False) -> Route:
-        """How this layer runs on ``x``. With ``tune``, measured routing may time the candidates on
-        ``x`` now (forward + backward on detached copies: the layer's own gradients stay untouched)."""
-        dtype = compute_dtype(x.features)
-        trial = self._trial(x, x.features.requires_grad) if tune else None
-        return route(self.spec, x.level.r, x.features.device, dtype, self.requested, routing=self.routing,
-                     workload=Workload(x.geometry.batch), trial=trial)
-
-    def _trial(self, x: SparseFeatures, input_grad: bool):
-        def trial(implementation: str, backward: bool = True) -> None:
-            feats = x.features.detach().requires_grad_(input_grad and backward)
-            weight = self.weight.detach().requires_grad_(backward)
-            with torch.set_grad_enabled(backward):
-                out = compute(implementation, x.replace(feats), weight, None, self.spec)
-                if backward:
-                    out.backward(torch.ones_like(out))
-        return trial
+    def operands(self, x: SparseFeatures, trial_grad: Optional[bool] = None) -> tuple:
+        if trial_grad is None:
+            return self.weight, self.bias, self.spec
+        return self.weight.detach().requires_grad_(trial_grad), None, self.spec
 
     def forward(self, x: SparseFeatures) -> SparseFeatures:
         s = self.spec
         if x.channels != s.in_channels:
             raise ValueError(f"{self.path}: expected {s.in_channels} input channels, got {x.channels}")
-        implementation = self.route_for(x, tune=torch.is_grad_enabled()).implementation
-        out = compute(implementation, x, self.weight, self.bias, s)
-        return x.replace(out, stride=x.stride * s.stride[0])
+        return self.run_routed(x)
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, path: str, backend: str = "auto") -> "SparseConv2d":

@@ -1,50 +1,38 @@
 """Pooling on active sites: outputs exactly at the next stride's active sites."""
 from __future__ import annotations
 
-import torch
+from typing import Optional
+
 from torch import nn
 
 from ..errors import UnsupportedLayerError
 from ..features import SparseFeatures
 from ..geometry import maps_to_next_level
-from ..kernels.tile_conv import tile_max_pool
-from ..kernels.tiles import window_halo
-from .base import SparseModule
+from ..kernels.max_pool import PoolSpec
+from .base import RoutedModule, SparseModule
 
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-class SparseMaxPool2d(SparseModule):
-    """SparK's masked-dense max-pool at the active output sites.
-
-    The reference pools the map whose masked sites hold 0 (and pads the image border with −inf),
-    so here a masked neighbour reads 0 and a pixel outside the image −inf: values, and which
-    input wins each tie (the first in row-major window order, as the dense kernel picks), hence
-    the gradients, are the reference's. Runs on halo tiles (one dense max_pool2d per tile shape)
-    when the window splits into the patch blocks, else on the window table.
-    """
+class SparseMaxPool2d(RoutedModule):
+    """SparK's masked-dense max-pool at the active output sites: a masked neighbour reads 0 and a
+    pixel outside the image −inf, as in the reference (kernels/max_pool.py). Runs on halo tiles
+    (``maxpool-tiles``) or on the window table (``maxpool-table``), as the router decides."""
 
     def __init__(self, kernel_size, stride, padding):
         super().__init__()
         self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
 
-    def forward(self, x: SparseFeatures) -> SparseFeatures:
-        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        square = self.kernel_size[1] == k and self.stride[1] == s and self.padding[1] == p
-        if square and x.level.r % s == 0 and min(window_halo(k, s, p)) >= 0:
-            out = tile_max_pool(x, k, s, p)
-        else:
-            out = self._via_table(x)
-        return x.replace(out, stride=x.stride * s)
+    def layer_spec(self, x: SparseFeatures) -> PoolSpec:
+        return PoolSpec(x.channels, self.kernel_size, self.stride, self.padding)
 
-    def _via_table(self, x: SparseFeatures) -> torch.Tensor:
-        rows = x.geometry.window_rows(x.stride, self.kernel_size, self.stride, self.padding, (1, 1))
-        feats = x.features
-        pad = feats.new_tensor([[0.0], [float("-inf")]]).expand(2, feats.shape[1])
-        windows = torch.cat([feats, pad]).index_select(0, rows.reshape(-1)).view(*rows.shape, feats.shape[1])
-        return windows.max(dim=1).values
+    def operands(self, x: SparseFeatures, trial_grad: Optional[bool] = None) -> tuple:
+        return (self.layer_spec(x),)
+
+    def forward(self, x: SparseFeatures) -> SparseFeatures:
+        return self.run_routed(x)
 
     @classmethod
     def from_dense(cls, pool: nn.MaxPool2d, path: str) -> "SparseMaxPool2d":

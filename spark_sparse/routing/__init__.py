@@ -1,12 +1,12 @@
-"""How every sparse conv layer runs: one name space of implementations, one rule table, one
-``route`` function, and measured routing with its cache (see router.py)."""
+"""How every sparse conv (and max-pool) layer runs: one name space of implementations and their
+functions, one rule table, one ``route`` function, and measured routing with its cache (see router.py)."""
 from .cache import cache_dir, cache_path
-from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, candidates, depthwise_kernel_name,
-                              depthwise_request, label, layer_kind, unsupported)
+from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, RUN, candidates, compute, depthwise_request,
+                              label, layer_kind, unsupported)
 from .router import (ROUTING_MODES, Route, Workload, check_routing, forget_measurements, get_routing, route,
                     routing_mode, set_routing, tuning_stats)
 
-__all__ = ["IMPLEMENTATIONS", "KIND_IMPLEMENTATIONS", "ROUTING_MODES", "Route", "Workload", "cache_dir",
-           "cache_path", "candidates", "check_routing", "depthwise_kernel_name", "depthwise_request",
+__all__ = ["IMPLEMENTATIONS", "KIND_IMPLEMENTATIONS", "ROUTING_MODES", "RUN", "Route", "Workload", "cache_dir",
+           "cache_path", "candidates", "check_routing", "compute", "depthwise_request",
            "forget_measurements", "get_routing", "label", "layer_kind", "route", "routing_mode", "set_routing",
            "tuning_stats", "unsupported"]

@@ -19,7 +19,7 @@ from typing import Dict, Optional
 from ..files import write_text
 
 FORMAT = "spark_sparse routing cache"
-VERSION = 1
+VERSION = 2  # 2: 1×1 convs choose between matmul and pointwise-conv; max-pools are routed
 FILE_NAME = "routing.json"
 
 _warned = set()

@@ -1,44 +1,92 @@
-"""Every way a sparse convolution can run, in one name space, and what each one can run.
+"""Every way a sparse layer can run, in one name space: its name, the function that runs it, and
+what it can run.
 
-A conv layer is one of four kinds (its shape, and for patchify convs the patch block it reads):
-- ``pointwise`` 1×1 convs → ``matmul`` (one matmul on the (N, C) rows; a strided one first picks
-  each output's top-left child);
+A conv layer is one of four kinds (its shape, and for patchify convs the patch block it reads), and
+a max-pool a fifth:
+- ``pointwise`` 1×1 convs → ``matmul`` (``F.linear`` on the (N, C) rows; a strided one first picks
+  each output's top-left child), ``pointwise-conv`` (the same rows as a 1×1 convolution: oneDNN /
+  cuDNN instead of the BLAS);
 - ``patchify`` kernel == stride, no padding, on blocks the stride divides → ``patchify`` (a reshape
   of each patch's block and one matmul);
 - ``depthwise`` k×k convs → ``depthwise-table`` (the plain-PyTorch twin on neighbour tables),
   ``depthwise-tiles`` (halo tiles + the dense depthwise conv), ``depthwise-dense`` (the whole dense
   map), ``depthwise-triton`` (Triton kernels on the neighbour tables);
 - ``table``: any other k×k conv → ``torch`` (gather → GEMM on index tables), ``tiles`` (halo tiles +
-  the dense conv of oneDNN / cuDNN), ``spconv`` (spconv's rulebooks and CUDA kernels).
-Each implementation's limits come from the code that runs it (kernels/, backends/); this module
-only asks them, so a route never names an implementation that cannot run the layer.
+  the dense conv of oneDNN / cuDNN), ``spconv`` (spconv's rulebooks and CUDA kernels);
+- ``maxpool`` → ``maxpool-tiles`` (halo tiles + the dense max-pool), ``maxpool-table`` (the max over
+  each window's rows).
+``RUN`` maps each name to its function; ``unsupported`` says why one cannot run a layer, asking the
+code that runs it (kernels/, backends/), so a route never names an implementation that cannot run
+the layer.
 """
 from __future__ import annotations
 
-import functools
-import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from ..backends import spconv_available
-from ..spec import ConvSpec
-from ..backends.spconv_backend import native_kernels_usable, spconv_unsupported
+from ..backends.rulebook import torch_conv
+from ..backends.spconv_backend import native_kernels_usable, spconv_conv, spconv_unsupported
+from ..features import SparseFeatures
 from ..kernels import depthwise as dw
-from ..kernels.tile_conv import tiles_unsupported
+from ..kernels.max_pool import PoolSpec, table_max_pool, tiles_max_pool
+from ..kernels.rows_linear import patchify_matmul, pointwise_conv, pointwise_matmul
+from ..kernels.tile_conv import tile_conv, tiles_unsupported
+from ..kernels.triton_support import triton_unsupported
+from ..spec import ConvSpec
+
+LayerSpec = Union[ConvSpec, PoolSpec]
 
 KIND_IMPLEMENTATIONS: Dict[str, Tuple[str, ...]] = {
-    "pointwise": ("matmul",),
+    "pointwise": ("matmul", "pointwise-conv"),
     "patchify": ("patchify",),
     "table": ("torch", "tiles", "spconv"),
     "depthwise": ("depthwise-table", "depthwise-tiles", "depthwise-dense", "depthwise-triton"),
+    "maxpool": ("maxpool-tiles", "maxpool-table"),
 }
 IMPLEMENTATIONS: Tuple[str, ...] = tuple(i for impls in KIND_IMPLEMENTATIONS.values() for i in impls)
 DEPTHWISE_PREFIX = "depthwise-"
 
 
-def layer_kind(spec: ConvSpec, r: Optional[int] = None) -> str:
-    """Which of the four kinds ``spec`` is on input patch blocks of r×r sites (None: any block)."""
+def _plus_bias(conv: Callable[[SparseFeatures, torch.Tensor, ConvSpec], torch.Tensor]):
+    """A conv function that leaves the bias out, with the bias added after it."""
+    def run(x: SparseFeatures, weight: torch.Tensor, bias: Optional[torch.Tensor], spec: ConvSpec) -> torch.Tensor:
+        out = conv(x, weight, spec)
+        return out if bias is None else out + bias.to(out.dtype)
+    run.__name__ = conv.__name__
+    return run
+
+
+# name → function. Convs: (x, dense-layout weight, bias or None, ConvSpec) → (N_out, C_out) with the
+# bias added; max-pools: (x, PoolSpec) → (N_out, C).
+RUN: Dict[str, Callable[..., torch.Tensor]] = {
+    "matmul": pointwise_matmul,
+    "pointwise-conv": pointwise_conv,
+    "patchify": patchify_matmul,
+    "torch": _plus_bias(torch_conv),
+    "tiles": _plus_bias(tile_conv),
+    "spconv": _plus_bias(spconv_conv),
+    "depthwise-table": _plus_bias(dw.depthwise_table),
+    "depthwise-tiles": _plus_bias(dw.depthwise_tiles),
+    "depthwise-dense": _plus_bias(dw.depthwise_dense),
+    "depthwise-triton": _plus_bias(dw.depthwise_triton),
+    "maxpool-tiles": tiles_max_pool,
+    "maxpool-table": table_max_pool,
+}
+assert set(RUN) == set(IMPLEMENTATIONS)
+
+
+def compute(implementation: str, x: SparseFeatures, *args) -> torch.Tensor:
+    """Run the layer on ``x`` with ``implementation``: ``compute(name, x, weight, bias, spec)`` for a
+    conv, ``compute(name, x, pool_spec)`` for a max-pool (see ``RUN``)."""
+    return RUN[implementation](x, *args)
+
+
+def layer_kind(spec: LayerSpec, r: Optional[int] = None) -> str:
+    """Which of the five kinds ``spec`` is on input patch blocks of r×r sites (None: any block)."""
+    if isinstance(spec, PoolSpec):
+        return "maxpool"
     if spec.kernel == (1, 1) and spec.padding == (0, 0) and spec.groups == 1:
         return "pointwise"
     if spec.kernel == spec.stride and spec.padding == (0, 0) and spec.dilation == (1, 1) and spec.groups == 1:
@@ -49,63 +97,42 @@ def layer_kind(spec: ConvSpec, r: Optional[int] = None) -> str:
     return "table"
 
 
-def depthwise_kernel_name(implementation: str) -> str:
-    """'depthwise-tiles' → 'tiles': the name kernels/depthwise.py knows it by."""
-    return implementation[len(DEPTHWISE_PREFIX):]
-
-
 def depthwise_request(name: str) -> str:
     """A user's depthwise choice ('auto', 'tiles' or 'depthwise-tiles', …) as a request to the router."""
     impls = KIND_IMPLEMENTATIONS["depthwise"]
     full = name if name == "auto" or name.startswith(DEPTHWISE_PREFIX) else DEPTHWISE_PREFIX + name
     if full != "auto" and full not in impls:
         raise ValueError(f"unknown depthwise implementation {name!r}; choose one of auto, "
-                         f"{', '.join(depthwise_kernel_name(i) for i in impls)} (or their full names, {impls[0]!r}, …)")
+                         f"{', '.join(i[len(DEPTHWISE_PREFIX):] for i in impls)} (or their full names, "
+                         f"{impls[0]!r}, …)")
     return full
 
 
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def unsupported(implementation: str, spec: ConvSpec, r: int, device: torch.device,
+def unsupported(implementation: str, spec: LayerSpec, r: int, device: torch.device,
                 dtype: torch.dtype) -> Optional[str]:
-    """Why ``implementation`` cannot run this layer here (None when it can)."""
+    """Why ``implementation`` cannot run this layer here (None when it can): the one answer to that
+    question in the package."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     kind = layer_kind(spec, r)
     if implementation not in KIND_IMPLEMENTATIONS[kind]:
-        return f"'{implementation}' does not run {kind} convs"
-    if implementation == "tiles":
+        return f"'{implementation}' does not run {kind} {'layers' if kind == 'maxpool' else 'convs'}"
+    if implementation in ("tiles", "maxpool-tiles"):
         return tiles_unsupported(spec, r)
     if implementation == "spconv":
         if not spconv_available():
             return "spconv is not installed"
         return spconv_unsupported(spec, device, dtype)
-    if kind == "depthwise":
-        why = dw.why_unsupported(depthwise_kernel_name(implementation), spec)
-        if why is not None:
-            return why
-        if implementation == "depthwise-triton":
-            if not triton_available():
-                return "needs the triton package (pip install triton)"
-            if dtype == torch.float64:
-                return "the Triton kernels accumulate in fp32, so they cannot compute fp64"
-            if device.type != "cuda" and not _triton_interpreted():
-                return "the Triton kernels need a GPU (on the CPU they run only in Triton's interpreter)"
+    if implementation in ("depthwise-tiles", "depthwise-dense"):
+        return dw.same_padding_unsupported(spec)
+    if implementation == "depthwise-triton":
+        if dtype == torch.float64:
+            return "the Triton kernels accumulate in fp32, so they cannot compute fp64"
+        return triton_unsupported(device)
     return None
 
 
-def candidates(spec: ConvSpec, r: int, device: torch.device, dtype: torch.dtype) -> List[str]:
+def candidates(spec: LayerSpec, r: int, device: torch.device, dtype: torch.dtype) -> List[str]:
     """The implementations measured routing times for this layer: those that can run it here, less
     those that would only repeat another one: ``spconv`` where its own kernels do not run (the CPU,
     fp64: its rulebook then feeds the same gather-GEMM as ``torch``) and ``depthwise-triton`` off
@@ -124,5 +151,5 @@ def candidates(spec: ConvSpec, r: int, device: torch.device, dtype: torch.dtype)
 def label(implementation: str) -> str:
     """Short label for tables: 'depthwise-tiles' → 'dw tiles', 'patchify' → 'patchify matmul'."""
     if implementation.startswith(DEPTHWISE_PREFIX):
-        return "dw " + depthwise_kernel_name(implementation)
-    return "patchify matmul" if implementation == "patchify" else implementation
+        return "dw " + implementation[len(DEPTHWISE_PREFIX):]
+    return {"patchify": "patchify matmul", "pointwise-conv": "matmul as conv"}.get(implementation, implementation)

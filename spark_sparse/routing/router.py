@@ -1,4 +1,4 @@
-"""``route``: the one function that decides how a sparse conv layer runs.
+"""``route``: the one function that decides how a sparse conv (or max-pool) layer runs.
 
 Policies for ``requested='auto'``:
 - ``measured`` (the default): the first call with gradients of a layer times every candidate
@@ -22,10 +22,11 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ..spec import ConvSpec
+from ..kernels.max_pool import PoolSpec
 from . import cache
 from .environment import environment_key
-from .implementations import IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, candidates, label, layer_kind, unsupported
+from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, LayerSpec, candidates, label, layer_kind,
+                              unsupported)
 from .measure import time_candidates
 from .rules import RULES, Situation, describe
 
@@ -85,18 +86,20 @@ class Route:
 
 @dataclass(frozen=True)
 class Workload:
-    """What measured decisions are keyed on besides the layer: the batch, bucketed to a power of two."""
+    """The layer's input besides its shape: the batch (what measured decisions are keyed on,
+    bucketed to a power of two) and its active sites (what the fixed 1×1 rule reads; None: not known)."""
     batch: int
+    sites: Optional[int] = None
 
     @property
     def bucket(self) -> int:
         return 1 << max(self.batch - 1, 0).bit_length()
 
 
-def route(spec: ConvSpec, resolution: int, device, dtype: torch.dtype, requested: str = "auto", *,
+def route(spec: LayerSpec, resolution: int, device, dtype: torch.dtype, requested: str = "auto", *,
           routing: Optional[str] = None, workload: Optional[Workload] = None,
           trial: Optional[Callable[[str, bool], None]] = None) -> Route:
-    """How the conv ``spec`` runs on input patch blocks of ``resolution``×``resolution`` sites.
+    """How the conv (or max-pool) ``spec`` runs on input patch blocks of ``resolution``×``resolution`` sites.
 
     ``requested``: 'auto' or one implementation. ``routing``: the policy (None: :func:`get_routing`).
     Measured routing needs the ``workload`` to find a decision and ``trial(implementation, backward)``
@@ -104,7 +107,7 @@ def route(spec: ConvSpec, resolution: int, device, dtype: torch.dtype, requested
     """
     device = torch.device(device)
     mode = check_routing(routing or get_routing())
-    memo_key = (spec, resolution, device, dtype, requested, mode, workload and workload.bucket,
+    memo_key = (spec, resolution, device, dtype, requested, mode, workload and (workload.bucket, workload.sites),
                 cache.cache_path() if mode == "measured" else None, torch.get_num_threads())
     found = _MEMO.get(memo_key)
     if found is None:
@@ -137,7 +140,8 @@ def _route(spec, resolution, device, dtype, requested, mode, workload, trial):
             return Route(measured.implementation, note + measured.reason), True
         note += measured
         final = not measured  # an empty note: nothing to choose between
-    return Route(*_fixed(Situation(spec, resolution, device, dtype), note)), final
+    sites = workload.sites if workload is not None else None
+    return Route(*_fixed(Situation(spec, resolution, device, dtype, sites), note)), final
 
 
 def _fixed(situation: Situation, note: str):
@@ -151,11 +155,13 @@ def _fixed(situation: Situation, note: str):
 
 # ---- measured routing -------------------------------------------------------------------------------
 
-def layer_key(spec: ConvSpec, r: int, dtype: torch.dtype, workload: Workload) -> str:
+def layer_key(spec: LayerSpec, r: int, dtype: torch.dtype, workload: Workload) -> str:
     s = spec
+    what = (f"maxpool c{s.channels}" if isinstance(s, PoolSpec) else
+            f"g{s.groups} c{s.in_channels}-{s.out_channels}")
     return (f"k{s.kernel[0]}x{s.kernel[1]} s{s.stride[0]}x{s.stride[1]} p{s.padding[0]}x{s.padding[1]} "
-            f"d{s.dilation[0]}x{s.dilation[1]} g{s.groups} c{s.in_channels}-{s.out_channels} r{r} "
-            f"{str(dtype).replace('torch.', '')} batch<={workload.bucket}")
+            f"d{s.dilation[0]}x{s.dilation[1]} {what} r{r} {str(dtype).replace('torch.', '')} "
+            f"batch<={workload.bucket}")
 
 
 def _reason(decision: dict, source: str) -> str:
@@ -245,4 +251,3 @@ def forget_measurements() -> None:
     global _TUNER
     _TUNER = Tuner()
     _MEMO.clear()
-_MEMO: Dict[tuple, Route] = {}
