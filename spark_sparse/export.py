@@ -98,10 +98,10 @@ def verify_setting(payload: Dict[str, Any], size: Optional[int] = None,
                    mask_ratio: Optional[float] = None) -> Tuple[int, float]:
     """The image size and mask ratio of a verification (default: the checkpoint's), refused where no
     patch would be visible: every stage's error would be 0 with nothing compared."""
-    config = payload["model_config"]
-    size = int(config.get("input_size", 224)) if size is None else size
-    mask_ratio = float(config.get("mask_ratio", 0.6)) if mask_ratio is None else mask_ratio
-    patch = int(config.get("patch_size", 32))
+    config = payload["model_config"]  # every checkpoint's model_config records these (spark.model_config)
+    size = int(config["input_size"]) if size is None else size
+    mask_ratio = float(config["mask_ratio"]) if mask_ratio is None else mask_ratio
+    patch = int(config["patch_size"])
     if size <= 0 or size % patch:
         raise ValueError(f"verification image size must be a positive multiple of {patch}, got {size}")
     if num_visible((size // patch) ** 2, mask_ratio) == 0:

@@ -4,11 +4,19 @@ Pillow's ``convert("RGB")`` clips every value above 255, so a 16-bit grayscale P
 ``I;16`` or ``I``, common for scans and microscopy) would come out almost white; those are scaled
 from their 16-bit range instead. A 32-bit float image has no agreed range, so it is refused rather
 than guessed at.
+
+Tensors the model sees are ImageNet-normalised (timm's ImageNet mean and standard deviation, as
+SparK); :func:`denormalize` turns them back into [0, 1] pixels for viewing.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)  # (0.485, 0.456, 0.406)
+IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)    # (0.229, 0.224, 0.225)
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -30,3 +38,17 @@ def open_rgb(path: str) -> Image.Image:
     """The image in ``path`` decoded in full (a truncated or corrupt file raises here) as 8-bit RGB."""
     with Image.open(path) as img:
         return to_rgb(img)
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) [0, 1] pixels ImageNet-normalised: what the model is trained on."""
+    mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised (B, 3, H, W) tensors back to [0, 1] pixels (for viewing)."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images * std + mean).clamp(0, 1)

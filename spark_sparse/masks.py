@@ -32,12 +32,18 @@ def _grid_hw(grid: Grid) -> Tuple[int, int]:
     return h, w
 
 
-def check_mask_ratio(mask_ratio: float, name: str = "mask_ratio") -> float:
-    """Return ``mask_ratio`` as a float, or raise if it is not in [0, 1); ``name`` is what the caller
-    calls it (an API argument or a command's option) in the message."""
+def check_mask_ratio(mask_ratio: float, name: str = "mask_ratio", *, allow_zero: bool = True) -> float:
+    """Return ``mask_ratio`` as a float, or raise if it is not in [0, 1) — or, with ``allow_zero=False``,
+    in (0, 1): a model's ratio, since SparK's loss is computed on masked patches only and a ratio of 0
+    hides none, so nothing is learnt. ``name`` is what the caller calls it (an API argument or a
+    command's option) in the message. NaN is refused."""
     ratio = float(mask_ratio)
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{name} must be in [0, 1) (the fraction of patches hidden), got {mask_ratio!r}")
+    low_ok = ratio >= 0.0 if allow_zero else ratio > 0.0
+    if not (low_ok and ratio < 1.0):
+        if allow_zero:
+            raise ValueError(f"{name} must be in [0, 1) (the fraction of patches hidden), got {mask_ratio!r}")
+        raise ValueError(f"{name} must be in (0, 1) (the fraction of patches hidden; the loss is computed on "
+                         f"hidden patches only, so a ratio of 0 learns nothing), got {mask_ratio!r}")
     return ratio
 
 

@@ -20,18 +20,23 @@ from typing import List, Optional, Sequence, Tuple, Union
 import timm
 import torch
 from torch import nn
+from torchvision.utils import make_grid
 
 from .convert import sparsify
 from .decoder import LightDecoder
 from .features import SparseFeatures
+from .images import denormalize
 from .layers.base import SparseModule
 from .layers.norm import SparseBatchNorm2d
 from .masks import MaskPyramid, check_mask_ratio, check_patches_both_ways, check_visible, dense_mask, random_visible
+from .recipe import DECODER_WIDTH, DENSIFY_NORMS, MASK_RATIO
 from .reference import MaskedDenseEncoder
 from .registry import masked_forward
+from . import models  # noqa: F401  (registers the timm families' layers, which sparsify and the reference read)
 
-DENSIFY_NORMS = ("auto", "bn", "ln", "none")
 HEAD_FORMATS = ("channels_last", "contiguous")
+ENCODER_KINDS = ("sparse", "masked_dense")  # SparseEncoder, or SparK's reference (MaskedDenseEncoder)
+PATCH_NORM_EPS = 1e-6  # SparK's: added to each patch's (unbiased) variance
 
 
 class _NoProbe:
@@ -73,11 +78,31 @@ def unpatchify(patches: torch.Tensor, patch: int, grid: Tuple[int, int]) -> torc
     return x.reshape(b, c, h * patch, w * patch)
 
 
+def patch_statistics(patches: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each patch's mean and standard deviation over its pixels, (B, L, 1) each, from
+    :func:`patchify`'s (B, L, N): unbiased variance plus ``PATCH_NORM_EPS``, as SparK."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    std = (patches.var(dim=-1, keepdim=True) + PATCH_NORM_EPS).sqrt()
+    return mean, std
+
+
 def paste_visible(images: torch.Tensor, reconstruction: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """The reconstruction with the visible patches replaced by the input's (SparK's visualisation)."""
     patch = images.shape[-2] // visible.shape[1]
     keep = dense_mask(visible, 1, patch)
     return torch.where(keep, images, reconstruction.to(images.dtype))
+
+
+def reconstruction_grid(images: torch.Tensor, visible: torch.Tensor, reconstruction: torch.Tensor,
+                        patch_size: int, padding: int = 2) -> torch.Tensor:
+    """SparK's figure as one (3, H', W') [0, 1] image: a column per image, rows input / masked input /
+    reconstruction with the visible patches pasted back. ``images`` and ``reconstruction`` are
+    normalised (B, 3, H, W) (the reconstruction in input space, see ``SparK.to_pixels``)."""
+    x = images.detach().float()
+    keep = torch.nn.functional.interpolate(visible[:, None].float(), scale_factor=patch_size)
+    rows = torch.cat([denormalize(x), denormalize(x) * keep,
+                      denormalize(paste_visible(x, reconstruction.detach().float(), visible))])
+    return make_grid(rows.clamp(0.0, 1.0).cpu(), nrow=x.shape[0], padding=padding, pad_value=1.0)
 
 
 class SparK(nn.Module):
@@ -95,7 +120,7 @@ class SparK(nn.Module):
     forward); the two together hold the step's peak memory lowest.
     """
 
-    def __init__(self, encoder: nn.Module, *, decoder_width: int = 768, mask_ratio: float = 0.6,
+    def __init__(self, encoder: nn.Module, *, decoder_width: int = DECODER_WIDTH, mask_ratio: float = MASK_RATIO,
                  densify_norm: str = "auto", head_format: str = "channels_last",
                  decoder_checkpointing: bool = False, encoder_checkpointing: bool = False):
         super().__init__()
@@ -105,9 +130,7 @@ class SparK(nn.Module):
         if encoder.in_channels != 3:
             raise ValueError(f"SparK reconstructs RGB images and its decoder paints 3 channels; this encoder takes "
                              f"{encoder.in_channels} (timm's in_chans): build the backbone with in_chans=3")
-        if not check_mask_ratio(mask_ratio) > 0:
-            raise ValueError("mask_ratio must be > 0 for SparK: its loss is computed on masked patches only, so a "
-                             "model that hides none learns nothing")
+        self.mask_ratio = check_mask_ratio(mask_ratio, allow_zero=False)
         if densify_norm not in DENSIFY_NORMS:
             raise ValueError(f"densify_norm must be one of {DENSIFY_NORMS}, got {densify_norm!r}")
         if head_format not in HEAD_FORMATS:
@@ -118,7 +141,6 @@ class SparK(nn.Module):
                 raise ValueError(f"encoder_checkpointing needs the sparse encoder (spark_sparse.sparsify); "
                                  f"{type(encoder).__name__} does not recompute its blocks")
             encoder.set_checkpointing(True)
-        self.mask_ratio = check_mask_ratio(mask_ratio)
         self.patch_size = int(encoder.patch_size)
         self.densify_norm = densify_norm_for(encoder) if densify_norm == "auto" else densify_norm
         self.decoder = LightDecoder(self.patch_size, width=decoder_width, checkpointing=decoder_checkpointing)
@@ -163,7 +185,7 @@ class SparK(nn.Module):
     # ---- the steps -------------------------------------------------------------------------------
     @property
     def encoder_kind(self) -> str:
-        return "sparse" if is_sparse_encoder(self.encoder) else "masked_dense"
+        return ENCODER_KINDS[0] if is_sparse_encoder(self.encoder) else ENCODER_KINDS[1]
 
     def grid(self, images: torch.Tensor) -> Tuple[int, int]:
         return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
@@ -219,8 +241,7 @@ class SparK(nn.Module):
         """MSE to the per-patch normalised pixels, averaged over the masked patches only."""
         dtype = torch.promote_types(images.dtype, torch.float32)  # fp32 at least, also under AMP
         target = patchify(images.to(dtype), self.patch_size)
-        mean = target.mean(dim=-1, keepdim=True)
-        std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()  # unbiased variance, as SparK
+        mean, std = patch_statistics(target)
         target = (target - mean) / std
         per_patch = (patchify(reconstruction.to(dtype), self.patch_size) - target).square().mean(dim=-1)
         masked = (~visible).flatten(1).to(per_patch.dtype)
@@ -229,9 +250,7 @@ class SparK(nn.Module):
     def to_pixels(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """Undo the per-patch normalisation with the input's own patch statistics (for viewing)."""
         dtype = torch.promote_types(images.dtype, torch.float32)
-        target = patchify(images.detach().to(dtype), self.patch_size)
-        mean = target.mean(dim=-1, keepdim=True)
-        std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        mean, std = patch_statistics(patchify(images.detach().to(dtype), self.patch_size))
         rec = patchify(reconstruction.detach().to(dtype), self.patch_size) * std + mean
         return unpatchify(rec, self.patch_size, self.grid(images))
 
@@ -264,7 +283,7 @@ class SparK(nn.Module):
 
 
 def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto", drop_path: float = 0.0,
-                decoder_width: int = 768, mask_ratio: float = 0.6, densify_norm: str = "auto",
+                decoder_width: int = DECODER_WIDTH, mask_ratio: float = MASK_RATIO, densify_norm: str = "auto",
                 pretrained: bool = False, decoder_checkpointing: bool = False, encoder_checkpointing: bool = False,
                 input_size: Optional[int] = None, patch_size: Optional[int] = None,
                 channels: Optional[Sequence[int]] = None, strides: Optional[Sequence[int]] = None) -> SparK:
@@ -276,11 +295,10 @@ def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto
     with another timm version could differ). Any other keyword is refused, as a misspelt one would
     otherwise be ignored.
     """
-    kind = encoder_kind.replace("-", "_")
-    if kind not in ("sparse", "masked_dense"):
-        raise ValueError(f"encoder_kind must be 'sparse' or 'masked_dense', got {encoder_kind!r}")
+    if encoder_kind not in ENCODER_KINDS:
+        raise ValueError(f"encoder_kind must be one of {ENCODER_KINDS}, got {encoder_kind!r}")
     backbone = timm.create_model(arch, pretrained=pretrained, drop_path_rate=drop_path)
-    encoder = sparsify(backbone, backend=backend) if kind == "sparse" else MaskedDenseEncoder(backbone)
+    encoder = sparsify(backbone, backend=backend) if encoder_kind == "sparse" else MaskedDenseEncoder(backbone)
     built = {"patch_size": encoder.patch_size, "channels": list(encoder.channels), "strides": list(encoder.strides)}
     for key, recorded in (("patch_size", patch_size), ("channels", channels), ("strides", strides)):
         if recorded is not None and (list(recorded) if key != "patch_size" else recorded) != built[key]:

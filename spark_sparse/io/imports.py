@@ -9,7 +9,7 @@ import torch
 
 from ..masks import check_mask_ratio, patch_grid
 from ..plan import PATCH_SIZE
-from ..recipe import default_drop_path
+from ..recipe import DECODER_WIDTH, INPUT_SIZE, MASK_RATIO, default_drop_path
 from ..restore import ENCODER_PREFIX
 from ..spark import build_spark
 from ..spark_format import Imported, recorded_arch, spark_head_config
@@ -78,7 +78,10 @@ def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, de
 
     The encoder comes from the file; the decoder, densify layers and mask tokens from a SparK
     "withdecoder" file, else freshly initialised (SparK's initialisation, seeded by ``seed``).
-    Options left None take the file's record, else ``spark-sparse pretrain``'s defaults.
+    Options left None take what the file records (SparK's files record their mask ratio and input
+    size, a SparK "withdecoder" file also its decoder width and densify norm), else SparK's recipe
+    (:mod:`spark_sparse.recipe`: decoder width 768, mask ratio 0.6, input size 224 — SparK's ImageNet
+    crop, not ``spark-sparse pretrain``'s 96 px demo default) and densify norm 'auto'.
     """
     arch = choose_arch(imported, arch)
     head_of_arch = set(head_keys(arch))
@@ -96,10 +99,10 @@ def checkpoint_from_import(imported: Imported, arch: Optional[str] = None, *, de
             raise WeightsError(f"{imported.source}: its decoder has {name.replace('_', ' ')} {fixed[name]!r}, "
                                f"--{name.replace('_', '-')} asks for {asked!r}; leave the option out to keep the "
                                f"file's decoder")
-    decoder_width = fixed.get("decoder_width", 768 if decoder_width is None else decoder_width)
+    decoder_width = fixed.get("decoder_width", DECODER_WIDTH if decoder_width is None else decoder_width)
     densify_norm = fixed.get("densify_norm", densify_norm or "auto")
-    mask_ratio = mask_ratio if mask_ratio is not None else float(rec.get("mask_ratio", 0.6))
-    input_size = input_size if input_size is not None else int(rec.get("input_size", 224))
+    mask_ratio = mask_ratio if mask_ratio is not None else float(rec.get("mask_ratio", MASK_RATIO))
+    input_size = input_size if input_size is not None else int(rec.get("input_size", INPUT_SIZE))
 
     check_mask_ratio(mask_ratio)
     try:
