@@ -21,8 +21,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 import spark_sparse as ss
+from spark_sparse.precision import DTYPES
+from spark_sparse.recipe import DECODER_WIDTH
 
-from .config import DTYPES, PUBLISHED, step_variants
+from .config import PUBLISHED, step_variants
 from .contenders import Call, Contender, autocast, build_contenders, create_model, encoder_call, make_inputs
 from .step import make_step
 
@@ -51,8 +53,8 @@ class Case:
 
     def __init__(self, model_name: str, device: str, dtype: str, batch: int, image_size: Tuple[int, int],
                  backends: List[str], seed: int = 0, formats: Optional[Dict[str, str]] = None,
-                 decoder_width: int = 768, step_dtypes: Tuple[str, ...] = (), decoder_checkpointing: bool = False,
-                 published: bool = True, step_backends: Optional[List[str]] = None,
+                 decoder_width: int = DECODER_WIDTH, step_dtypes: Tuple[str, ...] = (),
+                 decoder_checkpointing: bool = False, published: bool = True, step_backends: Optional[List[str]] = None,
                  encoder_checkpointing: bool = False):
         self.model_name, self.dtype, self.batch = model_name, dtype, batch
         self.image_size, self.backends, self.seed = tuple(image_size), list(backends), seed

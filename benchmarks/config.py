@@ -5,18 +5,20 @@ the runner never reads ``argparse`` objects and tests can build small configurat
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from spark_sparse.cpus import usable_cores
+from spark_sparse.precision import DTYPES
+from spark_sparse.recipe import DECODER_WIDTH, INPUT_SIZE, MASK_RATIO
+
 DEFAULT_MODELS = ("resnet50", "resnet101", "convnext_tiny", "convnext_small", "convnext_base")
-DEFAULT_MASK_RATIOS = (0.0, 0.25, 0.5, 0.6, 0.75, 0.9)
+DEFAULT_MASK_RATIOS = (0.0, 0.25, 0.5, MASK_RATIO, 0.75, 0.9)
 MODES = ("fwd", "fwd_bwd", "step")
 MODE_TITLES = {"fwd": "encoder forward", "fwd_bwd": "encoder forward+backward",
                "step": "whole SparK step (encoder + densify + decoder + loss + backward + optimizer)"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DENSE_FORMATS = ("auto", "contiguous", "channels_last")
 PUBLISHED = "spark-published"  # the step contender of SparK as published (see case.py)
 
@@ -32,7 +34,7 @@ class BenchConfig:
     models: List[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     mask_ratios: List[float] = field(default_factory=lambda: list(DEFAULT_MASK_RATIOS))
     batches: List[int] = field(default_factory=lambda: [16])
-    image_size: Tuple[int, int] = (224, 224)
+    image_size: Tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)
     devices: List[str] = field(default_factory=lambda: default_devices())
     dtypes: Optional[List[str]] = None          # None: fp32 on CPU; fp32, bf16, fp16 on CUDA
     backends: Optional[List[str]] = None        # None: every available backend, and 'auto'
@@ -44,7 +46,7 @@ class BenchConfig:
     format_trials: int = 2                      # 'auto' format: best of this many calls per format
     memory: bool = True
     memory_modes: Optional[List[str]] = None    # modes whose peak memory is measured; None = every timed mode
-    decoder_width: int = 768                    # the SparK step's LightDecoder width (SparK's default)
+    decoder_width: int = DECODER_WIDTH          # the SparK step's LightDecoder width (SparK's default)
     step_backends: Optional[List[str]] = None   # sparse backends run in the whole step; None = 'auto' only
     step_dtypes: List[str] = field(default_factory=list)  # the sparse step also under these autocast dtypes
     decoder_checkpointing: bool = False         # the sparse step also with --decoder-checkpointing
@@ -58,7 +60,7 @@ class BenchConfig:
     keep_freed_memory: bool = False             # glibc keeps freed blocks for reuse, as the trainer does
     seed: int = 0
     profile_model: Optional[str] = ""           # '' = first model that runs; None = no profile
-    profile_ratio: float = 0.6
+    profile_ratio: float = MASK_RATIO
     profile_batch: Optional[int] = None         # None = the first batch size
     profile_warmup: int = 1
     profile_repeats: int = 3
@@ -182,13 +184,6 @@ def step_variants(name: str, dtype: str, step_dtypes, decoder_checkpointing: boo
     if encoder_checkpointing:
         out[f"{name} ckpt-all"] = (dtype, True, True)
     return out
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def default_devices() -> List[str]:

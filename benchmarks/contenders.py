@@ -11,7 +11,6 @@ ignores ``visible``. Dense contenders may run channels-last (see :func:`choose_d
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -21,6 +20,7 @@ from torch import nn
 import spark_sparse as ss
 from spark_sparse.masks import patch_grid
 from spark_sparse.plan import PATCH_SIZE, PlannedEncoder, encoder_part
+from spark_sparse.precision import autocast  # noqa: F401  (the benchmarks read it from here)
 
 SPARSE_FORMAT = "sites x channels"
 
@@ -86,13 +86,6 @@ def make_inputs(batch: int, image_size: Tuple[int, int], mask_ratio: float, seed
     images = torch.randn(batch, 3, h, w, generator=g)
     visible = ss.random_visible(batch, patch_grid(h, w, PATCH_SIZE), mask_ratio, generator=g)
     return images.to(device), visible.to(device)
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Mixed precision the way training runs it (autocast on fp32 weights); nothing for fp32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class Call:

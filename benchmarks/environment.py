@@ -13,6 +13,7 @@ from typing import Dict, Optional
 
 import torch
 
+from spark_sparse.cpus import usable_cores
 from spark_sparse.routing.environment import cpu_model
 
 
@@ -71,17 +72,13 @@ def cuda_info() -> Optional[Dict[str, object]]:
 
 
 def environment() -> Dict[str, object]:
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "versions": {name: _version(name) for name in ("torch", "timm", "spconv", "numpy", "spark_sparse")},
         "git_commit": git_commit(),
-        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": affinity,
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
                 "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
                 "mkldnn": torch.backends.mkldnn.is_available()},
         "cuda": cuda_info(),

@@ -11,18 +11,23 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Optional
 
 from ..archs import check_arch
 from ..backends import BACKEND_NAMES
-from ..masks import check_patches_both_ways, patch_grid
+from ..masks import check_mask_ratio, check_patches_both_ways, patch_grid
 from ..plan import PATCH_SIZE
-from ..recipe import default_drop_path
+from ..precision import AMP_CHOICES
+from ..precision import amp_dtype as amp_dtype
+from ..recipe import (BASE_LR, CLIP, DECODER_WIDTH, DENSIFY_NORMS, MASK_RATIO, WEIGHT_DECAY, WEIGHT_DECAY_END,
+                      default_drop_path)
+from ..routing import ROUTING_MODES
 from ..seeds import check_seed
-from .resources import cpu_has_native_bf16
 
 # Peak lr of the no-argument demo run: SparK's on ImageNet (2e-4 × 4096 / 256).
-DEMO_PEAK_LR = 3.2e-3
+DEMO_PEAK_LR = BASE_LR * 4096 / 256
+
+# --encoder's values (the command line's spelling) → the model's encoder_kind (spark.ENCODER_KINDS)
+ENCODER_KINDS = {"sparse": "sparse", "masked-dense": "masked_dense"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,20 +50,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--arch", default="resnet18",
                        help="timm backbone: resnet18 … resnet200, resnet*d, convnext_* (SparK's main: resnet50)")
-    model.add_argument("--encoder", default="sparse", choices=["sparse", "masked-dense"],
+    model.add_argument("--encoder", default="sparse", choices=list(ENCODER_KINDS),
                        help="sparse: only visible patches are computed; masked-dense: SparK's reference "
                             "(dense convs, masked sites zeroed), same numbers at full cost")
     model.add_argument("--backend", default="auto", choices=list(BACKEND_NAMES),
                        help="k×k convolution backend of the sparse encoder")
-    model.add_argument("--routing", default=None, choices=["measured", "fixed"],
+    model.add_argument("--routing", default=None, choices=list(ROUTING_MODES),
                        help="how 'auto' layers choose their implementation: measured (time the candidates on "
                             "the first step, cached in the user's cache directory for later runs) or fixed "
                             "(the rule table, reproducible) (default: $SPARK_SPARSE_ROUTING, else measured)")
     model.add_argument("--drop-path", type=float, default=None,
                        help="stochastic depth rate (default: SparK's per model, 0.05/0.08/0.1/0.15 for "
                             "ResNet-50/101/152/200, 0.2/0.3/0.4 for ConvNeXt-S/B/L, else 0)")
-    model.add_argument("--mask-ratio", type=float, default=0.6, help="fraction of 32×32 patches hidden")
-    model.add_argument("--decoder-width", type=int, default=768,
+    model.add_argument("--mask-ratio", type=float, default=MASK_RATIO, help="fraction of 32×32 patches hidden")
+    model.add_argument("--decoder-width", type=int, default=DECODER_WIDTH,
                        help="LightDecoder width at stride 32, halved at every upsampling step")
     model.add_argument("--decoder-checkpointing", action="store_true",
                        help="recompute the decoder's three highest-resolution blocks in the backward pass instead "
@@ -67,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--encoder-checkpointing", action="store_true",
                        help="the same for the sparse encoder's stem and residual blocks (about one more encoder "
                             "forward per step; same numbers); with --decoder-checkpointing the lowest peak memory")
-    model.add_argument("--densify-norm", default="auto", choices=["auto", "bn", "ln", "none"],
+    model.add_argument("--densify-norm", default="auto", choices=list(DENSIFY_NORMS),
                        help="norm of the active sites before densifying: auto = BatchNorm for BatchNorm "
                             "backbones (ResNets), LayerNorm otherwise (ConvNeXts)")
 
@@ -79,16 +84,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="stop after this many optimiser steps in all (default: epochs × steps per epoch); "
                           "the schedules span these steps")
     opt.add_argument("--warmup-epochs", type=float, default=0.5, help="linear lr warm-up (SparK on ImageNet: 40)")
-    opt.add_argument("--base-lr", type=float, default=2e-4, help="peak lr = base-lr × batch-size / 256")
+    opt.add_argument("--base-lr", type=float, default=BASE_LR, help="peak lr = base-lr × batch-size / 256")
     opt.add_argument("--lr", type=float, default=None,
                      help="peak lr, overriding --base-lr scaling (default without --data: %g, SparK's ImageNet "
                           "peak, so that the few-minute demo visibly learns at its batch of 16)" % DEMO_PEAK_LR)
-    opt.add_argument("--wd", type=float, default=0.04, help="weight decay at the start (cosine to --wd-end)")
-    opt.add_argument("--wd-end", type=float, default=0.2, help="weight decay at the end")
-    opt.add_argument("--clip", type=float, default=5.0, help="clip the global gradient norm (<= 0: off)")
+    opt.add_argument("--wd", type=float, default=WEIGHT_DECAY, help="weight decay at the start (cosine to --wd-end)")
+    opt.add_argument("--wd-end", type=float, default=WEIGHT_DECAY_END, help="weight decay at the end")
+    opt.add_argument("--clip", type=float, default=CLIP, help="clip the global gradient norm (<= 0: off)")
     opt.add_argument("--opt", default="lamb", choices=["lamb", "adamw"],
                      help="optimiser; betas (0.9, 0.95) for ResNets and (0.9, 0.999) for ConvNeXts, as SparK")
-    opt.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+    opt.add_argument("--amp", default="auto", choices=list(AMP_CHOICES),
                      help="mixed precision (autocast; the loss stays fp32): auto = bf16 on CUDA GPUs that support "
                           "it (else fp16), bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else off")
 
@@ -130,9 +135,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="progress bar (default: when stderr is a terminal)")
 
 
+def defaults() -> argparse.Namespace:
+    """Every option of ``spark-sparse pretrain`` at its default: the one source of the defaults, for
+    the command line and for a Trainer built from the API alike."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return parser.parse_args([])
+
+
+def with_defaults(args) -> argparse.Namespace:
+    """A copy of ``args`` (a Namespace, or any object with attributes) with every option it does not
+    set at the command line's default; ``args`` itself is left as it is."""
+    filled = defaults()
+    for key, value in vars(args).items():
+        setattr(filled, key, value)
+    return filled
+
+
 def check_args(args) -> None:
     """Clear errors for values that cannot work, before anything is built."""
     check_arch(args.arch, "--arch")
+    if args.encoder not in ENCODER_KINDS:
+        raise ValueError(f"--encoder {args.encoder!r}: choose one of {', '.join(ENCODER_KINDS)}")
     if args.data is not None and not args.data.strip():
         raise ValueError("--data is empty (an unset variable?): pass a folder of images, or omit --data for the "
                          "embedded photographs")
@@ -141,9 +165,7 @@ def check_args(args) -> None:
     patch_grid(args.input_size, args.input_size, PATCH_SIZE, "--input-size")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0.0 < args.mask_ratio < 1.0:
-        raise ValueError(f"--mask-ratio must be in (0, 1) (the fraction of patches hidden; the loss is computed on "
-                         f"hidden patches only), got {args.mask_ratio}")
+    check_mask_ratio(args.mask_ratio, "--mask-ratio", allow_zero=False)
     check_patches_both_ways(args.input_size // PATCH_SIZE, args.mask_ratio,
                             f"--mask-ratio at --input-size {args.input_size}:")
     check_seed(args.seed)
@@ -190,17 +212,6 @@ def peak_lr(args, global_batch: int) -> float:
 
 def drop_path(args) -> float:
     return default_drop_path(args.arch) if args.drop_path is None else args.drop_path
-
-
-def amp_dtype(name: str, device) -> Optional[str]:
-    """'bf16', 'fp16' or None (off). On the CPU, auto means bf16 only where it is native (the demo's
-    loss curves in fp32 and bf16 match there: README)."""
-    if name == "auto":
-        if device.type == "cuda":
-            import torch
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_native_bf16() else None
-    return None if name == "off" else name
 
 
 def plain_args(args) -> dict:

@@ -15,23 +15,9 @@ from collections import deque
 from typing import Dict, Optional
 
 import torch
-from torchvision.utils import make_grid
 
 from ..files import write_text
-from ..spark import paste_visible
-from .data import denormalize
-
-
-def reconstruction_grid(images: torch.Tensor, visible: torch.Tensor, reconstruction: torch.Tensor,
-                        patch_size: int, padding: int = 2) -> torch.Tensor:
-    """SparK's figure as one (3, H', W') [0, 1] image: a column per image, rows input / masked input /
-    reconstruction with the visible patches pasted back. ``images`` and ``reconstruction`` are
-    normalised (B, 3, H, W) (the reconstruction in input space, see ``SparK.to_pixels``)."""
-    x = images.detach().float()
-    keep = torch.nn.functional.interpolate(visible[:, None].float(), scale_factor=patch_size)
-    rows = torch.cat([denormalize(x), denormalize(x) * keep,
-                      denormalize(paste_visible(x, reconstruction.detach().float(), visible))])
-    return make_grid(rows.clamp(0.0, 1.0).cpu(), nrow=x.shape[0], padding=padding, pad_value=1.0)
+from ..spark import reconstruction_grid  # noqa: F401  (train.visualise reads it from here)
 
 
 def _eta(seconds: float) -> str:

@@ -6,31 +6,11 @@ oversubscribed, every parallel region of the sparse encoder waits for a deschedu
 """
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
-CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
-
-
-def cgroup_cpu_limit(path: str = CGROUP_CPU_MAX) -> Optional[float]:
-    """CPUs allowed by the cgroup's quota (e.g. 1.5), or None without a quota."""
-    try:
-        with open(path, encoding="ascii") as f:
-            quota, period = f.read().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if quota == "max":
-        return None
-    return int(quota) / int(period)
-
-
-def affinity_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from ..cpus import CGROUP_CPU_MAX, affinity_cores, cgroup_cpu_limit, usable_cores
+from ..precision import cpu_has_native_bf16  # noqa: F401  (kept importable from here)
 
 
 @dataclass(frozen=True)
@@ -57,9 +37,8 @@ def plan_threads(device_type: str, local_world: int, workers: Optional[int] = No
     ``default_threads`` (torch's own choice: the physical cores) caps the compute threads, so
     hyper-threads are not added where torch would not use them.
     """
-    affinity = affinity_cores()
-    quota = cgroup_cpu_limit(cgroup_path)
-    cores = affinity if quota is None else max(1, min(affinity, math.floor(quota)))
+    affinity, quota = affinity_cores(), cgroup_cpu_limit(cgroup_path)
+    cores = usable_cores(cgroup_path)
     share = max(1, cores // max(1, local_world))
     why = f"{cores} usable core(s): affinity {affinity}, cgroup quota {quota if quota is not None else 'none'}"
     if local_world > 1:
@@ -74,16 +53,3 @@ def plan_threads(device_type: str, local_world: int, workers: Optional[int] = No
         compute = int(threads_env)
         why += ", OMP_NUM_THREADS set"
     return ThreadPlan(compute, chosen_workers, cores, why)
-
-
-def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False

@@ -17,6 +17,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
+from ..recipe import WEIGHT_DECAY, WEIGHT_DECAY_END
+
 NO_DECAY_KEYS = ("mask_token", "gamma", "layer_scale", "ls1", "ls2", "cls_token", "pos_embed")
 
 
@@ -59,8 +61,8 @@ class Schedule:
     peak_lr: float
     warmup_steps: int
     total_steps: int
-    wd: float = 0.04
-    wd_end: float = 0.2
+    wd: float = WEIGHT_DECAY
+    wd_end: float = WEIGHT_DECAY_END
 
     def lr(self, step: int) -> float:
         if step < self.warmup_steps:

@@ -29,7 +29,7 @@ from ..io import checkpoint as ckpt
 from ..masks import random_visible
 from ..spark import SparK, build_spark, model_config
 from ..step_timer import StepTimer, split_of
-from .config import amp_dtype, check_args, drop_path, peak_lr
+from .config import ENCODER_KINDS, amp_dtype, check_args, drop_path, peak_lr, with_defaults
 from .data import DataConfig, UnreadableFiles, batches_within, build_loader, data_failure, shutdown_workers
 from .distributed import Processes, barrier, broadcast_object, init_processes, shutdown
 from .monitor import Monitor
@@ -48,7 +48,11 @@ __all__ = ["Trainer", "pretrain", "EXIT_NON_FINITE", "EXIT_BAD_INPUT", "NonFinit
 
 
 class Trainer:
+    """A pre-training run from ``args``: the options of ``spark-sparse pretrain`` by their attribute
+    names; any left out take the command line's defaults (``config.with_defaults``)."""
+
     def __init__(self, args, procs: Optional[Processes] = None):
+        args = with_defaults(args)
         check_args(args)
         self.args = args
         self.procs = procs or init_processes(args.device)
@@ -73,7 +77,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
         seed_everything(args.seed + self.procs.rank)  # drop-path draws differ per process
 
-        keep = self.device.type == "cpu" and getattr(args, "keep_freed_memory", True)
+        keep = self.device.type == "cpu" and args.keep_freed_memory
         self.memory = keep_freed_memory() if keep else malloc_setting()
         self.threads = plan_threads(self.device.type, self.procs.local_world, args.workers,
                                     os.environ.get("OMP_NUM_THREADS"), default_threads=torch.get_num_threads())
@@ -121,10 +125,10 @@ class Trainer:
     # ---- construction ------------------------------------------------------------------------------
     def _build_model(self) -> SparK:
         a = self.args
-        model = build_spark(a.arch, encoder_kind=a.encoder, backend=a.backend, drop_path=drop_path(a),
-                            decoder_width=a.decoder_width, mask_ratio=a.mask_ratio, densify_norm=a.densify_norm,
-                            decoder_checkpointing=getattr(a, "decoder_checkpointing", False),
-                            encoder_checkpointing=getattr(a, "encoder_checkpointing", False))
+        model = build_spark(a.arch, encoder_kind=ENCODER_KINDS[a.encoder], backend=a.backend,
+                            drop_path=drop_path(a), decoder_width=a.decoder_width, mask_ratio=a.mask_ratio,
+                            densify_norm=a.densify_norm, decoder_checkpointing=a.decoder_checkpointing,
+                            encoder_checkpointing=a.encoder_checkpointing)
         if self.procs.distributed:
             convert_sync_batchnorm(model)  # BatchNorm statistics over the global batch's active sites
         return model.to(self.device).train()
@@ -147,7 +151,7 @@ class Trainer:
         if self.procs.is_main:
             ckpt.remove_stale_temporaries(self.out)
             try:
-                plan = plan_resume(self.out, self.args.resume, force=getattr(self.args, "force", False))
+                plan = plan_resume(self.out, self.args.resume, force=self.args.force)
                 self.folder_lock = lock_folder(self.out)  # before the first write: claiming the folder
                 claim(self.out, plan)
                 decision["plan"] = (plan.path, plan.run_id)
@@ -249,7 +253,7 @@ class Trainer:
         while self.step < self.total_steps:
             self.sampler.set_position(self.epoch, self.batch)
             tick = time.perf_counter()
-            for images, skipped in batches_within(self.loader, getattr(a, "data_timeout", 0)):
+            for images, skipped in batches_within(self.loader, a.data_timeout):
                 data_time = time.perf_counter() - tick
                 images = images.to(self.device, non_blocking=True)
                 visible = self.next_visible()
@@ -295,7 +299,7 @@ class Trainer:
         a = self.args
         count = len(self.source)
         data = f"{a.data} ({count} images)" if a.data else f"the embedded photographs ({count} crops)"
-        recomputed = [part for part in ("encoder", "decoder") if getattr(a, f"{part}_checkpointing", False)]
+        recomputed = [part for part in ("encoder", "decoder") if getattr(a, f"{part}_checkpointing")]
         return (f"SparK pre-training: {a.arch} ({self.model.encoder_kind} encoder, densify {self.model.densify_norm}, "
                 f"drop path {drop_path(a)}), {a.input_size}px, mask ratio {a.mask_ratio}, data {data}\n"
                 f"  {self.procs.world} process(es) on {self.device}, global batch {self.global_batch} "

@@ -6,13 +6,13 @@ same step.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
+from ..precision import autocast
 from ..step_timer import StepTimer
 from .distributed import Processes, all_reduce_sum
 
@@ -73,6 +73,5 @@ def clip_gradients(params, clip: float) -> float:
 
 
 def autocast_context(amp: Optional[str], device: torch.device):
-    if not amp:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    """The forward pass's mixed precision: ``amp`` is 'bf16', 'fp16' or None (off)."""
+    return autocast(device, amp)
