@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
-from . import __version__
+from .version import __version__
 
-# Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
+# Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int. A command module is
+# light to import (torch, timm and the model are imported inside its functions), so the command line
+# answers --help or a mistyped option without loading them.
 COMMANDS = [
     "spark_sparse.commands.demo",
     "spark_sparse.commands.pretrain",
@@ -30,7 +32,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Optional[Iterable[str]] = None) -> argparse.ArgumentParser:
+    """The whole command line; ``commands`` (names) limits the sub-commands whose options are added
+    (the others still show in the list of commands): ``main`` adds only the one it runs."""
+    wanted = None if commands is None else set(commands)
     parser = argparse.ArgumentParser(
         prog="spark-sparse",
         description="SparK masked image modeling on a sparse encoder: the encoder computes only the "
@@ -41,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(name)
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__,
                            formatter_class=HelpFormatter)
-        module.add_arguments(p)
+        if wanted is None or module.NAME in wanted:
+            module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
@@ -50,7 +56,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show "→" or "×" gets an escape, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top level takes only --help / --version, so the first word that is not an option names the command.
+    parser = build_parser(commands=[word for word in argv if not word.startswith("-")][:1])
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

@@ -12,6 +12,8 @@ import argparse
 import shlex
 import sys
 
+from spark_sparse.commands.options import SIZE_HELP, add_backend, add_routing, image_size
+
 NAME = "bench"
 HELP = "FLOPs, speed and memory: sparse vs masked-dense vs plain dense"
 
@@ -19,8 +21,9 @@ S = argparse.SUPPRESS  # unset options fall back to the defaults (or to --quick'
 
 
 def add_arguments(p):
-    from spark_sparse.backends import BACKEND_NAMES
     from spark_sparse.benchmarks.config import DEFAULT_MASK_RATIOS, DEFAULT_MODELS, DENSE_FORMATS, MODES
+    from spark_sparse.precision import AMP_DTYPES, DTYPES
+    from spark_sparse.recipe import DECODER_WIDTH, INPUT_SIZE, MASK_RATIO
     p.add_argument("--quick", action="store_true",
                    help="tiny run for CI, checks that everything runs and the outputs are valid, measures nothing "
                         "useful: --models resnet18 convnext_atto --size 64 --batch 2 --mask-ratios 0.5 --warmup 0 "
@@ -33,22 +36,19 @@ def add_arguments(p):
                         f"(default: {' '.join(map(str, DEFAULT_MASK_RATIOS))})")
     p.add_argument("--batch", nargs="+", type=int, default=S, metavar="B", help="batch sizes (default: 16)")
     p.add_argument("--size", nargs="+", type=int, default=S, metavar="PX",
-                   help="image size: S or H W, multiples of 32 (default: 224)")
+                   help=f"{SIZE_HELP} (default: {INPUT_SIZE})")
     p.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=S,
                    help="devices (default: cpu, and cuda when available)")
-    p.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "fp16"], default=S,
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=S,
                    help="precisions; bf16/fp16 run under autocast on fp32 weights (default: fp32 on cpu; "
                         "fp32 bf16 fp16 on cuda)")
-    p.add_argument("--backends", nargs="+", choices=list(BACKEND_NAMES), default=S,
-                   help="sparse conv backends to measure (default: every available one, and auto)")
-    p.add_argument("--step-backends", nargs="+", choices=list(BACKEND_NAMES), default=S,
-                   help="sparse backends also run in the whole step, which is mostly the dense decoder "
-                        "(default: auto only)")
-    p.add_argument("--routing", choices=["measured", "fixed"], default=S,
-                   help="how 'auto' layers choose their implementation: measured (time the candidates on "
-                        "first use, cached in the user's cache directory) or fixed (the rule table, "
-                        "reproducible) (default: $SPARK_SPARSE_ROUTING, else measured)")
-    p.add_argument("--step-dtypes", nargs="+", choices=["bf16", "fp16"], default=S,
+    add_backend(p, "--backends", nargs="+", default=S,
+                help="sparse conv backends to measure (default: every available one, and auto)")
+    add_backend(p, "--step-backends", nargs="+", default=S,
+                help="sparse backends also run in the whole step, which is mostly the dense decoder "
+                     "(default: auto only)")
+    add_routing(p, default=S)
+    p.add_argument("--step-dtypes", nargs="+", choices=list(AMP_DTYPES), default=S,
                    help="also run the sparse whole step under these autocast dtypes, beside its own dtype "
                         "(e.g. bf16 beside fp32, in one run)")
     p.add_argument("--decoder-checkpointing", action="store_true",
@@ -83,7 +83,7 @@ def add_arguments(p):
     p.add_argument("--memory-modes", nargs="+", choices=list(MODES), default=S,
                    help="modes whose peak memory is measured (default: every timed mode)")
     p.add_argument("--decoder-width", type=int, default=S,
-                   help="LightDecoder width of the whole-step mode (default: 768, SparK's)")
+                   help=f"LightDecoder width of the whole-step mode (default: {DECODER_WIDTH}, SparK's)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA for fp32 (off by default: fp32 means fp32)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="let glibc keep freed memory for reuse (no mmap, no trim: no page faults on a step's "
@@ -92,7 +92,8 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=S, help="seed of weights, images and masks (default: 0)")
     p.add_argument("--profile-model", default=S, metavar="NAME",
                    help="model of the per-layer profile; 'none' to skip (default: the first model that ran)")
-    p.add_argument("--profile-ratio", type=float, default=S, help="mask ratio of the per-layer profile (default: 0.6)")
+    p.add_argument("--profile-ratio", type=float, default=S,
+                   help=f"mask ratio of the per-layer profile (default: {MASK_RATIO})")
     p.add_argument("--profile-batch", type=int, default=S,
                    help="batch of the per-layer profile (default: the first --batch)")
     p.add_argument("--profile-repeats", type=int, default=S, help="repeats per layer (default: 3)")
@@ -128,9 +129,7 @@ def build_config(args):
             value = getattr(args, arg)
             setattr(cfg, field, list(dict.fromkeys(value)) if isinstance(value, list) else value)  # once each
     if hasattr(args, "size"):
-        if len(args.size) not in (1, 2):
-            raise ValueError(f"--size takes S or H W, got {len(args.size)} numbers")
-        cfg.image_size = tuple((args.size * 2)[:2])
+        cfg.image_size = image_size(args.size)
     if hasattr(args, "profile_model"):
         cfg.profile_model = None if args.profile_model.lower() == "none" else args.profile_model
     cfg.memory = not args.no_memory

@@ -7,6 +7,9 @@ import copy
 import sys
 import time
 
+from spark_sparse.commands.options import SIZE_HELP, add_backend, at_least, image_size
+from spark_sparse.recipe import INPUT_SIZE, MASK_RATIO
+
 NAME = "demo"
 HELP = "check a sparse encoder against the masked-dense reference and print its FLOP ratio"
 
@@ -14,11 +17,10 @@ HELP = "check a sparse encoder against the masked-dense reference and print its 
 def add_arguments(p):
     p.add_argument("--arch", default="resnet50",
                    help="timm model name: resnet18 … resnet200, resnet*d, convnext_atto … convnext_large, convnextv2_*")
-    p.add_argument("--mask-ratio", type=float, default=0.6, help="fraction of 32×32 patches hidden, in [0, 1)")
+    p.add_argument("--mask-ratio", type=float, default=MASK_RATIO, help="fraction of 32×32 patches hidden, in [0, 1)")
     p.add_argument("--batch", type=int, default=2, help="images per batch")
-    p.add_argument("--size", type=int, nargs="+", default=[224], help="image size: S or H W (multiples of 32)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "tiles", "spconv"],
-                   help="k×k conv backend")
+    p.add_argument("--size", type=int, nargs="+", default=[INPUT_SIZE], help=SIZE_HELP)
+    add_backend(p, default="auto")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights, images and mask (0 … 2^32−1)")
 
@@ -26,19 +28,16 @@ def add_arguments(p):
 def checked_options(args):
     """(device, height, width) from the options, or ValueError naming the bad one."""
     from spark_sparse.archs import check_arch
+    from spark_sparse.devices import resolve_device
     from spark_sparse.masks import check_mask_ratio, patch_grid
     from spark_sparse.plan import PATCH_SIZE
     from spark_sparse.seeds import check_seed
-    from spark_sparse.train.distributed import resolve_device
 
     check_arch(args.arch, "--arch")
     check_mask_ratio(args.mask_ratio, "--mask-ratio")
     check_seed(args.seed)
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    if len(args.size) not in (1, 2):
-        raise ValueError(f"--size takes S or H W, got {len(args.size)} numbers")
-    height, width = (args.size * 2)[:2]
+    at_least(args.batch, "--batch")
+    height, width = image_size(args.size)
     patch_grid(height, width, PATCH_SIZE)
     return resolve_device(args.device, 0), height, width
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import sys
 
+from spark_sparse.commands.options import at_least
+
 NAME = "export"
 HELP = "encoder weights out as a timm state dict (safetensors/pth), optionally verified"
 
@@ -38,14 +40,14 @@ def add_arguments(p):
 
 def check_verify_options(args) -> None:
     """The --verify-* values, refused before anything is written."""
-    if args.verify_batch < 1:
-        raise ValueError(f"--verify-batch must be >= 1, got {args.verify_batch}")
-    if args.verify_size is not None and (args.verify_size <= 0 or args.verify_size % 32):
-        raise ValueError(f"--verify-size must be a positive multiple of 32 (the backbone stride), got "
+    from spark_sparse.plan import PATCH_SIZE
+    from spark_sparse.seeds import check_seed
+    at_least(args.verify_batch, "--verify-batch")
+    if args.verify_size is not None and (args.verify_size <= 0 or args.verify_size % PATCH_SIZE):
+        raise ValueError(f"--verify-size must be a positive multiple of {PATCH_SIZE} (the backbone stride), got "
                          f"{args.verify_size}")
     if not args.tolerance >= 0:
         raise ValueError(f"--tolerance must be >= 0, got {args.tolerance}")
-    from spark_sparse.seeds import check_seed
     check_seed(args.seed)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from spark_sparse.recipe import DECODER_WIDTH, DENSIFY_NORMS, INPUT_SIZE, MASK_RATIO
+
 NAME = "import"
 HELP = "timm or SparK weights in as a pre-training checkpoint"
 
@@ -23,13 +25,14 @@ def add_arguments(p):
                    help="timm model name (default: the file's own record, else the architecture its weights fit)")
     p.add_argument("--out", required=True, metavar="CKPT", help="the checkpoint to write")
     p.add_argument("--decoder-width", type=int, default=None,
-                   help="LightDecoder width of a fresh decoder (default 768; a SparK withdecoder file fixes it)")
-    p.add_argument("--densify-norm", choices=["auto", "bn", "ln", "none"], default=None,
+                   help=f"LightDecoder width of a fresh decoder (default {DECODER_WIDTH}; a SparK withdecoder file "
+                        f"fixes it)")
+    p.add_argument("--densify-norm", choices=list(DENSIFY_NORMS), default=None,
                    help="densify norm of a fresh head (default auto; a SparK withdecoder file fixes it)")
     p.add_argument("--mask-ratio", type=float, default=None,
-                   help="recorded mask ratio (default: the file's record, else 0.6)")
+                   help=f"recorded mask ratio (default: the file's record, else SparK's {MASK_RATIO})")
     p.add_argument("--input-size", type=int, default=None,
-                   help="recorded input size (default: the file's record, else 224)")
+                   help=f"recorded input size (default: the file's record, else SparK's {INPUT_SIZE})")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the fresh decoder / densify / mask-token weights (0 … 2^32−1)")
     p.add_argument("--trust-file", action="store_true",

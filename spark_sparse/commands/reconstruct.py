@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from spark_sparse.commands.options import at_least
+
 NAME = "reconstruct"
 HELP = "PNGs of input / masked input / reconstruction from a checkpoint"
 
@@ -39,8 +41,9 @@ def add_arguments(p):
 
 def check_size(size: int, source: str) -> int:
     """``size`` if the model can reconstruct at it; ``source`` says where it came from, for the message."""
-    if size % 32 or not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"{source} must be a multiple of 32 from {MIN_SIZE} to {MAX_SIZE}, got {size}")
+    from spark_sparse.plan import PATCH_SIZE
+    if size % PATCH_SIZE or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"{source} must be a multiple of {PATCH_SIZE} from {MIN_SIZE} to {MAX_SIZE}, got {size}")
     return size
 
 
@@ -54,8 +57,7 @@ def load_image(path: str, size: int):
     from PIL import Image
     from torchvision import transforms
 
-    from spark_sparse.images import to_rgb
-    from spark_sparse.train.data import IMAGENET_MEAN, IMAGENET_STD
+    from spark_sparse.images import IMAGENET_MEAN, IMAGENET_STD, to_rgb
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said below, in one line
@@ -100,19 +102,19 @@ def write_png(grid, path: str) -> None:
 
 def run(args) -> int:
     import torch
-    from spark_sparse.masks import check_mask_ratio, check_patches_both_ways, random_visible
+
+    from spark_sparse.devices import resolve_device
+    from spark_sparse.files import check_output
     from spark_sparse.io.checkpoint import CheckpointError
     from spark_sparse.io.checkpoint import load as read_checkpoint
-    from spark_sparse.files import check_output
+    from spark_sparse.masks import check_mask_ratio, check_patches_both_ways, random_visible
     from spark_sparse.restore import build_model
     from spark_sparse.seeds import check_seed
-    from spark_sparse.train.distributed import resolve_device
-    from spark_sparse.train.monitor import reconstruction_grid
+    from spark_sparse.spark import reconstruction_grid
     from spark_sparse.weights import WeightsError
 
     try:
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {args.batch}")
+        at_least(args.batch, "--batch")
         check_seed(args.seed)
         if args.size is not None:
             check_size(args.size, "--size")
@@ -127,13 +129,13 @@ def run(args) -> int:
             check_output(path, inputs=[args.checkpoint, *args.images], force=args.force)
         payload = read_checkpoint(args.checkpoint)
         config = payload["model_config"]
-        size = args.size or check_size(int(config.get("input_size", 224)), "the checkpoint's input size (--size)")
+        size = args.size or check_size(int(config["input_size"]), "the checkpoint's input size (--size)")
         if args.mask_ratio is None:
-            ratio = check_mask_ratio(float(config.get("mask_ratio", 0.6)), "the checkpoint's mask ratio (--mask-ratio)")
+            ratio = check_mask_ratio(float(config["mask_ratio"]), "the checkpoint's mask ratio (--mask-ratio)")
             what = f"the checkpoint's mask ratio (--mask-ratio) at size {size}:"
         else:
             ratio, what = args.mask_ratio, f"--mask-ratio at size {size}:"
-        check_patches_both_ways(size // 32, ratio, what)
+        check_patches_both_ways(size // int(config["patch_size"]), ratio, what)
         model = build_model(payload, args.checkpoint).to(device)
         images = torch.stack([load_image(p, size) for p in args.images])
     except (CheckpointError, WeightsError, ValueError) as e:
