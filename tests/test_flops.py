@@ -6,6 +6,7 @@ import torch
 import spark_sparse as ss
 from spark_sparse.flops import dense_macs, sparse_macs
 from spark_sparse.layers.conv import SparseConv2d
+from spark_sparse.routing.rules import ROWS_CONV_MIN
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnet26d"])
@@ -30,7 +31,10 @@ def test_masked_scales_with_visible_fraction(ratio):
     # each conv's count comes with the router's choice for it (fixed rules here, fp32 on the CPU)
     convs = [p for p, m in enc.named_modules() if isinstance(m, SparseConv2d)]
     assert sorted(counts["routes"]) == sorted(convs)
-    assert counts["routes"]["conv1"] == "tiles" and counts["routes"]["layer1.0.conv1"] == "matmul"
+    assert counts["routes"]["conv1"] == "tiles"
+    # layer1's 1×1 convs: kept·64 rows at stride 4, oneDNN's 1×1 conv from ROWS_CONV_MIN rows on
+    pointwise = "pointwise-conv" if kept * 64 >= ROWS_CONV_MIN else "matmul"
+    assert counts["routes"]["layer1.0.conv1"] == pointwise and counts["routes"]["layer4.0.conv1"] == "matmul"
     assert counts["routes"]["layer4.0.conv2"] == "torch"
 
 
