@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -78,11 +78,15 @@ def supported_layers() -> str:
     return "; ".join(f"{library}: {', '.join(names)}" for library, names in groups.items())
 
 
+def _lookup(module: nn.Module) -> Optional[LayerRules]:
+    """The rules of the first registered class of the module type's MRO (None: no class is)."""
+    return next((_REGISTRY[cls] for cls in type(module).__mro__ if cls in _REGISTRY), None)
+
+
 def rules_for(module: nn.Module, path: str) -> LayerRules:
-    for cls in type(module).__mro__:
-        rules = _REGISTRY.get(cls)
-        if rules is not None:
-            return rules
+    rules = _lookup(module)
+    if rules is not None:
+        return rules
     raise UnsupportedLayerError(path, module, f"no sparse twin or masked-dense rule is registered for its type "
                                               f"(registered: {supported_layers()})")
 
@@ -143,8 +147,10 @@ def _sparse_sequential(module, path, converter):
     return converter.convert_children(module, SparseSequential(), path)
 
 
-def _masked_sequential(module, x, masks, path):
-    for name, child in module.named_children():
+def masked_children(module, x, masks, path, children=None):
+    """Masked rule of a container that calls its children one after the other: ``children``
+    [(name, child)] in call order (None: in registration order)."""
+    for name, child in module.named_children() if children is None else children:
         x = masked_forward(child, x, masks, f"{path}.{name}" if path else name)
     return x
 
@@ -170,29 +176,16 @@ def check_block_programs(root: nn.Module) -> None:
     """Check the program of every residual block under ``root`` against the block (see
     ``BlockProgram.check``): once, when the masked-dense reference is built, not on every forward."""
     for path, module in root.named_modules():
-        for cls in type(module).__mro__:
-            rules = _REGISTRY.get(cls)
-            if rules is not None:
-                program = getattr(rules.masked, "keywords", {}).get("program")
-                if program is not None:
-                    program.check(module, path)
-                break
+        rules = _lookup(module)
+        program = rules and getattr(rules.masked, "keywords", {}).get("program")
+        if program is not None:
+            program.check(module, path)
 
 
 def _masked_block(block, x, masks, path, program: BlockProgram):
-    shortcut = x
-    for name in program.main:
-        step = getattr(block, name, None)
-        if isinstance(step, nn.Parameter):
-            x = x * step.view(1, -1, 1, 1)  # layer scale: per site, keeps zeros
-        elif step is not None:
-            x = masked_forward(step, x, masks, f"{path}.{name}")
-    if program.shortcut and getattr(block, program.shortcut, None) is not None:
-        shortcut = masked_forward(getattr(block, program.shortcut), shortcut, masks, f"{path}.{program.shortcut}")
-    x = x + shortcut
-    if program.post:
-        x = masked_forward(getattr(block, program.post), x, masks, f"{path}.{program.post}")
-    return x
+    return program.run(block, x, call=lambda name, child, y: masked_forward(child, y, masks, f"{path}.{name}"),
+                       scale=lambda y, gamma: y * gamma.view(1, -1, 1, 1),  # layer scale: per site, keeps zeros
+                       add=lambda y, shortcut: y + shortcut)
 
 
 register_layer((nn.Identity, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh),
@@ -200,7 +193,7 @@ register_layer((nn.Identity, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, 
 register_layer(nn.Sigmoid, sparse=keep_dense, masked=run_and_remask)
 register_layer((nn.Linear, nn.LayerNorm), sparse=keep_dense, masked=run_channels_last)
 register_layer(nn.Dropout, sparse=_dropout, masked=run_as_is)
-register_layer(nn.Sequential, sparse=_sparse_sequential, masked=_masked_sequential)
+register_layer(nn.Sequential, sparse=_sparse_sequential, masked=masked_children)
 register_layer(nn.Conv2d, sparse=lambda m, path, c: SparseConv2d.from_dense(m, path, c.backend), masked=run_and_remask)
 register_layer(_BatchNorm, sparse=lambda m, path, c: SparseBatchNorm2d.from_dense(m), masked=_masked_batch_norm)
 register_layer(nn.MaxPool2d, sparse=lambda m, path, c: SparseMaxPool2d.from_dense(m, path), masked=run_and_remask)

@@ -9,7 +9,7 @@ masked-dense reference both read the same program, so each block type's wiring i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -26,12 +26,35 @@ class SparseSequential(nn.Sequential, SparseModule):
         return x
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class BlockProgram:
     """``out = post(main(x) + shortcut(x))``; names are the block's child (or scale parameter) names."""
     main: Tuple[str, ...]
     shortcut: Optional[str]
     post: Optional[str]
+
+    def run(self, block: nn.Module, x: T, call: Callable[[str, nn.Module, T], T],
+            scale: Callable[[T, nn.Parameter], T], add: Callable[[T, T], T]) -> T:
+        """The program on ``x``: the one interpreter of it, for the sparse block (SparseFeatures) and
+        the masked-dense reference (dense maps) alike. ``call(name, child, x)`` runs a child,
+        ``scale(x, parameter)`` a per-channel scale, ``add(main, shortcut)`` the residual sum; a name
+        that is None on the block (a layer the block was built without) is skipped."""
+        shortcut = x
+        for name in self.main:
+            step = getattr(block, name, None)
+            if isinstance(step, nn.Parameter):
+                x = scale(x, step)  # layer scale
+            elif step is not None:
+                x = call(name, step, x)
+        if self.shortcut and getattr(block, self.shortcut, None) is not None:
+            shortcut = call(self.shortcut, getattr(block, self.shortcut), shortcut)
+        x = add(x, shortcut)
+        if self.post:
+            x = call(self.post, getattr(block, self.post), x)
+        return x
 
     def check(self, block: nn.Module, path: str) -> None:
         """Refuse a program that names what ``block`` does not have, or leaves out a child it has: the
@@ -66,20 +89,11 @@ class SparseResidualBlock(SparseModule):
         return self.run_program(x)
 
     def run_program(self, x: SparseFeatures) -> SparseFeatures:
-        shortcut = x
         block_input = x.features
-        for name in self.program.main:
-            step = getattr(self, name, None)
-            if isinstance(step, nn.Parameter):
-                x = x.replace(x.features * step)  # layer scale
-            elif step is not None:
-                x = run_layer(step, x)
-        if self.program.shortcut and getattr(self, self.program.shortcut, None) is not None:
-            shortcut = run_layer(getattr(self, self.program.shortcut), shortcut)
-        x = x.replace(residual_add(x.features, shortcut.features, block_input))
-        if self.program.post:
-            x = run_layer(getattr(self, self.program.post), x)  # an in-place ReLU: no new buffer either
-        return x
+        return self.program.run(
+            self, x, call=lambda name, child, y: run_layer(child, y),  # post: an in-place ReLU, no new buffer
+            scale=lambda y, gamma: y.replace(y.features * gamma),
+            add=lambda y, shortcut: y.replace(residual_add(y.features, shortcut.features, block_input)))
 
 
 def residual_add(main: torch.Tensor, shortcut: torch.Tensor, block_input: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from ..errors import UnsupportedLayerError
 from ..layers.containers import BlockProgram, SparseSequential
 from ..layers.grn import SparseGlobalResponseNorm
 from ..layers.layernorm import SparseLayerNorm
-from ..registry import keep_dense, masked_forward, register_block, register_layer, run_and_remask, run_as_is
+from ..registry import keep_dense, masked_children, register_block, register_layer, run_and_remask, run_as_is
 
 # The order in which each container's forward calls its children (absent names are skipped).
 MLP_ORDER = ("fc1", "act", "drop1", "norm", "grn", "fc2", "drop2")
@@ -55,9 +55,7 @@ def register_chain(types, order: Sequence[str]) -> None:
         return twin
 
     def masked(module, x, masks, path):
-        for name, child in _children_in_order(module, order, path):
-            x = masked_forward(child, x, masks, f"{path}.{name}")
-        return x
+        return masked_children(module, x, masks, path, _children_in_order(module, order, path))
 
     register_layer(types, sparse=sparse, masked=masked)
 
