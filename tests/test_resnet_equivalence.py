@@ -1,6 +1,6 @@
 """Sparse encoder == masked-dense reference for timm ResNets (forward, every gradient, BN stats).
 
-The issue's grid is sizes {224², 256², 192×320} × batch {1, 4} × ratio {0, 0.6, 0.9} × {train,
+The grid is sizes {224², 256², 192×320} × batch {1, 4} × ratio {0, 0.6, 0.9} × {train,
 eval} × 2 backends × 2 models. Running all of it (fp32 and fp64) would take most of CI, so each
 model/backend runs a covering set in which every value of every factor, and every size × ratio
 pair, appears; the spconv backend additionally is shown to use exactly the torch backend's index
