@@ -10,6 +10,7 @@ from torch import nn
 
 from .backends import check_backend_name
 from .encoder import SparseEncoder
+from . import models  # noqa: F401 — registers the timm families' layers, so any import path can convert
 from .plan import encoder_part
 from .registry import Converter
 

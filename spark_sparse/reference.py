@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .masks import MaskPyramid, check_visible
+from . import models  # noqa: F401 — registers the timm families' layers, so any import path has their rules
 from .plan import PlannedEncoder, encoder_part
 from .registry import check_block_programs, masked_forward
 
