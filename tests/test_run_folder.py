@@ -183,3 +183,25 @@ def test_a_second_run_on_a_folder_in_use_is_refused(data, tmp_path, capsys):
         held.close()
     train(["--data", data, *TINY, "--steps", "1", "--out", out])  # released: the folder is free again
     train(["--data", data, *TINY, "--steps", "2", "--out", out])  # and the lock of a finished run is gone
+
+
+@pytest.mark.parametrize("change, message", [(("--decoder-width", "32", "64"), "--decoder-width 32"),
+                                             (("--arch", "resnet10t", "resnet18"), "the checkpoint is a resnet10t"),
+                                             (("--batch-size", "4", "8"), "--batch-size 4 → 8")])
+def test_a_resume_refused_for_its_checkpoint_leaves_the_new_out_untouched(data, tmp_path, capsys, change, message):
+    """A checkpoint that does not fit the run is refused before the folder is claimed: the --out it
+    named gets no run.json (which would make the corrected command a run of another folder's)."""
+    first = str(tmp_path / "first")
+    train(["--data", data, *TINY, "--steps", "1", "--out", first])
+    path = ckpt.list_checkpoints(first)[-1][1]
+    option, old, new = change
+    i = TINY.index(option)
+    assert TINY[i + 1] == old
+    wrong = TINY[:i + 1] + [new] + TINY[i + 2:]
+    fresh = str(tmp_path / "fresh")
+    capsys.readouterr()
+    assert pretrain(parse(["--data", data, *wrong, "--steps", "2", "--resume", path, "--out", fresh])) == EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(fresh) and folder_run(fresh) is None
+    train(["--data", data, *TINY, "--steps", "2", "--resume", path, "--out", fresh])
+    assert [step for step, _ in ckpt.list_checkpoints(fresh)] == [2]

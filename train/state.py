@@ -41,8 +41,9 @@ def training_payload(t) -> Optional[Dict]:
     ).to_dict()
 
 
-def load_training_state(t, payload: Dict) -> None:
-    """Put a checkpoint's state into trainer ``t`` (checked against its model first)."""
+def check_resumable(t, payload: Dict) -> None:
+    """Refuse (ValueError) a checkpoint trainer ``t`` cannot continue: another model, or, unless --force,
+    another global batch size or data set. It only reads, so a refused resume has written nothing."""
     if payload["arch"] != t.args.arch or payload["encoder_kind"] != t.model.encoder_kind:
         raise ValueError(f"the checkpoint is a {payload['arch']} ({payload['encoder_kind']} encoder), this run a "
                          f"{t.args.arch} ({t.model.encoder_kind}): pass the same --arch/--encoder, or another --out")
@@ -51,6 +52,15 @@ def load_training_state(t, payload: Dict) -> None:
                for k in ("decoder_width", "densify_norm") if k in saved and saved[k] != mine[k]]
     if differs:
         raise ValueError(f"the checkpoint's model was built with {', '.join(differs)}: pass the same to resume from it")
+    changes = data_changes(t, payload)
+    if changes and not t.args.force:
+        raise ValueError(f"{changes}: the run would not continue as it was. Resume with the same --batch-size and "
+                         f"data, start a new run in another --out, or pass --force to go on anyway")
+
+
+def load_training_state(t, payload: Dict) -> None:
+    """Put a checkpoint's state into trainer ``t`` (:func:`check_resumable` first)."""
+    check_resumable(t, payload)
     t.model.load_state_dict(payload["model"])
     if payload["optimizer"] is None:  # imported weights (spark-sparse import): a fresh optimiser
         t.log("the checkpoint has no optimizer state (imported weights): the optimizer starts fresh")
@@ -69,7 +79,9 @@ def load_training_state(t, payload: Dict) -> None:
         seed_everything(t.args.seed + t.procs.rank + payload["step"])
         t.warn(f"the checkpoint was written by {payload.get('world_size')} processes, this run has "
                f"{t.procs.world}: data order and masks continue exactly, drop-path draws do not")
-    check_same_data(t, payload)
+    changes = data_changes(t, payload)
+    if changes:  # only with --force (check_resumable)
+        t.warn(f"{changes}: going on (--force); the epochs and the schedule now count in the new setting")
     t.mask_generator.set_state(rng["mask_generator"])
     t.epoch, t.batch, t.step = payload["epoch"], rng["sampler"]["batch"], payload["step"]
     metrics = payload.get("metrics", {})
@@ -82,10 +94,12 @@ def load_training_state(t, payload: Dict) -> None:
                ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()))
 
 
-def check_same_data(t, payload: Dict) -> None:
-    """Refuse (unless --force) to continue a run on another global batch size or data set: its position
-    is a batch of an epoch's permutation, so either would change what the remaining epochs and the
-    schedule mean, not continue them."""
+def data_changes(t, payload: Dict) -> str:
+    """What continuing ``payload`` in trainer ``t`` would change about the data ("" when nothing): its
+    position is a batch of an epoch's permutation, so another global batch size or data set would
+    change what the remaining epochs and the schedule mean, not continue them."""
+    if payload["rng"] is None:  # imported weights: no data position to continue
+        return ""
     sampler, saved_batch = payload["rng"]["sampler"], payload["args"].get("batch_size")
     changes = []
     if saved_batch is not None and saved_batch != t.args.batch_size:
@@ -94,10 +108,4 @@ def check_same_data(t, payload: Dict) -> None:
         then, now = sampler["images"], len(t.source)
         changes.append(f"another data set ({then} images then, {now} now" + (", other files" if then == now else "")
                        + ": another order of images)")
-    if not changes:
-        return
-    text = f"resuming step {payload['step']} with {'; '.join(changes)}"
-    if not getattr(t.args, "force", False):
-        raise ValueError(f"{text}: the run would not continue as it was. Resume with the same --batch-size and "
-                         f"data, start a new run in another --out, or pass --force to go on anyway")
-    t.warn(f"{text}: going on (--force); the epochs and the schedule now count in the new setting")
+    return f"resuming step {payload['step']} with {'; '.join(changes)}" if changes else ""

@@ -38,7 +38,7 @@ from .rng import seed_everything
 from .run_folder import ResumePlan, RunFolderError, claim, lock_folder, plan_resume
 from .schedule import Schedule, build_optimizer, lamb_betas
 from .signals import StopSignals
-from .state import load_training_state, training_payload
+from .state import check_resumable, load_training_state, training_payload
 from .sync_batchnorm import convert_sync_batchnorm
 from .update import EXIT_NON_FINITE, NonFiniteError, apply_update, autocast_context
 from .visualise import Reconstructions
@@ -148,32 +148,36 @@ class Trainer:
     def _resume(self) -> Optional[str]:
         """Rank 0 decides (so every process resumes from the same file, or all stop); all load it."""
         decision = {"plan": None, "error": None}
+        payload = None
         if self.procs.is_main:
             ckpt.remove_stale_temporaries(self.out)
             try:
                 plan = plan_resume(self.out, self.args.resume, force=self.args.force)
+                if plan.path is not None:  # refused before the folder is claimed: a refusal writes nothing
+                    payload = ckpt.load(plan.path)
+                    check_resumable(self, payload)
                 self.folder_lock = lock_folder(self.out)  # before the first write: claiming the folder
                 claim(self.out, plan)
                 decision["plan"] = (plan.path, plan.run_id)
                 for note in plan.notes:
                     self.warn(note)
-            except (RunFolderError, ckpt.CheckpointError) as e:
+            except (RunFolderError, ckpt.CheckpointError, ValueError) as e:
                 decision["error"] = (type(e).__name__, str(e))
         decision = broadcast_object(decision, self.procs)
         if decision["error"]:
             kind, text = decision["error"]
-            raise (ckpt.CheckpointError if kind == "CheckpointError" else RunFolderError)(text)
+            errors = {"CheckpointError": ckpt.CheckpointError, "RunFolderError": RunFolderError}
+            raise errors.get(kind, ValueError)(text)
         plan = ResumePlan(*decision["plan"])
         self.run_id = plan.run_id
         if plan.path is None:
             return None
-        try:
-            payload = ckpt.load(plan.path)
-        except ckpt.CheckpointError:
-            if self.procs.is_main:
-                raise
-            raise ckpt.CheckpointError(f"process {self.procs.rank} cannot read {plan.path}, which rank 0 resumes "
-                                       f"from: with several nodes --out must be on a shared file system")
+        if payload is None:  # another process: rank 0 checked this file, each process reads it
+            try:
+                payload = ckpt.load(plan.path)
+            except ckpt.CheckpointError:
+                raise ckpt.CheckpointError(f"process {self.procs.rank} cannot read {plan.path}, which rank 0 resumes "
+                                           f"from: with several nodes --out must be on a shared file system")
         load_training_state(self, payload)
         return plan.path
 
