@@ -128,9 +128,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--keep-freed-memory", default=True, action=argparse.BooleanOptionalAction,
                      help="CPU training: let glibc keep freed memory for reuse (no mmap, no trim), so a step does "
                           "not pay page faults to map its large tensors again every step (the no-argument run: "
-                          "about 10 %% more images/s on a 2-core CPU, same numbers); the process keeps its peak "
-                          "heap. --no-keep-freed-memory leaves malloc as the system set it. Only glibc has these "
-                          "settings; GPU runs leave malloc alone")
+                          "9–20 %% more images/s in four paired runs on a 2-core CPU, same numbers); the process keeps "
+                          "its peak heap. --no-keep-freed-memory leaves malloc as the system set it. Only glibc has "
+                          "these settings; GPU runs leave malloc alone")
     run.add_argument("--progress", default=None, action=argparse.BooleanOptionalAction,
                      help="progress bar (default: when stderr is a terminal)")
 

@@ -3,7 +3,7 @@ by side in one process: encoder forward, encoder forward+backward and the whole 
 interleaved repeats after warm-up (median), peak memory, exact MACs and the ideal ratio
 1/(visible fraction). Writes results.json, results.md and PNG plots into --out, and optionally
 the README's headline table (--readme). Models that cannot be sparsified yet are reported as
-skipped, with the reason. Random weights: nothing is downloaded. Start with --quick (seconds);
+skipped, with the reason. Random weights: nothing is downloaded. Start with --quick (a minute or two);
 --profile-only --profile-model resnet50 times every sparse layer against its dense twin; the
 command of the committed CPU results is in benchmarks/results/README.md."""
 from __future__ import annotations
