@@ -117,6 +117,7 @@ def test_a_failed_checkpoint_write_exits(data, tmp_path):
     rc, out, left = run_cli(["--data", data, *TINY, "--workers", "1", "--steps", "2", "--out", str(tmp_path / "r")],
                             preexec=small_files)
     check_failed(rc, out, left, "could not be written")
+    assert "Traceback" not in out and "The newest checkpoint is none" in out, out
     folder = tmp_path / "r" / "checkpoints"
     assert not folder.exists() or not os.listdir(folder), "no checkpoint and no temporary file is left"
 

@@ -197,3 +197,19 @@ def test_sigterm_under_the_launcher_saves_and_exits_143(data, tmp_path):
     assert "stopped by SIGTERM after step" in log and "Traceback" not in log
     last = final_checkpoint(out)
     assert last["world_size"] == 2 and last["step"] < 200
+
+
+def test_a_run_refused_under_the_launcher_exits_2(data, tmp_path):
+    """torchrun exits 1 whatever its processes' statuses; the launcher passes on a refusal's 2."""
+    out = str(tmp_path / "launched")
+    ckpt_dir = ckpt.checkpoint_dir(out)
+    os.makedirs(ckpt_dir)
+    open(os.path.join(ckpt_dir, "ckpt-00000001.pt"), "wb").close()  # --resume none would start over them
+    done = subprocess.run([sys.executable, "-m", "spark_sparse.train.launch", "--standalone", "--nproc_per_node", "2",
+                           "-m", "spark_sparse.cli", "pretrain", "--data", data, *TINY, "--steps", "1",
+                           "--resume", "none", "--out", out],
+                          cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stdout[-3000:]
+    assert "the training processes exited with status 2" in done.stdout
+

@@ -174,13 +174,17 @@ def test_resuming_on_another_batch_size_or_data_set_is_refused_unless_forced(tmp
 def test_a_second_run_on_a_folder_in_use_is_refused(data, tmp_path, capsys):
     from spark_sparse.train.run_folder import lock_folder
     out = str(tmp_path / "run")
-    held = lock_folder(out)  # as a run still writing there holds it
+    held = lock_folder(out)  # as a run still writing there holds it, in the middle of a save
+    os.makedirs(ckpt.checkpoint_dir(out))
+    being_written = os.path.join(ckpt.checkpoint_dir(out), "ckpt-00000001.pt.abcd1234.tmp")
+    open(being_written, "wb").close()
     try:
         assert pretrain(parse(["--data", data, *TINY, "--steps", "1", "--out", out])) == EXIT_BAD_INPUT
         assert f"another spark-sparse pretrain (process {os.getpid()}) is writing to {out}" in capsys.readouterr().err
-        assert not os.path.exists(ckpt.checkpoint_dir(out)) and folder_run(out) is None
+        assert os.listdir(ckpt.checkpoint_dir(out)) == [os.path.basename(being_written)] and folder_run(out) is None
     finally:
-        held.close()
+        held.release()
+    os.unlink(being_written)
     train(["--data", data, *TINY, "--steps", "1", "--out", out])  # released: the folder is free again
     train(["--data", data, *TINY, "--steps", "2", "--out", out])  # and the lock of a finished run is gone
 

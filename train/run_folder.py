@@ -122,14 +122,38 @@ def plan_resume(out: str, choice: str, force: bool = False) -> ResumePlan:
 LOCK_FILE = "run.lock"
 
 
-def lock_folder(out: str):
+class FolderLock:
+    """``<out>/run.lock``, held (an open file with an exclusive flock) until :meth:`release`."""
+
+    def __init__(self, handle, created: List[str]):
+        self.handle = handle
+        self.created = created  # what taking the lock made (the lock file, the folder), innermost first
+
+    def release(self, undo: bool = False) -> None:
+        """Let the lock go; with ``undo`` (a run refused before it wrote anything) also remove the lock
+        file and the folder if taking the lock created them, so a refusal leaves no trace."""
+        self.handle.close()
+        if undo:
+            for path in self.created:
+                try:
+                    os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
+                except OSError:
+                    pass  # another process has since put something there: it stays
+
+
+def lock_folder(out: str) -> FolderLock:
     """Hold ``<out>/run.lock`` for this process's lifetime (an open file; closing it releases the lock,
     and so does the process's end, however it ends: no stale lock after a crash). A second run
     started on the same --out while one is writing there would resume the same checkpoints and write
-    over each other's; it is refused, naming the process that holds the folder."""
+    over each other's, or delete the temporary file of a checkpoint being written; it is refused,
+    naming the process that holds the folder, before it touches anything."""
     import fcntl
+    lock_path = os.path.join(out, LOCK_FILE)
+    created = [] if os.path.isdir(out) else [out]
     os.makedirs(out, exist_ok=True)
-    handle = open(os.path.join(out, LOCK_FILE), "a+", encoding="utf-8")
+    if not os.path.exists(lock_path):
+        created.insert(0, lock_path)
+    handle = open(lock_path, "a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -142,7 +166,7 @@ def lock_folder(out: str):
     handle.truncate()
     handle.write(str(os.getpid()))
     handle.flush()
-    return handle
+    return FolderLock(handle, created)
 
 
 def _logged_steps(out: str) -> bool:

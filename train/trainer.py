@@ -150,19 +150,23 @@ class Trainer:
         decision = {"plan": None, "error": None}
         payload = None
         if self.procs.is_main:
-            ckpt.remove_stale_temporaries(self.out)
             try:
+                # first of all: a run still writing here keeps its folder, temporaries included
+                self.folder_lock = lock_folder(self.out)
+                ckpt.remove_stale_temporaries(self.out)
                 plan = plan_resume(self.out, self.args.resume, force=self.args.force)
-                if plan.path is not None:  # refused before the folder is claimed: a refusal writes nothing
+                if plan.path is not None:  # checked before the folder is claimed: a refusal writes nothing
                     payload = ckpt.load(plan.path)
                     check_resumable(self, payload)
-                self.folder_lock = lock_folder(self.out)  # before the first write: claiming the folder
                 claim(self.out, plan)
                 decision["plan"] = (plan.path, plan.run_id)
                 for note in plan.notes:
                     self.warn(note)
             except (RunFolderError, ckpt.CheckpointError, ValueError) as e:
                 decision["error"] = (type(e).__name__, str(e))
+                if self.folder_lock is not None:
+                    self.folder_lock.release(undo=True)
+                    self.folder_lock = None
         decision = broadcast_object(decision, self.procs)
         if decision["error"]:
             kind, text = decision["error"]
@@ -249,7 +253,7 @@ class Trainer:
         if getattr(self, "monitor", None) is not None:
             self.monitor.close()
         if getattr(self, "folder_lock", None) is not None:
-            self.folder_lock.close()
+            self.folder_lock.release()
             self.folder_lock = None
 
     def _loop(self) -> None:
@@ -343,8 +347,8 @@ def pretrain(args) -> int:
             print(f"spark-sparse pretrain: interrupted before a step boundary: no checkpoint saved; the newest "
                   f"is {last[-1][1] if last else 'none'}", file=sys.stderr, flush=True)
             return 130
-        except RuntimeError as e:
-            failure = data_failure(e)
+        except RuntimeError as e:  # a checkpoint that could not be written, or data that cannot feed the run
+            failure = str(e) if isinstance(e, ckpt.CheckpointError) else data_failure(e)
             if failure is None:
                 raise
             last = ckpt.list_checkpoints(trainer.out)
