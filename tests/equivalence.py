@@ -1,12 +1,12 @@
 """Shared machinery of the equivalence tests: sparse encoder vs the masked-dense reference.
 
 Exactness is proven in fp64: every stage, every parameter gradient, the input gradient and the
-BatchNorm running statistics agree to 1e-8 (max-relative) on every configuration.
+BatchNorm running statistics agree to FP64_TOL (max-relative) on every configuration.
 
 fp32 criterion. Rounding differs between any two fp32 implementations, and train-mode BatchNorm
 over a handful of sites (ResNet-50 stage 4 at batch 1 sees 5) amplifies it: the reference's own
 fp32 result can sit 1e-3 from its fp64 value. So every fp32 comparison measures that floor in the
-same test and requires |sparse − ref32| ≤ tol + 4·|ref32 − ref64|. Where the problem is well
+same test and compares with the fp64 truth: |sparse32 − ref64| ≤ tol + 4·|ref32 − ref64|. Where the problem is well
 conditioned the floor is ~1e-6, and features then meet the contract's 1e-4 itself:
 - features, per stage, max-relative: tol 1e-4;
 - gradients, norm-relative: tol 5e-3 for the input gradient and for the whole gradient (all
@@ -15,7 +15,7 @@ conditioned the floor is ~1e-6, and features then meet the contract's 1e-4 itsel
   the other. Seen here (resnet18, batch 4, ratio 0.9, eval): 3.5e-3 on one layer1 weight and
   1.2e-3 on the whole gradient and 1.0e-3 on the input gradient, while fp64 agreed to 3e-15 and a
   1e-6 input perturbation moved the reference itself across the same kink. Such isolated crossings stay well below these
-  bounds; a wrong rule for a layer gives errors of order 1 (and fails fp64 at 1e-8 anyway).
+  bounds; a wrong rule for a layer gives errors of order 1 (and fails fp64 at FP64_TOL anyway).
 """
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ from torch import nn
 
 import spark_sparse as ss
 
-FWD_TOL, GRAD_TOL, PARAM_TOL, FP64_TOL, NOISE_FACTOR = 1e-4, 5e-3, 1e-2, 1e-8, 4.0
+FWD_TOL, GRAD_TOL, PARAM_TOL, FP64_TOL, NOISE_FACTOR = 1e-4, 5e-3, 1e-2, 1e-12, 4.0
+# FP64_TOL: the worst fp64 max-relative error measured over every configuration of the equivalence,
+# SparK-model, all-masked and routing tests (CPU) was 1.2e-13 (a parameter gradient; features
+# 1.6e-14, input gradient 4.9e-14, running statistics 6.1e-15); most sit at 1e-15.
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -127,35 +130,48 @@ def check_masked_zero(outputs: List[torch.Tensor], visible: torch.Tensor, patch:
         assert torch.count_nonzero(out[masked]) == 0, "masked sites must be exactly zero"
 
 
-def compare_fp64(sparse: Run, ref: Run) -> None:
+def compare_fp64(sparse: Run, ref: Run) -> Dict[str, float]:
+    """Max-relative errors of every stage, parameter gradient, the input gradient and every buffer,
+    each ≤ FP64_TOL; returns (and prints) the worst of each kind."""
+    assert set(sparse.grads) == set(ref.grads), "the same parameters must receive gradients"
+    worst = {
+        "features": max(rel_max(s, r) for s, r in zip(sparse.outputs, ref.outputs)),
+        "gradients": max(rel_max(sparse.grads[n], ref.grads[n]) for n in ref.grads),
+        "input gradient": rel_max(sparse.input_grad, ref.input_grad),
+        "buffers": max((rel_max(sparse.buffers[n], b) for n, b in ref.buffers.items()), default=0.0),
+    }
+    print("fp64 max-relative error: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     for i, (s, r) in enumerate(zip(sparse.outputs, ref.outputs)):
         assert rel_max(s, r) <= FP64_TOL, f"stage {i}: fp64 feature error {rel_max(s, r):.2e}"
-    assert set(sparse.grads) == set(ref.grads), "the same parameters must receive gradients"
-    worst = max((rel_max(sparse.grads[n], ref.grads[n]), n) for n in ref.grads)
-    assert worst[0] <= FP64_TOL, f"fp64 gradient error {worst[0]:.2e} at {worst[1]}"
-    assert rel_max(sparse.input_grad, ref.input_grad) <= FP64_TOL
+    grad = max((rel_max(sparse.grads[n], ref.grads[n]), n) for n in ref.grads)
+    assert grad[0] <= FP64_TOL, f"fp64 gradient error {grad[0]:.2e} at {grad[1]}"
+    assert worst["input gradient"] <= FP64_TOL, f"fp64 input gradient error {worst['input gradient']:.2e}"
     for n, b in ref.buffers.items():
-        assert rel_max(sparse.buffers[n], b) <= FP64_TOL, f"buffer {n} differs"
+        assert rel_max(sparse.buffers[n], b) <= FP64_TOL, f"buffer {n}: fp64 error {rel_max(sparse.buffers[n], b):.2e}"
+    return worst
 
 
 def compare_fp32(sparse: Run, ref: Run, ref64: Run) -> Dict[str, float]:
-    """Contract tolerance plus the reference's own fp32 error (see the module docstring)."""
+    """The sparse fp32 run against the fp64 truth: contract tolerance plus NOISE_FACTOR times the
+    reference's own fp32 error against that truth (see the module docstring). ``ref`` is the
+    reference's fp32 run, which measures that floor."""
     report = {}
     for i, (s, r, t) in enumerate(zip(sparse.outputs, ref.outputs, ref64.outputs)):
-        err, floor = rel_max(s, r), rel_max(r, t)
+        err, floor = rel_max(s, t), rel_max(r, t)
         report[f"stage{i}"] = err
         assert err <= FWD_TOL + NOISE_FACTOR * floor, f"stage {i}: error {err:.2e} (fp32 floor {floor:.2e})"
-    assert set(sparse.grads) == set(ref.grads), "the same parameters must receive gradients"
+    assert set(sparse.grads) == set(ref.grads) == set(ref64.grads), "the same parameters must receive gradients"
     for name in ref.grads:
-        err, floor = rel_norm(sparse.grads[name], ref.grads[name]), rel_norm(ref.grads[name], ref64.grads[name])
+        t = ref64.grads[name]
+        err, floor = rel_norm(sparse.grads[name], t), rel_norm(ref.grads[name], t)
         report[name] = err
         assert err <= PARAM_TOL + NOISE_FACTOR * floor, f"gradient of {name}: error {err:.2e} (floor {floor:.2e})"
     for name, pick in (("<all parameters>", lambda r: r.grads_flat()), ("<input>", lambda r: r.input_grad)):
-        err, floor = rel_norm(pick(sparse), pick(ref)), rel_norm(pick(ref), pick(ref64))
+        err, floor = rel_norm(pick(sparse), pick(ref64)), rel_norm(pick(ref), pick(ref64))
         report[name] = err
         assert err <= GRAD_TOL + NOISE_FACTOR * floor, f"gradient of {name}: error {err:.2e} (floor {floor:.2e})"
-    for n, r in ref.buffers.items():
-        err, floor = rel_max(sparse.buffers[n], r), rel_max(r, ref64.buffers[n])
+    for n, t in ref64.buffers.items():
+        err, floor = rel_max(sparse.buffers[n], t), rel_max(ref.buffers[n], t)
         assert err <= FWD_TOL + NOISE_FACTOR * floor, f"buffer {n}: error {err:.2e} (fp32 floor {floor:.2e})"
     return report
 

@@ -88,7 +88,7 @@ def forced(arch: str, implementation: str, dtype=torch.float64):
 @pytest.mark.parametrize("arch,implementation", CANDIDATES)
 def test_every_candidate_equals_the_reference_in_fp64(arch, implementation):
     """Each implementation runs every layer of its kind (checked, so the test cannot pass on a
-    fallback) and the encoder then matches the masked-dense reference to 1e-8 in fp64: routing
+    fallback) and the encoder then matches the masked-dense reference to FP64_TOL in fp64: routing
     changes speed only. Every other layer runs its fixed route."""
     if implementation == "spconv" and not spconv_available():
         pytest.skip("spconv is not installed")
