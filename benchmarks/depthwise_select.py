@@ -20,7 +20,7 @@ import spark_sparse as ss
 
 from spark_sparse.features import SparseFeatures
 from spark_sparse.geometry import Geometry
-from spark_sparse.kernels.depthwise import sparse_depthwise_conv, why_unsupported
+from spark_sparse.routing import compute, unsupported
 from spark_sparse.masks import dense_mask, patch_grid
 from spark_sparse.spec import ConvSpec
 from spark_sparse.plan import PATCH_SIZE
@@ -62,8 +62,9 @@ def measure(batch: int, size: int, ratio: float, repeats: int, device: torch.dev
 
         row["masked-dense"] = _time(masked_dense, repeats, sync, clock)
         for impl in impls:
-            if why_unsupported(impl, spec) is None:
-                row[impl] = _time(lambda: sparse_depthwise_conv(x, weight, spec, impl).sum().backward(), repeats,
+            name = f"depthwise-{impl}"
+            if unsupported(name, spec, geometry.level(stride).r, device, dtype) is None:
+                row[impl] = _time(lambda: compute(name, x, weight, None, spec).sum().backward(), repeats,
                                   sync, clock)
         rows.append(row)
     return rows

@@ -11,7 +11,7 @@ from .backends import check_backend_name
 from .features import SparseFeatures
 from .flops import sparse_macs
 from .geometry import Geometry
-from .layers.base import run_layer
+from .layers.base import RoutedModule, run_layer
 from .layers.containers import SparseResidualBlock
 from .layers.conv import SparseConv2d
 from .masks import check_visible
@@ -55,8 +55,9 @@ class SparseEncoder(PlannedEncoder):
         :func:`spark_sparse.routing.get_routing`)."""
         if routing is not None:
             check_routing(routing)
-        for module in self._convs():
-            module.routing = routing
+        for module in self.modules():
+            if isinstance(module, RoutedModule):  # convs and max-pools
+                module.routing = routing
         return self
 
     def set_checkpointing(self, enabled: bool) -> "SparseEncoder":

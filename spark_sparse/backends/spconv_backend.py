@@ -12,7 +12,7 @@ spconv 2.3.8 has pitfalls, each guarded here (tests/test_spconv_guards.py shows 
   (``spconv_unsupported``: the router picks another implementation; on the CPU bf16 goes the
   gather-table way like every dtype);
 - no ``groups`` → depthwise convs are not its job (``spconv_unsupported``); 1×1 convs compute a wrong
-  reshape (upstream issues 450/772) and no bias on the CPU → 1×1 convs never reach a backend
+  reshape (a known spconv defect) and no bias on the CPU → 1×1 convs never reach a backend
   (they are matmuls in the layer) and bias is added by the layer, never passed to spconv.
 """
 from __future__ import annotations
@@ -139,7 +139,7 @@ def spconv_unsupported(spec: ConvSpec, device: torch.device, dtype: torch.dtype)
     if spec.groups != 1:
         return "spconv has no grouped (depthwise) convolution"
     if spec.kernel == (1, 1):
-        return "spconv computes 1x1 convolutions wrongly (upstream issues 450/772)"
+        return "spconv 2.3 computes 1x1 convolutions wrongly (its output comes back misarranged)"
     if device.type == "cuda" and dtype == torch.bfloat16:
         return "spconv 2.3.8 has no bf16 kernels (its autocast runs fp16)"
     return None
