@@ -20,7 +20,7 @@ import spark_sparse as ss
 from spark_sparse.spec import compute_dtype
 from spark_sparse.features import SparseFeatures
 from spark_sparse.flops import conv_macs
-from spark_sparse.layers.base import SparseModule
+from spark_sparse.layers.base import RoutedModule, SparseModule
 from spark_sparse.layers.conv import SparseConv2d
 from spark_sparse.masks import MaskPyramid
 from spark_sparse.registry import masked_forward
@@ -43,11 +43,12 @@ def _channels_last_twin(module: nn.Module) -> bool:
 
 
 def how(module: nn.Module, x: SparseFeatures) -> str:
-    """How a sparse layer computes: for convs their shape and the router's choice for this input
-    ('3x3 tiles', '1x1 matmul', '7x7 dw dense', …), the one the layer's forward makes."""
-    if not isinstance(module, SparseConv2d):
+    """How a sparse layer computes: for routed layers (convs, max-pools) their shape and the router's
+    choice for this input ('3x3 tiles', '1x1 matmul', '7x7 dw dense', '3x3/2 maxpool-tiles', …),
+    the one the layer's forward makes."""
+    if not isinstance(module, RoutedModule):
         return "sparse" if isinstance(module, SparseModule) else "per site"
-    s = module.spec
+    s = module.layer_spec(x)
     name = f"{s.kernel[0]}x{s.kernel[1]}" + (f"/{s.stride[0]}" if s.stride[0] > 1 else "")
     return f"{name} {module.route_for(x).label}"
 
@@ -63,7 +64,7 @@ def layer_macs(module: nn.Module, sites: int, dense_sites: int):
     return None
 
 
-def with_request(module: SparseConv2d, implementation: str):
+def with_request(module: RoutedModule, implementation: str):
     """``module`` run with ``implementation`` requested for one call, then set back: the profile's
     per-implementation columns."""
     def run(x):
@@ -76,16 +77,17 @@ def with_request(module: SparseConv2d, implementation: str):
     return run
 
 
-def compared_implementations(module: SparseConv2d, x: SparseFeatures, compare_backends) -> List[str]:
-    """What the profile times a conv on besides its route: for a table conv, each of
-    ``compare_backends`` that can run it here; for a depthwise conv, every candidate here."""
+def compared_implementations(module: RoutedModule, x: SparseFeatures, compare_backends) -> List[str]:
+    """What the profile times a routed layer on besides its route: for a table conv, each of
+    ``compare_backends`` that can run it here; for a 1×1 or depthwise conv or a max-pool, every
+    candidate here (patchify convs have one implementation)."""
     dtype = compute_dtype(x.features)
-    kind = layer_kind(module.spec, x.level.r)
+    spec = module.layer_spec(x)
+    kind = layer_kind(spec, x.level.r)
     if kind == "table":
-        return [b for b in compare_backends
-                if unsupported(b, module.spec, x.level.r, x.features.device, dtype) is None]
-    if kind == "depthwise":
-        return candidates(module.spec, x.level.r, x.features.device, dtype)
+        return [b for b in compare_backends if unsupported(b, spec, x.level.r, x.features.device, dtype) is None]
+    if kind in ("pointwise", "depthwise", "maxpool"):
+        return candidates(spec, x.level.r, x.features.device, dtype)
     return []
 
 
@@ -198,13 +200,13 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
                     lambda t: masked_forward(twin, t, masks, path), lambda g: _fresh(masked_in, g), mode, twin,
                     dev, amp_dtype, grads, f"{path}:masked")
             compared = compared_implementations(module, sf, compare_backends) \
-                if isinstance(module, SparseConv2d) else []
+                if isinstance(module, RoutedModule) else []
             for impl in compared:
                 calls[(f"sparse[{label(impl)}]", mode)] = _layer_call(
                     with_request(module, impl), sparse_input, mode, module, dev, amp_dtype, grads, f"{path}:sparse")
         times, errors = time_interleaved({f"{k}|{m}": c for (k, m), c in calls.items()}, warmup=warmup,
                                          repeats=repeats, device=dev)
-        route = module.route_for(sf) if isinstance(module, SparseConv2d) else None
+        route = module.route_for(sf) if isinstance(module, RoutedModule) else None
         row = {"path": path, "type": type(module).__name__, "how": how(module, sf),
                "route": None if route is None else {"implementation": route.implementation, "reason": route.reason},
                "sites": sf.features.shape[0], "dense_sites": masked_in.numel() // sf.channels,

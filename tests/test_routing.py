@@ -247,6 +247,16 @@ def test_fixed_routing_never_tunes(fresh_cache):
     assert routing.tuning_stats()["tuned"] == 0 and not fresh_cache.exists()
 
 
+def test_set_routing_reaches_every_routed_layer():
+    """An encoder's routing setting reaches its max-pool as well as its convs."""
+    encoder = ss.sparsify(cached_model("resnet18"))
+    routed = [m for m in encoder.modules() if isinstance(m, RoutedModule)]
+    assert any(type(m).__name__ == "SparseMaxPool2d" for m in routed)
+    for policy in ("fixed", "measured", None):
+        encoder.set_routing(policy)
+        assert {m.routing for m in routed} == {policy}
+
+
 def test_a_corrupt_cache_is_ignored_with_one_warning_and_rewritten(fresh_cache):
     fresh_cache.write_text("{ not json")
     images, visible = inputs()
