@@ -24,6 +24,7 @@ from spark_sparse.routing import compute, unsupported
 from spark_sparse.masks import dense_mask, patch_grid
 from spark_sparse.spec import ConvSpec
 from spark_sparse.plan import PATCH_SIZE
+from spark_sparse.recipe import MASK_RATIO
 
 STAGES = ((4, 96), (8, 192), (16, 384), (32, 768))  # (stride, channels) of ConvNeXt-T
 
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--mask-ratio", type=float, default=0.6)
+    p.add_argument("--mask-ratio", type=float, default=MASK_RATIO)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--device", default="cpu")

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from spark_sparse.decoder import LightDecoder
+from spark_sparse.recipe import DECODER_WIDTH
 from spark_sparse.upsample import upsample_2x
 
 from .contenders import Call, autocast
@@ -175,7 +176,7 @@ def measure_decoder(batch: int, image_size: Tuple[int, int], width: int, warmup:
     return rows
 
 
-def measure(batch: int, image_size: Tuple[int, int], width: int = 768, warmup: int = 1, repeats: int = 3,
+def measure(batch: int, image_size: Tuple[int, int], width: int = DECODER_WIDTH, warmup: int = 1, repeats: int = 3,
             compile_head: bool = False) -> dict:
     return {"batch": batch, "image_size": list(image_size), "width": width, "repeats": repeats,
             "upsampling": {fmt: measure_upsampling(batch, image_size, width, f, warmup, repeats)

@@ -23,6 +23,7 @@ from spark_sparse.flops import conv_macs
 from spark_sparse.layers.base import RoutedModule, SparseModule
 from spark_sparse.layers.conv import SparseConv2d
 from spark_sparse.masks import MaskPyramid
+from spark_sparse.recipe import MASK_RATIO
 from spark_sparse.registry import masked_forward
 from spark_sparse.routing import candidates, label, layer_kind, unsupported
 
@@ -129,7 +130,7 @@ def _fresh(t: torch.Tensor, requires_grad: bool) -> torch.Tensor:
 
 
 def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", batch: int = 8,
-                  image_size=(224, 224), ratio: float = 0.6, backend: str = "auto", warmup: int = 1,
+                  image_size=(224, 224), ratio: float = MASK_RATIO, backend: str = "auto", warmup: int = 1,
                   repeats: int = 3, seed: int = 0, dense_format: str = "contiguous", progress: bool = True,
                   modes=PROFILE_MODES, compare_backends=()) -> dict:
     """The per-layer profile of ``model_name`` (a dict for the results document).

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from spark_sparse.layers.conv import SparseConv2d
+from spark_sparse.recipe import MASK_RATIO
 from spark_sparse.routing import KIND_IMPLEMENTATIONS, get_routing, layer_kind, tuning_stats
 
 from .contenders import autocast
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp32"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--mask-ratio", type=float, default=0.6)
+    p.add_argument("--mask-ratio", type=float, default=MASK_RATIO)
     p.add_argument("--out", default=None, help="also write the tables to this Markdown file")
     args = p.parse_args(argv)
     device = torch.device(args.device)

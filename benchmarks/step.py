@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from spark_sparse.recipe import DECODER_WIDTH
 from spark_sparse.spark import SparK
 from spark_sparse.step_timer import StepTimer
 
@@ -89,7 +90,7 @@ class SparkStep:
         return counter.get_total_flops() // 2
 
 
-def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, decoder_width: int = 768,
+def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, decoder_width: int = DECODER_WIDTH,
               lr: float = 1e-4, head_format: str = "channels_last", decoder_checkpointing: bool = False,
               encoder_checkpointing: bool = False, as_published: bool = False) -> SparkStep:
     """A SparK pre-training step around ``encoder`` (sparse, masked-dense or dense).

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from .activation import relu6_
+from .plan import PATCH_SIZE
+from .recipe import DECODER_WIDTH
 from .recompute import recomputing, run_recomputed
 from .upsample import Upsample2x, convolution_output_channels_last, set_backward_as_convs
 from .upsample_conv import composed_phases, composition_pays, interleave, phase_batch_norm
@@ -69,7 +71,7 @@ class UpsampleBlock(nn.Module):
                 and composition_pays(x.shape[0], x.shape[1], x.shape[2], x.shape[3]))
 
 
-def check_width(width: int, patch_size: int = 32, what: str = "decoder width") -> int:
+def check_width(width: int, patch_size: int = PATCH_SIZE, what: str = "decoder width") -> int:
     """``width``, or ValueError naming ``what``: the decoder halves its width once per upsampling
     step, log2(patch_size) times, and every step needs at least one channel."""
     steps = int(round(math.log2(patch_size)))
@@ -88,7 +90,8 @@ class LightDecoder(nn.Module):
     (torch.utils.checkpoint): most of the decoder's activations for 3/5 of one more decoder forward.
     """
 
-    def __init__(self, patch_size: int = 32, width: int = 768, out_channels: int = 3, checkpointing: bool = False):
+    def __init__(self, patch_size: int = PATCH_SIZE, width: int = DECODER_WIDTH, out_channels: int = 3,
+                 checkpointing: bool = False):
         super().__init__()
         self.checkpointing = checkpointing
         steps = int(round(math.log2(patch_size)))

@@ -28,10 +28,8 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from ..images import open_rgb
+from ..images import IMAGENET_MEAN, IMAGENET_STD, open_rgb
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # The colour photographs that ship inside the scikit-image wheel (skimage/data/): real scenes, no
@@ -49,13 +47,6 @@ def spark_augmentation(input_size: int) -> transforms.Compose:
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
-
-
-def denormalize(images: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalised tensors back to [0, 1] pixels (for viewing)."""
-    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images * std + mean).clamp(0, 1)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

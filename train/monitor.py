@@ -17,7 +17,6 @@ from typing import Dict, Optional
 import torch
 
 from ..files import write_text
-from ..spark import reconstruction_grid  # noqa: F401  (train.visualise reads it from here)
 
 
 def _eta(seconds: float) -> str:

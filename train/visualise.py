@@ -5,7 +5,8 @@ from typing import Optional
 
 import torch
 
-from .monitor import Monitor, reconstruction_grid
+from ..spark import reconstruction_grid
+from .monitor import Monitor
 
 
 class Reconstructions:
