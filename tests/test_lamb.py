@@ -6,8 +6,8 @@ import pytest
 import torch
 from timm.optim import Lamb as TimmLamb
 
-from train import lamb as lamb_module
-from train.lamb import Lamb
+from spark_sparse.train import lamb as lamb_module
+from spark_sparse.train.lamb import Lamb
 
 
 def _params(dtype):
@@ -139,6 +139,6 @@ def test_torch_without_cpu_fused_adam_runs_timms_code(monkeypatch, fused_calls):
 
 
 def test_trainer_builds_it():
-    from train.schedule import build_optimizer
+    from spark_sparse.train.schedule import build_optimizer
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     assert isinstance(build_optimizer(model, "lamb", lr=1e-3, betas=(0.9, 0.95)), Lamb)
