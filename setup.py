@@ -8,6 +8,14 @@ SUBPACKAGES = {"spark_sparse.kernels": "kernels", "spark_sparse.train": "train",
                "spark_sparse.benchmarks": "benchmarks"}
 
 
+def version():
+    """spark_sparse/version.py's __version__, read without importing the package (and torch)."""
+    scope = {}
+    with open(os.path.join(HERE, "spark_sparse", "version.py"), encoding="utf-8") as f:
+        exec(f.read(), scope)
+    return scope["__version__"]
+
+
 def long_description():
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
         return f.read()
@@ -15,7 +23,7 @@ def long_description():
 
 setup(
     name="spark-sparse",
-    version="0.1.0",
+    version=version(),
     description="SparK (BERT-style masked image modeling for convnets) on a true sparse-convolution encoder",
     long_description=long_description(),
     long_description_content_type="text/markdown",
