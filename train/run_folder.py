@@ -39,6 +39,7 @@ class ResumePlan:
     run_id: str                       # the run this process continues or starts
     previous_run: Optional[str] = None  # the folder's other run whose logs move aside
     notes: List[str] = field(default_factory=list)  # what the user should know: skipped checkpoints, a restart
+    payload: Optional[dict] = field(default=None, repr=False)  # the checkpoint at ``path``, as read while planning
 
 
 class RunFolderError(ValueError):
@@ -79,7 +80,7 @@ def plan_resume(out: str, choice: str, force: bool = False) -> ResumePlan:
         notes = [f"skipping checkpoint {why}" for _, why, _ in skipped]
         if found:
             path, payload = found
-            return ResumePlan(path, payload.get("run_id") or owner or new_run_id(), notes=notes)
+            return ResumePlan(path, payload.get("run_id") or owner or new_run_id(), notes=notes, payload=payload)
         unreadable = [why for _, why, bad in skipped if bad]
         if unreadable and not force:
             raise RunFolderError(f"none of the {len(unreadable)} checkpoint(s) in {ckpt.checkpoint_dir(out)} can be "
@@ -108,15 +109,17 @@ def plan_resume(out: str, choice: str, force: bool = False) -> ResumePlan:
                                  f"(run {file_run or 'none: imported weights'}) there would mix the two runs: choose "
                                  f"another --out, or {share}")
         return ResumePlan(choice, file_run if file_run and file_run != owner else new_run_id(),
-                          previous_run=owner or _unknown_logs(out))
+                          previous_run=owner or _unknown_logs(out), payload=payload)
     newer = [step for step, path in existing if step > payload["step"] and ckpt.run_of(path) == (file_run or owner)]
     if same and newer:
         if not force:
             raise RunFolderError(f"{out} holds checkpoints of this run up to step {max(newer)}, newer than {choice} "
                                  f"(step {payload['step']}): --resume auto continues from the newest; to go back to "
                                  f"step {payload['step']}, resume into another --out, or {share}")
-        return ResumePlan(choice, new_run_id(), previous_run=owner or _unknown_logs(out))  # a branch: a new run
-    return ResumePlan(choice, file_run or owner or new_run_id(), previous_run=None if owner else _unknown_logs(out))
+        return ResumePlan(choice, new_run_id(), previous_run=owner or _unknown_logs(out),  # a branch: a new run
+                          payload=payload)
+    return ResumePlan(choice, file_run or owner or new_run_id(), previous_run=None if owner else _unknown_logs(out),
+                      payload=payload)
 
 
 LOCK_FILE = "run.lock"

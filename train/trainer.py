@@ -156,7 +156,7 @@ class Trainer:
                 ckpt.remove_stale_temporaries(self.out)
                 plan = plan_resume(self.out, self.args.resume, force=self.args.force)
                 if plan.path is not None:  # checked before the folder is claimed: a refusal writes nothing
-                    payload = ckpt.load(plan.path)
+                    payload = plan.payload if plan.payload is not None else ckpt.load(plan.path)
                     check_resumable(self, payload)
                 claim(self.out, plan)
                 decision["plan"] = (plan.path, plan.run_id)
