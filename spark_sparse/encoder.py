@@ -13,7 +13,7 @@ from .flops import sparse_macs
 from .geometry import Geometry
 from .layers.base import RoutedModule, run_layer
 from .layers.containers import SparseResidualBlock
-from .layers.conv import SparseConv2d
+from .layers.conv import SparseConv2d, backend_request
 from .masks import check_visible
 from .plan import EncoderPlan, PlannedEncoder, run_plan
 from .recompute import recomputing, run_recomputed
@@ -38,7 +38,7 @@ class SparseEncoder(PlannedEncoder):
         patchify convs stay matmuls, depthwise convs follow ``set_depthwise``."""
         check_backend_name(backend)
         for module in self._convs(depthwise=False):
-            module.requested = backend
+            module.requested = backend_request(module.spec, backend)
         return self
 
     def set_depthwise(self, impl: str) -> "SparseEncoder":
@@ -82,9 +82,8 @@ class SparseEncoder(PlannedEncoder):
             self._stem_paths = stem
         return list(self._stem_paths)
 
-    def _convs(self, depthwise: Optional[bool] = None) -> List[SparseConv2d]:
-        return [m for m in self.modules() if isinstance(m, SparseConv2d)
-                and (depthwise is None or m.spec.is_depthwise == depthwise)]
+    def _convs(self, depthwise: bool) -> List[SparseConv2d]:
+        return [m for m in self.modules() if isinstance(m, SparseConv2d) and m.spec.is_depthwise == depthwise]
 
     def geometry(self, images: torch.Tensor, visible: torch.Tensor) -> Geometry:
         visible = check_visible(visible, images, self.patch_size)

@@ -155,6 +155,10 @@ def test_fixed_routes_and_refusals():
     assert unsupported("depthwise-table", spec_for(3, stride=2), 8, cpu, torch.float32) is None
     with pytest.raises(ValueError, match="choose one of"):
         unsupported("cudnn", spec, 8, cpu, torch.float32)
+    strided = spec_for(3, stride=2)
+    x, weight = inputs(3, 8, strided)
+    with pytest.raises(ValueError, match="depthwise-tiles cannot run this layer"):
+        compute("depthwise-tiles", x, weight, None, strided)  # the public call checks, as the router does
 
 
 def test_autocast_runs_in_bf16():

@@ -14,6 +14,8 @@ from spark_sparse import routing
 from spark_sparse.backends import spconv_available
 from spark_sparse.spec import ConvSpec
 from spark_sparse.layers.base import RoutedModule
+from spark_sparse.layers.conv import SparseConv2d
+from spark_sparse.layers.pool import SparseMaxPool2d
 from spark_sparse.routing import cache
 from spark_sparse.routing import router as route_module
 from spark_sparse.routing import Workload, candidates, route
@@ -78,9 +80,10 @@ def forced(arch: str, implementation: str, dtype=torch.float64):
         return encoder.set_depthwise(implementation)
     if OWN_KIND[implementation] == "table":
         return encoder.set_backend(implementation)
+    kind = OWN_KIND[implementation]
     for m in encoder.modules():  # 1×1 convs and max-pools: no encoder setting names them
-        if isinstance(m, RoutedModule) and implementation in routing.KIND_IMPLEMENTATIONS[
-                "maxpool" if implementation.startswith("maxpool-") else "pointwise"]:
+        if (isinstance(m, SparseMaxPool2d) if kind == "maxpool"
+                else isinstance(m, SparseConv2d) and routing.layer_kind(m.spec) == kind):
             m.requested = implementation
     return encoder
 

@@ -12,8 +12,9 @@ spconv 2.3.8 has pitfalls, each guarded here (tests/test_spconv_guards.py shows 
   (``spconv_unsupported``: the router picks another implementation; on the CPU bf16 goes the
   gather-table way like every dtype);
 - no ``groups`` → depthwise convs are not its job (``spconv_unsupported``); 1×1 convs compute a wrong
-  reshape (a known spconv defect) and no bias on the CPU → 1×1 convs never reach a backend
-  (they are matmuls in the layer) and bias is added by the layer, never passed to spconv.
+  reshape (a known spconv defect) → 1×1 convs are their own kind in the router (``matmul`` or
+  ``pointwise-conv``, routing/implementations.py), never spconv; no bias on the CPU → the bias is
+  added after the conv (``_plus_bias`` in routing/implementations.py), never passed to spconv.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..features import SparseFeatures
-from ..routing import Route, Workload, compute, route
+from ..routing import RUN, Route, Workload, route
 from ..spec import compute_dtype
 
 
@@ -41,19 +41,21 @@ class RoutedModule(SparseModule):
         trials leave the layer's own gradients alone."""
         raise NotImplementedError
 
-    def route_for(self, x: SparseFeatures, tune: bool = False) -> Route:
+    def route_for(self, x: SparseFeatures, tune: bool = False, spec=None) -> Route:
         """How this layer runs on ``x``. With ``tune``, measured routing may time the candidates on
         ``x`` now (forward + backward on detached copies: the layer's own gradients stay untouched)."""
         dtype = compute_dtype(x.features)
-        return route(self.layer_spec(x), x.level.r, x.features.device, dtype, self.requested, routing=self.routing,
-                     workload=Workload(x.geometry.batch, x.features.shape[0]),
+        return route(spec or self.layer_spec(x), x.level.r, x.features.device, dtype, self.requested,
+                     routing=self.routing, workload=Workload(x.geometry.batch, x.features.shape[0]),
                      trial=self._trial(x) if tune else None)
 
     def run_routed(self, x: SparseFeatures) -> SparseFeatures:
-        """The layer's output: its route on ``x`` (tuning where gradients are on), run."""
-        implementation = self.route_for(x, tune=torch.is_grad_enabled()).implementation
-        out = compute(implementation, x, *self.operands(x))
-        return x.replace(out, stride=x.stride * self.layer_spec(x).stride[0])
+        """The layer's output: its route on ``x`` (tuning where gradients are on), run (the route has
+        checked that its implementation runs the layer, so ``RUN`` is called without a second check)."""
+        spec = self.layer_spec(x)
+        implementation = self.route_for(x, tune=torch.is_grad_enabled(), spec=spec).implementation
+        out = RUN[implementation](x, *self.operands(x))
+        return x.replace(out, stride=x.stride * spec.stride[0])
 
     def _trial(self, x: SparseFeatures):
         # a layer without parameters needs its input's gradient for a backward to run at all
@@ -62,7 +64,7 @@ class RoutedModule(SparseModule):
         def trial(implementation: str, backward: bool = True) -> None:
             feats = x.features.detach().requires_grad_(input_grad and backward)
             with torch.set_grad_enabled(backward):
-                out = compute(implementation, x.replace(feats), *self.operands(x, trial_grad=backward))
+                out = RUN[implementation](x.replace(feats), *self.operands(x, trial_grad=backward))
                 if backward:
                     out.backward(torch.ones_like(out))
         return trial

@@ -22,8 +22,15 @@ from torch import nn
 from ..errors import UnsupportedLayerError
 from ..features import SparseFeatures
 from ..geometry import maps_to_next_level
+from ..routing import layer_kind
 from ..spec import ConvSpec
 from .base import RoutedModule
+
+
+def backend_request(spec: ConvSpec, backend: str) -> str:
+    """What a conv requests of the router for a user's ``backend``: a backend names how k×k convs run;
+    1×1 and patchify convs have their own implementations and depthwise ones follow set_depthwise."""
+    return backend if layer_kind(spec) == "table" else "auto"
 
 
 class SparseConv2d(RoutedModule):
@@ -72,7 +79,6 @@ class SparseConv2d(RoutedModule):
                             f"image of size H to exactly H/stride (use 'same'-style padding, e.g. k//2)")
         if spec.groups != 1 and not spec.is_depthwise:
             raise UnsupportedLayerError(path, conv, f"groups={spec.groups}: only dense (1) or depthwise convs")
-        # a backend names how k×k convs run; depthwise ones are chosen by set_depthwise
-        sparse = cls(spec, conv.bias is not None, "auto" if spec.is_depthwise else backend, path)
+        sparse = cls(spec, conv.bias is not None, backend_request(spec, backend), path)
         sparse.load_state_dict(conv.state_dict())
         return sparse.to(conv.weight)  # device and dtype

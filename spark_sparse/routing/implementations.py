@@ -34,7 +34,7 @@ from ..kernels.max_pool import PoolSpec, table_max_pool, tiles_max_pool
 from ..kernels.rows_linear import patchify_matmul, pointwise_conv, pointwise_matmul
 from ..kernels.tile_conv import tile_conv, tiles_unsupported
 from ..kernels.triton_support import triton_unsupported
-from ..spec import ConvSpec
+from ..spec import ConvSpec, compute_dtype
 
 LayerSpec = Union[ConvSpec, PoolSpec]
 
@@ -79,7 +79,13 @@ assert set(RUN) == set(IMPLEMENTATIONS)
 
 def compute(implementation: str, x: SparseFeatures, *args) -> torch.Tensor:
     """Run the layer on ``x`` with ``implementation``: ``compute(name, x, weight, bias, spec)`` for a
-    conv, ``compute(name, x, pool_spec)`` for a max-pool (see ``RUN``)."""
+    conv, ``compute(name, x, pool_spec)`` for a max-pool (see ``RUN``); ValueError where that
+    implementation cannot run it. (Routed layers call ``RUN`` directly: their route has checked.)"""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+    why = _cannot_run(implementation, args[-1], x.level.r, x.features.device, compute_dtype(x.features))
+    if why is not None:
+        raise ValueError(f"{implementation} cannot run this layer: {why}")
     return RUN[implementation](x, *args)
 
 
@@ -117,8 +123,17 @@ def unsupported(implementation: str, spec: LayerSpec, r: int, device: torch.devi
     kind = layer_kind(spec, r)
     if implementation not in KIND_IMPLEMENTATIONS[kind]:
         return f"'{implementation}' does not run {kind} {'layers' if kind == 'maxpool' else 'convs'}"
+    return _cannot_run(implementation, spec, r, device, dtype)
+
+
+def _cannot_run(implementation: str, spec: LayerSpec, r: int, device: torch.device,
+                dtype: torch.dtype) -> Optional[str]:
+    """Why ``implementation``'s code cannot compute this layer here, whatever kind the router files it
+    under (tiles can run a patchify conv, for instance); None when it can."""
     if implementation in ("tiles", "maxpool-tiles"):
         return tiles_unsupported(spec, r)
+    if implementation == "torch" and spec.groups != 1:
+        return "the gather-GEMM runs groups=1 convs only"
     if implementation == "spconv":
         if not spconv_available():
             return "spconv is not installed"

@@ -28,7 +28,7 @@ from .environment import environment_key
 from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, LayerSpec, candidates, label, layer_kind,
                               unsupported)
 from .measure import time_candidates
-from .rules import RULES, Situation, describe
+from .rules import RULES, Situation, describe, tall_rows
 
 ROUTING_MODES = ("measured", "fixed")
 ENV_VAR = "SPARK_SPARSE_ROUTING"
@@ -107,7 +107,8 @@ def route(spec: LayerSpec, resolution: int, device, dtype: torch.dtype, requeste
     """
     device = torch.device(device)
     mode = check_routing(routing or get_routing())
-    memo_key = (spec, resolution, device, dtype, requested, mode, workload and (workload.bucket, workload.sites),
+    memo_key = (spec, resolution, device, dtype, requested, mode,
+                workload and (workload.bucket, tall_rows(spec, workload.sites)),
                 cache.cache_path() if mode == "measured" else None, torch.get_num_threads())
     found = _MEMO.get(memo_key)
     if found is None:
@@ -126,13 +127,13 @@ def _route(spec, resolution, device, dtype, requested, mode, workload, trial):
         if requested not in IMPLEMENTATIONS:
             raise ValueError(f"unknown implementation {requested!r}; choose 'auto' or one of "
                              f"{', '.join(IMPLEMENTATIONS)}")
+        why = unsupported(requested, spec, resolution, device, dtype)
+        if why is None:
+            return Route(requested, "requested"), True
         if requested in own:
-            why = unsupported(requested, spec, resolution, device, dtype)
-            if why is None:
-                return Route(requested, "requested"), True
             note = f"requested '{requested}' cannot run this layer ({why}); auto: "
         elif len(own) > 1:
-            note = f"'{requested}' does not run {kind} convs; auto: "
+            note = f"{why}; auto: "
     final = True
     if mode == "measured" and workload is not None:
         measured = _TUNER.decide(spec, resolution, device, dtype, workload, trial)

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from ..spec import ConvSpec
 from .implementations import LayerSpec
 
 # Table convs on the CPU: halo tiles beat the gather-GEMM from these patch block sizes r on
@@ -66,9 +67,17 @@ def _tiles_block(s: Situation) -> bool:
     return s.r >= (TILES_MIN_R if s.spec.stride[0] == 1 else TILES_MIN_R_STRIDED)
 
 
+def tall_rows(spec: LayerSpec, sites: Optional[int]) -> Optional[bool]:
+    """What the rules read of a layer's active input sites: for a 1×1 conv whether its output has at
+    least ROWS_CONV_MIN rows (None for other layers, or when not known). Route lookups key on this,
+    not on the count, which user-drawn masks change on every call."""
+    if sites is None or not isinstance(spec, ConvSpec) or spec.kernel != (1, 1):
+        return None
+    return sites // (spec.stride[0] * spec.stride[1]) >= ROWS_CONV_MIN
+
+
 def _tall_fp32_rows_on_cpu(s: Situation) -> bool:
-    rows = None if s.sites is None else s.sites // (s.spec.stride[0] * s.spec.stride[1])
-    return s.device.type == "cpu" and s.dtype == torch.float32 and rows is not None and rows >= ROWS_CONV_MIN
+    return s.device.type == "cpu" and s.dtype == torch.float32 and bool(tall_rows(s.spec, s.sites))
 
 
 RULES: Tuple[Rule, ...] = (
