@@ -36,7 +36,14 @@ __all__ = ["sparsify", "SparseEncoder", "MaskedDenseEncoder", "random_visible", 
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        try:  # a submodule, e.g. ``ss.masks``, as the package gave before its names loaded lazily
+            module = _importlib.import_module("." + name, __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise  # the submodule exists but something it imports does not
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        _importlib.import_module(".models", __name__)  # registers the timm families' layers
+        return module
     _importlib.import_module(".models", __name__)  # registers the timm families' layers
     value = getattr(_importlib.import_module("." + _EXPORTS[name], __name__), name)
     globals()[name] = value  # later uses skip this function

@@ -19,6 +19,8 @@ def test_with_defaults_fills_every_option_from_the_command_line():
     expected.pop("command"), expected.pop("_run")
     assert vars(filled) == expected
     assert vars(mine) == {"arch": "resnet10t", "data_timeout": 5.0}  # the caller's object is left alone
+    with pytest.raises(ValueError, match="unknown pretrain option.*mask_ration"):
+        with_defaults(argparse.Namespace(mask_ration=0.9))  # would train at the default 0.6, silently
 
 
 def test_a_trainer_built_from_a_minimal_namespace_gets_the_cli_defaults(tmp_path):
@@ -72,7 +74,9 @@ def test_the_command_line_answers_without_importing_torch(argv):
 
 
 def test_the_package_loads_its_public_names_on_first_use():
-    code = ("import sys, spark_sparse as ss\nassert 'torch' not in sys.modules\nss.sparsify\n"
+    code = ("import sys, spark_sparse as ss\nassert 'torch' not in sys.modules\n"
+            "assert ss.geometry.Geometry  # a submodule as an attribute, not imported before\n"
+            "ss.sparsify\n"
             "assert 'timm' in ss.supported_layers(), 'the timm families are not registered'\n"
             "print('OK', ss.__version__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env(), capture_output=True, text=True,

@@ -9,10 +9,14 @@ import pytest
 import torch
 
 import spark_sparse as ss
-from tests.equivalence import FP64_TOL, build_model, check_masked_zero, rel_max, rel_norm, run
+from tests.equivalence import build_model, check_masked_zero, rel_max, rel_norm, run
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+# cuDNN's fp64 backward sums in no fixed order: wider than the CPU's 1e-12 until a GPU run's printed
+# worst error supports less
+CUDA_FP64_TOL = 1e-10
 
 
 def _case(arch, batch, size, ratio, seed=0):
@@ -39,9 +43,9 @@ def test_cuda_fp64_exact(backend, train):
                 + [rel_max(sp.grads[n], ref.grads[n]) for n in ref.grads])
     print(f"cuda fp64 ({backend}, {'train' if train else 'eval'}): worst max-relative error {worst:.1e}")
     for s, r in zip(sp.outputs, ref.outputs):
-        assert rel_max(s, r) <= FP64_TOL
+        assert rel_max(s, r) <= CUDA_FP64_TOL
     for n in ref.grads:
-        assert rel_max(sp.grads[n], ref.grads[n]) <= FP64_TOL, n
+        assert rel_max(sp.grads[n], ref.grads[n]) <= CUDA_FP64_TOL, n
 
 
 @pytest.mark.parametrize("backend", ["spconv", "torch"])

@@ -147,6 +147,10 @@ def with_defaults(args) -> argparse.Namespace:
     """A copy of ``args`` (a Namespace, or any object with attributes) with every option it does not
     set at the command line's default; ``args`` itself is left as it is."""
     filled = defaults()
+    unknown = sorted(k for k in vars(args) if not hasattr(filled, k) and k not in ("command", "_run"))
+    if unknown:  # a misspelt option would otherwise train with the default, silently
+        raise ValueError(f"unknown pretrain option(s) {', '.join(unknown)}; the options are "
+                         f"{', '.join(sorted(vars(filled)))}")
     for key, value in vars(args).items():
         setattr(filled, key, value)
     return filled

@@ -135,13 +135,13 @@ class FolderLock:
     def release(self, undo: bool = False) -> None:
         """Let the lock go; with ``undo`` (a run refused before it wrote anything) also remove the lock
         file and the folder if taking the lock created them, so a refusal leaves no trace."""
-        self.handle.close()
-        if undo:
+        if undo:  # while still holding the lock, so no other run can be holding this file meanwhile
             for path in self.created:
                 try:
                     os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
                 except OSError:
                     pass  # another process has since put something there: it stays
+        self.handle.close()
 
 
 def lock_folder(out: str) -> FolderLock:
@@ -152,7 +152,11 @@ def lock_folder(out: str) -> FolderLock:
     naming the process that holds the folder, before it touches anything."""
     import fcntl
     lock_path = os.path.join(out, LOCK_FILE)
-    created = [] if os.path.isdir(out) else [out]
+    created = []  # the folders this makes, innermost first
+    missing = os.path.abspath(out)
+    while not os.path.exists(missing):
+        created.append(missing)
+        missing = os.path.dirname(missing)
     os.makedirs(out, exist_ok=True)
     if not os.path.exists(lock_path):
         created.insert(0, lock_path)
@@ -165,6 +169,13 @@ def lock_folder(out: str) -> FolderLock:
         handle.close()
         raise RunFolderError(f"another spark-sparse pretrain (process {holder}) is writing to {out}: wait for it to "
                              f"end, or choose another --out") from None
+    try:
+        same_file = os.fstat(handle.fileno()).st_ino == os.stat(lock_path).st_ino
+    except FileNotFoundError:
+        same_file = False
+    if not same_file:  # a refused run removed the file we opened before we locked it: its folder is contested
+        handle.close()
+        raise RunFolderError(f"another spark-sparse pretrain started on {out} at the same moment: try again")
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

@@ -27,6 +27,7 @@ from torch import nn
 from ..allocator import keep_freed_memory, malloc_setting
 from ..io import checkpoint as ckpt
 from ..masks import random_visible
+from ..routing import check_routing, routing_mode
 from ..spark import SparK, build_spark, model_config
 from ..step_timer import StepTimer, split_of
 from .config import ENCODER_KINDS, amp_dtype, check_args, drop_path, peak_lr, with_defaults
@@ -162,8 +163,10 @@ class Trainer:
                 decision["plan"] = (plan.path, plan.run_id)
                 for note in plan.notes:
                     self.warn(note)
-            except (RunFolderError, ckpt.CheckpointError, ValueError) as e:
-                decision["error"] = (type(e).__name__, str(e))
+            except (ckpt.CheckpointError, ValueError, OSError) as e:  # every process learns of it, none waits
+                text = f"{self.out}: {e.strerror or e}" if isinstance(e, OSError) else str(e)
+                kind = type(e).__name__ if isinstance(e, (ckpt.CheckpointError, RunFolderError)) else "ValueError"
+                decision["error"] = (kind, text)
                 if self.folder_lock is not None:
                     self.folder_lock.release(undo=True)
                     self.folder_lock = None
@@ -331,7 +334,20 @@ class Trainer:
 
 
 def pretrain(args) -> int:
-    """Entry point of ``spark-sparse pretrain`` (also under torchrun)."""
+    """Entry point of ``spark-sparse pretrain`` (also under torchrun): ``args`` holds the command's
+    options by name (unset ones take their defaults); ``--routing`` holds for the whole run."""
+    try:
+        routing = with_defaults(args).routing
+        if routing is not None:
+            check_routing(routing)
+    except ValueError as e:
+        print(f"spark-sparse pretrain: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    with routing_mode(routing):
+        return _run(args)
+
+
+def _run(args) -> int:
     trainer = None
     try:
         try:

@@ -27,7 +27,5 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from spark_sparse.routing import routing_mode
     from spark_sparse.train.trainer import pretrain
-    with routing_mode(args.routing):
-        return pretrain(args)
+    return pretrain(args)
