@@ -21,11 +21,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 import spark_sparse as ss
-from spark_sparse.precision import DTYPES
+from spark_sparse.precision import DTYPES, autocast
 from spark_sparse.recipe import DECODER_WIDTH
 
 from .config import PUBLISHED, step_variants
-from .contenders import Call, Contender, autocast, build_contenders, create_model, encoder_call, make_inputs
+from .contenders import Call, Contender, build_contenders, create_model, encoder_call, make_inputs
 from .step import make_step
 
 

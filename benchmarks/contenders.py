@@ -20,7 +20,7 @@ from torch import nn
 import spark_sparse as ss
 from spark_sparse.masks import patch_grid
 from spark_sparse.plan import PATCH_SIZE, PlannedEncoder, encoder_part
-from spark_sparse.precision import autocast  # noqa: F401  (the benchmarks read it from here)
+from spark_sparse.precision import autocast
 
 SPARSE_FORMAT = "sites x channels"
 

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from spark_sparse.decoder import LightDecoder
 from spark_sparse.recipe import DECODER_WIDTH
 from spark_sparse.upsample import upsample_2x
+from spark_sparse.precision import autocast
 
-from .contenders import Call, autocast
+from .contenders import Call
 from .timing import median_ms, time_interleaved
 
 # ConvTranspose2d(k4, s2, p1): output row 2i + a reads input rows i + d through kernel row k

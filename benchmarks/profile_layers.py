@@ -26,9 +26,9 @@ from spark_sparse.masks import MaskPyramid
 from spark_sparse.recipe import MASK_RATIO
 from spark_sparse.registry import masked_forward
 from spark_sparse.routing import candidates, label, layer_kind, unsupported
+from spark_sparse.precision import DTYPES, autocast
 
-from .config import DTYPES
-from .contenders import Call, autocast, create_model, make_inputs
+from .contenders import Call, Contender, create_model, encoder_call, make_inputs
 from .routes import tune
 from .timing import median_ms, time_interleaved
 
@@ -250,7 +250,6 @@ def profile_model(model_name: str, *, device: str = "cpu", dtype: str = "fp32", 
 
 
 def _whole(encoder, reference, images, visible, dev, amp_dtype, modes, warmup, repeats, fmt) -> Dict[str, float]:
-    from .contenders import Contender, encoder_call
     contenders = [Contender("sparse", "sparse", encoder), Contender("masked-dense", "masked_dense", reference,
                                                                     memory_format="channels_last"
                                                                     if fmt == torch.channels_last else "contiguous")]

@@ -18,7 +18,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from .contenders import autocast
+from spark_sparse.precision import autocast
 
 BACKWARD_FACTOR = 2  # the backward's MACs per forward MAC: input gradient + weight gradient
 PEAK_SHAPE = (16, 256, 28, 28)  # batch, channels, height, width: 3.7 GMACs, a shape oneDNN / cuDNN run at full rate

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from spark_sparse.layers.conv import SparseConv2d
-from spark_sparse.recipe import MASK_RATIO
+from spark_sparse.recipe import INPUT_SIZE, MASK_RATIO
 from spark_sparse.routing import KIND_IMPLEMENTATIONS, get_routing, layer_kind, tuning_stats
+from spark_sparse.precision import DTYPES, autocast
 
-from .contenders import autocast
 
 
 def tune(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
@@ -72,7 +72,6 @@ def main(argv=None) -> int:
     import spark_sparse as ss
     from spark_sparse.routing import cache_path, routing_mode
 
-    from .config import DTYPES
     from .contenders import create_model, make_inputs
 
     p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
@@ -80,7 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["resnet50", "convnext_tiny"])
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp32"])
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--size", type=int, default=INPUT_SIZE)
     p.add_argument("--mask-ratio", type=float, default=MASK_RATIO)
     p.add_argument("--out", default=None, help="also write the tables to this Markdown file")
     args = p.parse_args(argv)

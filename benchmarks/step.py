@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from spark_sparse.recipe import DECODER_WIDTH
+from spark_sparse.recipe import DECODER_WIDTH, WEIGHT_DECAY
 from spark_sparse.spark import SparK
 from spark_sparse.step_timer import StepTimer
+from spark_sparse.precision import autocast
 
-from .contenders import autocast
 
 
 def tensor_bytes(tensors) -> int:
@@ -106,5 +106,5 @@ def make_step(encoder: nn.Module, *, amp_dtype: torch.dtype = torch.float32, dec
                   decoder_checkpointing=decoder_checkpointing,
                   encoder_checkpointing=encoder_checkpointing).to(device).train()
     model.decoder.set_as_published(as_published)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.04)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
     return SparkStep(model, optimizer, amp_dtype, device)

@@ -30,7 +30,11 @@ def affinity_cores() -> int:
         return os.cpu_count() or 1
 
 
-def usable_cores(cgroup_path: str = CGROUP_CPU_MAX) -> int:
-    """Cores the process can keep busy: its affinity, capped by the cgroup quota (rounded down, at least 1)."""
-    affinity, quota = affinity_cores(), cgroup_cpu_limit(cgroup_path)
+def cores_from(affinity: int, quota: Optional[float]) -> int:
+    """Cores a process can keep busy: its affinity, capped by the cgroup quota (rounded down, at least 1)."""
     return affinity if quota is None else max(1, min(affinity, math.floor(quota)))
+
+
+def usable_cores(cgroup_path: str = CGROUP_CPU_MAX) -> int:
+    """:func:`cores_from` this process's affinity and cgroup quota."""
+    return cores_from(affinity_cores(), cgroup_cpu_limit(cgroup_path))

@@ -40,13 +40,6 @@ def open_rgb(path: str) -> Image.Image:
         return to_rgb(img)
 
 
-def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) [0, 1] pixels ImageNet-normalised: what the model is trained on."""
-    mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (pixels - mean) / std
-
-
 def denormalize(images: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised (B, 3, H, W) tensors back to [0, 1] pixels (for viewing)."""
     mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -32,7 +32,6 @@ from .masks import MaskPyramid, check_mask_ratio, check_patches_both_ways, check
 from .recipe import DECODER_WIDTH, DENSIFY_NORMS, MASK_RATIO
 from .reference import MaskedDenseEncoder
 from .registry import masked_forward
-from . import models  # noqa: F401  (registers the timm families' layers, which sparsify and the reference read)
 
 HEAD_FORMATS = ("channels_last", "contiguous")
 ENCODER_KINDS = ("sparse", "masked_dense")  # SparseEncoder, or SparK's reference (MaskedDenseEncoder)

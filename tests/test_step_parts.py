@@ -12,7 +12,9 @@ from tests.equivalence import build_model, rel_max
 from tests.pretrain_utils import TINY, make_image_folder, parse
 from spark_sparse.spark import SparK
 from spark_sparse.step_timer import PHASES, StepTimer
-from spark_sparse.train.resources import cgroup_cpu_limit, cpu_has_native_bf16, plan_threads
+from spark_sparse.cpus import cgroup_cpu_limit
+from spark_sparse.precision import cpu_has_native_bf16
+from spark_sparse.train.resources import plan_threads
 
 
 def _model(dtype=torch.float64, arch="resnet18", drop_path=0.0, **kwargs):

@@ -15,8 +15,9 @@ import sys
 from typing import List, Optional
 
 
-# statuses a training process exits with on purpose (spark_sparse.train.trainer): refused, non-finite loss
-PASSED_THROUGH = (2, 3)
+from .exits import EXIT_BAD_INPUT, EXIT_NON_FINITE
+
+PASSED_THROUGH = (EXIT_BAD_INPUT, EXIT_NON_FINITE)  # statuses a training process exits with on purpose
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..cpus import CGROUP_CPU_MAX, affinity_cores, cgroup_cpu_limit, usable_cores
-from ..precision import cpu_has_native_bf16  # noqa: F401  (kept importable from here)
+from ..cpus import CGROUP_CPU_MAX, affinity_cores, cgroup_cpu_limit, cores_from
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ def plan_threads(device_type: str, local_world: int, workers: Optional[int] = No
     hyper-threads are not added where torch would not use them.
     """
     affinity, quota = affinity_cores(), cgroup_cpu_limit(cgroup_path)
-    cores = usable_cores(cgroup_path)
+    cores = cores_from(affinity, quota)
     share = max(1, cores // max(1, local_world))
     why = f"{cores} usable core(s): affinity {affinity}, cgroup quota {quota if quota is not None else 'none'}"
     if local_world > 1:

@@ -27,6 +27,7 @@ from torch import nn
 from ..allocator import keep_freed_memory, malloc_setting
 from ..io import checkpoint as ckpt
 from ..masks import random_visible
+from ..precision import autocast
 from ..routing import check_routing, routing_mode
 from ..spark import SparK, build_spark, model_config
 from ..step_timer import StepTimer, split_of
@@ -41,10 +42,10 @@ from .schedule import Schedule, build_optimizer, lamb_betas
 from .signals import StopSignals
 from .state import check_resumable, load_training_state, training_payload
 from .sync_batchnorm import convert_sync_batchnorm
-from .update import EXIT_NON_FINITE, NonFiniteError, apply_update, autocast_context
+from .exits import EXIT_BAD_INPUT, EXIT_NON_FINITE
+from .update import NonFiniteError, apply_update
 from .visualise import Reconstructions
 
-EXIT_BAD_INPUT = 2
 __all__ = ["Trainer", "pretrain", "EXIT_NON_FINITE", "EXIT_BAD_INPUT", "NonFiniteError"]
 
 
@@ -210,7 +211,7 @@ class Trainer:
 
     def compute_loss(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool):
         """Forward pass: loss, or (loss, reconstruction); its phases go to this step's timer."""
-        with autocast_context(self.amp, self.device):
+        with autocast(self.device, self.amp):
             return self.ddp(images, visible, return_reconstruction=with_reconstruction, probe=self.step_timer)
 
     def train_step(self, images: torch.Tensor, visible: torch.Tensor, with_reconstruction: bool, skipped,

@@ -12,11 +12,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from ..precision import autocast
 from ..step_timer import StepTimer
 from .distributed import Processes, all_reduce_sum
-
-EXIT_NON_FINITE = 3
 
 
 class NonFiniteError(RuntimeError):
@@ -71,7 +68,3 @@ def clip_gradients(params, clip: float) -> float:
         torch.nn.utils.clip_grads_with_norm_(params, clip, total)
     return float(total)
 
-
-def autocast_context(amp: Optional[str], device: torch.device):
-    """The forward pass's mixed precision: ``amp`` is 'bf16', 'fp16' or None (off)."""
-    return autocast(device, amp)
