@@ -8,9 +8,10 @@ from typing import Optional, Union
 
 import torch
 
+from .choices import AMP_CHOICES, AMP_DTYPES
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-AMP_DTYPES = ("bf16", "fp16")                # what autocast runs in
-AMP_CHOICES = ("auto",) + AMP_DTYPES + ("off",)  # training's --amp
+__all__ = ["AMP_CHOICES", "AMP_DTYPES", "DTYPES", "amp_dtype", "autocast", "cpu_has_native_bf16"]
 
 
 def autocast(device: Union[str, torch.device], dtype: Union[str, torch.dtype, None]):

@@ -14,13 +14,9 @@ import os
 
 from ..archs import check_arch
 from ..backends import BACKEND_NAMES
-from ..masks import check_mask_ratio, check_patches_both_ways, patch_grid
-from ..plan import PATCH_SIZE
-from ..precision import AMP_CHOICES
-from ..precision import amp_dtype as amp_dtype
+from ..choices import AMP_CHOICES, ROUTING_MODES
 from ..recipe import (BASE_LR, CLIP, DECODER_WIDTH, DENSIFY_NORMS, MASK_RATIO, WEIGHT_DECAY, WEIGHT_DECAY_END,
                       default_drop_path)
-from ..routing import ROUTING_MODES
 from ..seeds import check_seed
 
 # Peak lr of the no-argument demo run: SparK's on ImageNet (2e-4 × 4096 / 256).
@@ -158,6 +154,9 @@ def with_defaults(args) -> argparse.Namespace:
 
 def check_args(args) -> None:
     """Clear errors for values that cannot work, before anything is built."""
+    # imported here, not at the top: building the parser (--help, a mistyped option) must not load torch
+    from ..masks import check_mask_ratio, check_patches_both_ways, patch_grid
+    from ..plan import PATCH_SIZE
     check_arch(args.arch, "--arch")
     if args.encoder not in ENCODER_KINDS:
         raise ValueError(f"--encoder {args.encoder!r}: choose one of {', '.join(ENCODER_KINDS)}")

@@ -27,11 +27,11 @@ from torch import nn
 from ..allocator import keep_freed_memory, malloc_setting
 from ..io import checkpoint as ckpt
 from ..masks import random_visible
-from ..precision import autocast
+from ..precision import amp_dtype, autocast
 from ..routing import check_routing, routing_mode
 from ..spark import SparK, build_spark, model_config
 from ..step_timer import StepTimer, split_of
-from .config import ENCODER_KINDS, amp_dtype, check_args, drop_path, peak_lr, with_defaults
+from .config import ENCODER_KINDS, check_args, drop_path, peak_lr, with_defaults
 from .data import DataConfig, UnreadableFiles, batches_within, build_loader, data_failure, shutdown_workers
 from .distributed import Processes, barrier, broadcast_object, init_processes, shutdown
 from .monitor import Monitor

@@ -27,10 +27,10 @@ from . import cache
 from .environment import environment_key
 from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, LayerSpec, candidates, label, layer_kind,
                               unsupported)
+from ..choices import ROUTING_MODES
 from .measure import time_candidates
 from .rules import RULES, Situation, describe, tall_rows
 
-ROUTING_MODES = ("measured", "fixed")
 ENV_VAR = "SPARK_SPARSE_ROUTING"
 _mode: Optional[str] = None
 
