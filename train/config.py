@@ -14,7 +14,7 @@ import os
 
 from ..archs import check_arch
 from ..backends import BACKEND_NAMES
-from ..choices import AMP_CHOICES, ROUTING_MODES
+from ..choices import AMP_CHOICES, BACKEND_HELP, ROUTING_HELP, ROUTING_MODES
 from ..recipe import (BASE_LR, CLIP, DECODER_WIDTH, DENSIFY_NORMS, MASK_RATIO, WEIGHT_DECAY, WEIGHT_DECAY_END,
                       default_drop_path)
 from ..seeds import check_seed
@@ -49,12 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--encoder", default="sparse", choices=list(ENCODER_KINDS),
                        help="sparse: only visible patches are computed; masked-dense: SparK's reference "
                             "(dense convs, masked sites zeroed), same numbers at full cost")
-    model.add_argument("--backend", default="auto", choices=list(BACKEND_NAMES),
-                       help="k×k convolution backend of the sparse encoder")
-    model.add_argument("--routing", default=None, choices=list(ROUTING_MODES),
-                       help="how 'auto' layers choose their implementation: measured (time the candidates on "
-                            "the first step, cached in the user's cache directory for later runs) or fixed "
-                            "(the rule table, reproducible) (default: $SPARK_SPARSE_ROUTING, else measured)")
+    model.add_argument("--backend", default="auto", choices=list(BACKEND_NAMES), help=BACKEND_HELP)
+    model.add_argument("--routing", default=None, choices=list(ROUTING_MODES), help=ROUTING_HELP)
     model.add_argument("--drop-path", type=float, default=None,
                        help="stochastic depth rate (default: SparK's per model, 0.05/0.08/0.1/0.15 for "
                             "ResNet-50/101/152/200, 0.2/0.3/0.4 for ConvNeXt-S/B/L, else 0)")

@@ -6,11 +6,9 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 from spark_sparse.backends import BACKEND_NAMES
+from spark_sparse.choices import BACKEND_HELP, ROUTING_HELP, ROUTING_MODES
 
 SIZE_HELP = "image size: S or H W, multiples of 32"
-ROUTING_HELP = ("how 'auto' layers choose their implementation: measured (time the candidates on first use, "
-                "cached in the user's cache directory for later runs) or fixed (the rule table, reproducible) "
-                "(default: $SPARK_SPARSE_ROUTING, else measured)")
 
 
 def at_least(value, option: str, low: int = 1):
@@ -30,11 +28,10 @@ def image_size(values: Sequence[int], option: str = "--size") -> Tuple[int, int]
 
 def add_backend(p, flag: str = "--backend", **kwargs) -> None:
     """A choice of the sparse encoder's k×k conv backend (``spark_sparse.backends.BACKEND_NAMES``)."""
-    kwargs.setdefault("help", "k×k convolution backend of the sparse encoder")
+    kwargs.setdefault("help", BACKEND_HELP)
     p.add_argument(flag, choices=list(BACKEND_NAMES), **kwargs)
 
 
 def add_routing(p, **kwargs) -> None:
-    """--routing: measured or fixed (``spark_sparse.routing.ROUTING_MODES``)."""
-    from spark_sparse.routing import ROUTING_MODES
+    """--routing: measured or fixed (``spark_sparse.choices.ROUTING_MODES``)."""
     p.add_argument("--routing", choices=list(ROUTING_MODES), help=ROUTING_HELP, **kwargs)
