@@ -99,9 +99,9 @@ def reconstruction_grid(images: torch.Tensor, visible: torch.Tensor, reconstruct
     normalised (B, 3, H, W) (the reconstruction in input space, see ``SparK.to_pixels``)."""
     x = images.detach().float()
     keep = torch.nn.functional.interpolate(visible[:, None].float(), scale_factor=patch_size)
-    rows = torch.cat([denormalize(x), denormalize(x) * keep,
-                      denormalize(paste_visible(x, reconstruction.detach().float(), visible))])
-    return make_grid(rows.clamp(0.0, 1.0).cpu(), nrow=x.shape[0], padding=padding, pad_value=1.0)
+    pixels = denormalize(x)  # already clamped to [0, 1]
+    rows = torch.cat([pixels, pixels * keep, denormalize(paste_visible(x, reconstruction.detach().float(), visible))])
+    return make_grid(rows.cpu(), nrow=x.shape[0], padding=padding, pad_value=1.0)
 
 
 class SparK(nn.Module):
