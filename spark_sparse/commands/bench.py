@@ -307,9 +307,10 @@ def print_routes(doc: dict) -> None:
         if "tuning" not in rec:
             continue
         t, layers = rec["tuning"], rec["routes"]["layers"]
+        over = f" over {t['calls']} forward+backward calls" if "calls" in t else ""
         print(f"routes of {rec['routes']['contender']}, {rec['model']} {rec['device']} {rec['dtype']} batch "
               f"{rec['batch']} ({doc.get('routing', '?')} routing): {summary(layers)}; tuning {t['tuning_s']:.2f} s "
-              f"({t['tuned_layers']} layer shapes measured, {t['cached_layers']} read from the cache)")
+              f"({t['tuned_layers']} layer shapes measured{over}, {t['cached_layers']} read from the cache)")
         if not shown:
             shown = True
             width = max((len(row["path"]) for row in layers), default=0)

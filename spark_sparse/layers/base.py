@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..features import SparseFeatures
-from ..routing import RUN, Route, Workload, route
+from ..routing import RUN, Route, Workload, route, run_route
 from ..spec import compute_dtype
 
 
@@ -51,17 +51,18 @@ class RoutedModule(SparseModule):
 
     def run_routed(self, x: SparseFeatures) -> SparseFeatures:
         """The layer's output: its route on ``x`` (tuning where gradients are on), run (the route has
-        checked that its implementation runs the layer, so ``RUN`` is called without a second check)."""
+        checked that its implementation runs the layer, so it runs without a second check; a call that
+        is one of measured routing's samples is timed)."""
         spec = self.layer_spec(x)
-        implementation = self.route_for(x, tune=torch.is_grad_enabled(), spec=spec).implementation
-        out = RUN[implementation](x, *self.operands(x))
+        route = self.route_for(x, tune=torch.is_grad_enabled(), spec=spec)
+        out = run_route(route, x, self.operands(x))
         return x.replace(out, stride=x.stride * spec.stride[0])
 
     def _trial(self, x: SparseFeatures):
         # a layer without parameters needs its input's gradient for a backward to run at all
         input_grad = x.features.requires_grad or not any(True for _ in self.parameters())
 
-        def trial(implementation: str, backward: bool = True) -> None:
+        def trial(implementation: str, backward: bool = True) -> None:  # on CUDA (routing/measure.py)
             feats = x.features.detach().requires_grad_(input_grad and backward)
             with torch.set_grad_enabled(backward):
                 out = RUN[implementation](x.replace(feats), *self.operands(x, trial_grad=backward))

@@ -4,9 +4,9 @@ from .cache import cache_dir, cache_path
 from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, RUN, candidates, compute, depthwise_request,
                               label, layer_kind, unsupported)
 from .router import (ROUTING_MODES, Route, Workload, check_routing, forget_measurements, get_routing, route,
-                    routing_mode, set_routing, tuning_stats)
+                    routing_mode, run_route, set_routing, tuning_stats)
 
 __all__ = ["IMPLEMENTATIONS", "KIND_IMPLEMENTATIONS", "ROUTING_MODES", "RUN", "Route", "Workload", "cache_dir",
            "cache_path", "candidates", "check_routing", "compute", "depthwise_request",
-           "forget_measurements", "get_routing", "label", "layer_kind", "route", "routing_mode", "set_routing",
-           "tuning_stats", "unsupported"]
+           "forget_measurements", "get_routing", "label", "layer_kind", "route", "routing_mode", "run_route",
+           "set_routing", "tuning_stats", "unsupported"]

@@ -1,11 +1,13 @@
 """``route``: the one function that decides how a sparse conv (or max-pool) layer runs.
 
 Policies for ``requested='auto'``:
-- ``measured`` (the default): the first call with gradients of a layer times every candidate
-  implementation on the layer's real input (forward + backward, see measure.py), keeps the fastest,
-  and stores the decision in the routing cache (cache.py) under the layer's key — spec, input patch
-  block r, compute dtype, batch-size bucket — and the
-  environment's (device name, library versions). Later calls, and later processes, read it.
+- ``measured`` (the default): calls with gradients of a layer time every candidate implementation
+  on the layer's real input, forward + backward, keep the fastest, and store the decision in the
+  routing cache (cache.py) under the layer's key — spec, input patch block r, compute dtype,
+  batch-size bucket — and the environment's (device name, library versions). Later calls, and later
+  processes, read it. On the CPU the samples are the training step's own calls, each run by one
+  candidate in turn (sampling.py); on CUDA, where a candidate's activations would otherwise meet
+  the step's memory peak, the first call times side trials of each (measure.py).
   Calls without gradients never tune: until a decision exists they follow the fixed rules.
 - ``fixed``: the rule table (rules.py), for reproducible timing.
 Choose with ``set_routing`` / ``SparseEncoder.set_routing`` / ``SPARK_SPARSE_ROUTING`` / ``--routing``.
@@ -17,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -28,8 +30,10 @@ from .environment import environment_key
 from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, LayerSpec, candidates, label, layer_kind,
                               unsupported)
 from ..choices import ROUTING_MODES
+from .implementations import RUN
 from .measure import time_candidates
 from .rules import RULES, Situation, describe, tall_rows
+from .sampling import Probe, Sampler, execute
 
 ENV_VAR = "SPARK_SPARSE_ROUTING"
 _mode: Optional[str] = None
@@ -75,13 +79,22 @@ def get_routing() -> str:
 
 @dataclass(frozen=True)
 class Route:
-    """How a layer runs (an implementation of routing.IMPLEMENTATIONS) and why, in words."""
+    """How a layer runs (an implementation of routing.IMPLEMENTATIONS) and why, in words; ``probe``:
+    this call is one of measured routing's samples (run it with :func:`run_route`)."""
     implementation: str
     reason: str
+    probe: Optional[Probe] = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
         return label(self.implementation)
+
+
+def run_route(route: Route, x, operands: Sequence) -> torch.Tensor:
+    """The layer's output on ``x``: ``RUN[implementation](x, *operands)``, timed when the call is a sample."""
+    if route.probe is None:
+        return RUN[route.implementation](x, *operands)
+    return execute(route.probe, RUN, x, operands)
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,7 @@ def _route(spec, resolution, device, dtype, requested, mode, workload, trial):
     if mode == "measured" and workload is not None:
         measured = _TUNER.decide(spec, resolution, device, dtype, workload, trial)
         if isinstance(measured, Route):
-            return Route(measured.implementation, note + measured.reason), True
+            return Route(measured.implementation, note + measured.reason, measured.probe), measured.probe is None
         note += measured
         final = not measured  # an empty note: nothing to choose between
     sites = workload.sites if workload is not None else None
@@ -179,6 +192,7 @@ class Tuner:
         self.loaded = set()
         self.tuned_here = set()   # (path, env, key) measured by this process
         self.read = set()         # (path, env, key) taken from the file
+        self.samplers: Dict[tuple, Sampler] = {}  # (path, env, key) → samples of a shape being measured
         self.stats = {"tuned": 0, "cached": 0, "seconds": 0.0}
 
     def _known(self, path: str, env: str) -> Dict[str, dict]:
@@ -189,11 +203,13 @@ class Tuner:
         self.loaded.add((path, env))
 
     def decide(self, spec, r, device, dtype, workload: Workload, trial):
-        """A measured Route, or a note saying why there is none (then the fixed rules decide)."""
+        """A measured Route (carrying a probe while the layer's calls are samples), or a note saying
+        why there is none (then the fixed rules decide)."""
         options = candidates(spec, r, device, dtype)
         if len(options) < 2:
             return ""  # nothing to choose between: the rules name the one implementation
         path, env, key = cache.cache_path(), environment_key(device), layer_key(spec, r, dtype, workload)
+        where = (path, env, key)
         if (path, env) not in self.loaded:
             self._load(path, env)
         known = self._known(path, env)
@@ -204,20 +220,17 @@ class Tuner:
 
         decision = usable()
         if decision is None and trial is not None:
-            self._load(path, env)  # another process may have measured it meanwhile
-            decision = usable()
+            if where not in self.samplers:
+                self._load(path, env)  # another process may have measured it meanwhile
+                decision = usable()
             if decision is None:
-                decision = self._tune(options, trial, device)
+                prior = _fixed(Situation(spec, r, device, dtype, workload.sites), "")[0]
+                decision = self._measure(where, options, trial, device, prior)
+                if isinstance(decision, Route):
+                    return decision
                 if decision is not None:
-                    known[key] = decision
-                    self.tuned_here.add((path, env, key))
-                    try:
-                        cache.store(env, {key: decision}, path)
-                    except OSError as e:  # a read-only home, a full disk: training goes on regardless
-                        cache.warn_once(path, f"cannot write it: {e}; decisions are kept for this process only",
-                                        "write")
+                    self._keep(where, decision)
         if decision is not None:
-            where = (path, env, key)
             if where not in self.tuned_here and where not in self.read:
                 self.read.add(where)
                 self.stats["cached"] += 1
@@ -225,11 +238,35 @@ class Tuner:
             return Route(decision["implementation"], _reason(decision, source))
         return "not measured yet (only calls with gradients tune); rule: "
 
+    def _keep(self, where, decision: dict) -> None:
+        path, env, key = where
+        self._known(path, env)[key] = decision
+        self.tuned_here.add(where)
+        self.stats["tuned"] += 1
+        try:
+            cache.store(env, {key: decision}, path)
+        except OSError as e:  # a read-only home, a full disk: training goes on regardless
+            cache.warn_once(path, f"cannot write it: {e}; decisions are kept for this process only", "write")
+
+    def _measure(self, where, options, trial, device, prior: str):
+        """A decision, None (every candidate failed), or on the CPU while samples are still wanted a
+        Route for this call: one candidate with its probe."""
+        if device.type == "cuda":
+            return self._tune(options, trial, device)
+        sampler = self.samplers.get(where) or self.samplers.setdefault(where, Sampler(options, prior))
+        decision = sampler.decision()
+        if decision is not None or all(i in sampler.errors for i in sampler.options):
+            del self.samplers[where]
+            self.stats["seconds"] += sampler.overhead_s
+            return decision
+        probe = sampler.next_call()
+        return Route(probe.implementation, f"being measured: this call is a {'warm-up' if probe.warm_up else 'sample'} "
+                                           f"of {probe.implementation} (candidates {', '.join(options)})", probe)
+
     def _tune(self, options, trial, device) -> Optional[dict]:
         start = time.perf_counter()
         seconds, errors = time_candidates(options, trial, device)
         self.stats["seconds"] += time.perf_counter() - start
-        self.stats["tuned"] += 1
         if not seconds:
             return None
         best = min(seconds, key=seconds.get)
@@ -241,9 +278,10 @@ _MEMO: Dict[tuple, Route] = {}
 
 
 def tuning_stats() -> dict:
-    """This process's measured routing so far: layers tuned, decisions read from the cache, and the
-    seconds spent tuning."""
-    return dict(_TUNER.stats)
+    """This process's measured routing so far: layer shapes tuned, decisions read from the cache, the
+    seconds tuning added (on the CPU: the sampled calls' time beyond the fastest candidate's), and
+    ``pending``: layer shapes whose samples have not decided yet (their calls go on sampling)."""
+    return dict(_TUNER.stats, pending=len(_TUNER.samplers))
 
 
 def forget_measurements() -> None:

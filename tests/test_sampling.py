@@ -1,0 +1,182 @@
+"""Measured routing on the CPU samples the training step's own calls (spark_sparse/routing/sampling.py):
+the sampled steps compute the reference's numbers, a probe times forward and backward, the samples
+decide as the rules say, and failures or thrown-away forwards cannot break or grow anything."""
+import pytest
+import torch
+
+import spark_sparse as ss
+from spark_sparse import routing
+from spark_sparse.features import SparseFeatures
+from spark_sparse.geometry import Geometry
+from spark_sparse.layers.conv import SparseConv2d
+from spark_sparse.routing import router, sampling
+from spark_sparse.routing.measure import CHEAP_REPEATS, REPEATS
+from spark_sparse.spec import ConvSpec
+
+from tests.equivalence import cached_model, compare_fp64, run
+
+CONV3 = ConvSpec(16, 16, (3, 3), (1, 1), (1, 1), (1, 1))
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(tmp_path))
+    routing.forget_measurements()
+    yield tmp_path / "routing.json"
+    routing.forget_measurements()
+
+
+def inputs(seed, batch=2, size=64, ratio=0.5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=g), ss.random_visible(batch, size // 32, ratio, generator=g)
+
+
+def sparse_input(dtype=torch.float32, seed=0):
+    """A 16-channel input at stride 4 (patch blocks of 8×8 sites) of two images, half the patches visible."""
+    g = torch.Generator().manual_seed(seed)
+    visible = ss.random_visible(2, 2, 0.5, generator=g)
+    dense = torch.randn(2, 16, 16, 16, generator=g, dtype=dtype)
+    return SparseFeatures.from_dense(dense, Geometry(visible, 32), stride=4)
+
+
+def test_sampled_steps_compute_the_reference_in_fp64(fresh_cache, monkeypatch):
+    """While every layer shape is being measured its calls run different candidates; each step still
+    equals the masked-dense reference (features, every gradient, BatchNorm statistics) in fp64."""
+    encoder = ss.sparsify(cached_model("resnet18")).double().set_routing("measured")
+    reference = ss.MaskedDenseEncoder(cached_model("resnet18")).double()
+    ran = set()
+
+    def recording(probe, *args):
+        ran.add(probe.implementation)
+        return sampling.execute(probe, *args)
+
+    monkeypatch.setattr(router, "execute", recording)
+    for step in range(4):
+        images, visible = inputs(step)
+        out_grads = [torch.randn(o.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+                     for o in reference(images.double(), visible)]
+        reference = ss.MaskedDenseEncoder(cached_model("resnet18")).double()
+        reference.load_state_dict(encoder.state_dict())  # the same running statistics as the encoder's
+        encoder.zero_grad(set_to_none=True)
+        compare_fp64(run(encoder, images.double(), visible, out_grads),
+                     run(reference, images.double(), visible, out_grads))
+    assert {"torch", "tiles", "maxpool-tiles", "maxpool-table"} <= ran  # the steps did run several candidates
+
+
+def test_a_probe_times_forward_and_backward_and_changes_nothing():
+    layer = SparseConv2d(CONV3, bias=True)
+    torch.nn.init.normal_(layer.weight)
+    torch.nn.init.normal_(layer.bias)
+    x = sparse_input()
+    plain_in = x.features.clone().requires_grad_()
+    plain = routing.RUN["tiles"](x.replace(plain_in), *layer.operands(x))
+    plain.square().sum().backward()
+    want = (plain.detach(), plain_in.grad, layer.weight.grad.clone(), layer.bias.grad.clone())
+    layer.zero_grad()
+
+    sampler = sampling.Sampler(["tiles", "torch"], prior="tiles")
+    probe = sampler.next_call()
+    assert (probe.implementation, probe.warm_up) == ("tiles", True)  # the prior warms up first
+    feats = x.features.clone().requires_grad_()
+    out = sampling.execute(probe, routing.RUN, x.replace(feats), layer.operands(x))
+    assert probe.forward_s > 0 and probe.ends_expected == 3 and not probe.done  # input, weight, bias
+    out.square().sum().backward()
+    assert probe.done and probe.seconds > probe.forward_s
+    got = (out.detach(), feats.grad, layer.weight.grad, layer.bias.grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def fake_call(sampler, seconds):
+    """One call as the sampler issues it, its forward + backward taking ``seconds[implementation]``."""
+    probe = sampler.next_call()
+    probe.forward_s, probe.ends_expected = seconds[probe.implementation], 0
+    return probe
+
+
+def settle(sampler, seconds, limit=20):
+    issued = []
+    for _ in range(limit):
+        decision = sampler.decision()
+        if decision is not None:
+            return decision, issued
+        probe = fake_call(sampler, seconds)
+        issued.append((probe.implementation, probe.warm_up))
+    raise AssertionError(f"no decision after {limit} calls: {issued}")
+
+
+def test_close_candidates_get_repeated_samples_and_the_fastest_wins():
+    sampler = sampling.Sampler(["torch", "tiles"], prior="torch")
+    decision, issued = settle(sampler, {"torch": 0.050, "tiles": 0.045})
+    assert issued[:2] == [("torch", True), ("tiles", True)]
+    assert decision["implementation"] == "tiles"
+    assert sum(not warm for _, warm in issued) == 2 * REPEATS
+    assert decision["ms"] == {"torch": 50.0, "tiles": 45.0}
+
+
+def test_a_clearly_slower_candidate_is_sampled_once_and_a_far_slower_one_not_at_all():
+    sampler = sampling.Sampler(["torch", "tiles"], prior="tiles")
+    decision, issued = settle(sampler, {"torch": 0.060, "tiles": 0.040})  # 1.5×: past CLOSE
+    assert decision["implementation"] == "tiles"
+    assert issued.count(("torch", False)) == 1 and issued.count(("tiles", False)) == REPEATS
+    sampler = sampling.Sampler(["torch", "tiles"], prior="tiles")
+    decision, issued = settle(sampler, {"torch": 0.120, "tiles": 0.040})  # 3×: its warm-up tells
+    assert decision["implementation"] == "tiles" and ("torch", False) not in issued
+
+
+def test_cheap_layers_sample_every_candidate_more():
+    sampler = sampling.Sampler(["matmul", "pointwise-conv"], prior="matmul")
+    decision, issued = settle(sampler, {"matmul": 0.002, "pointwise-conv": 0.006})
+    assert issued.count(("pointwise-conv", False)) == CHEAP_REPEATS and decision["implementation"] == "matmul"
+
+
+def test_calls_waiting_for_their_backward_run_the_leader():
+    """Several calls of one shape in one forward: once each candidate has its warm-up and samples
+    out, the others run the prior (nothing measured yet), then the fastest so far."""
+    sampler = sampling.Sampler(["torch", "tiles"], prior="tiles")
+    probes = [sampler.next_call() for _ in range(6)]
+    assert [p.implementation for p in probes] == ["tiles", "torch", "tiles", "tiles", "tiles", "tiles"]
+
+
+def test_a_failing_candidate_drops_out_and_the_call_runs_another(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no kernel for this shape")
+
+    monkeypatch.setitem(routing.RUN, "tiles", broken)
+    layer = SparseConv2d(CONV3, bias=False)
+    torch.nn.init.normal_(layer.weight)
+    x = sparse_input()
+    sampler = sampling.Sampler(["tiles", "torch"], prior="tiles")
+    probe = sampler.next_call()
+    out = sampling.execute(probe, routing.RUN, x, layer.operands(x))
+    torch.testing.assert_close(out, routing.RUN["torch"](x, *layer.operands(x)))
+    assert "no kernel" in sampler.errors["tiles"]
+    decision, issued = settle(sampler, {"torch": 0.05})
+    assert decision["implementation"] == "torch" and "no kernel" in decision["errors"]["tiles"]
+
+
+def test_forwards_without_backward_neither_decide_nor_pile_up(fresh_cache):
+    layer = SparseConv2d(CONV3, bias=False)
+    layer.routing = "measured"
+    x = sparse_input()
+    for _ in range(3 * sampling.MAX_PENDING):
+        layer(x)  # with gradients on, never backpropagated
+    (sampler,) = router._TUNER.samplers.values()
+    assert len(sampler.pending) <= sampling.MAX_PENDING
+    assert routing.tuning_stats()["tuned"] == 0 and routing.tuning_stats()["pending"] == 1
+    assert not fresh_cache.exists()
+
+
+def test_a_layer_settles_within_a_few_steps_and_a_new_process_reads_it(fresh_cache):
+    layer = SparseConv2d(CONV3, bias=False)
+    layer.routing = "measured"
+    steps = 0
+    while routing.tuning_stats()["tuned"] == 0:
+        assert steps < 12, "measured routing never decided"
+        x = sparse_input(seed=steps)
+        layer(x).features.sum().backward()
+        steps += 1
+    assert fresh_cache.exists()
+    routing.forget_measurements()
+    layer(sparse_input()).features.sum().backward()
+    assert routing.tuning_stats() == dict(routing.tuning_stats(), tuned=0, cached=1, pending=0)
