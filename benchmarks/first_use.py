@@ -8,7 +8,7 @@ in alternating order (cold then warm on its cache; warm on the last pair's cache
 drift of the machine's speed does not favour either; the result is the median of the pairs'
 differences.
 
-    python -m benchmarks.first_use --model resnet50 --batch 16 --steps 8 --pairs 5 --out DIR
+    python -m spark_sparse.benchmarks.first_use --model resnet50 --batch 16 --steps 10 --pairs 7 --out DIR
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def child(args) -> None:
 def run_child(args, cache: str) -> dict:
     env = dict(os.environ, SPARK_SPARSE_CACHE_DIR=cache)
     env.pop("SPARK_SPARSE_ROUTING", None)
-    cmd = [sys.executable, "-m", "benchmarks.first_use", "--child", "--model", args.model, "--batch",
+    cmd = [sys.executable, "-m", __spec__.name, "--child", "--model", args.model, "--batch",
            str(args.batch), "--size", str(args.size), "--mask-ratio", str(args.mask_ratio), "--steps",
            str(args.steps)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -70,20 +70,55 @@ def pair_record(args, i: int, cold: dict, warm: dict) -> dict:
     return {"cold": cold, "warm": warm, "extra_s": extra}
 
 
+def render(doc: dict) -> str:
+    """results.md from results.json: the summary, what each step added (median over the pairs), the
+    router's own account and every pair."""
+    a, pairs = doc["args"], doc["pairs"]
+    steps = len(pairs[0]["cold"]["steps"])
+    per_step = [statistics.median(p["cold"]["steps"][i] - p["warm"]["steps"][i] for p in pairs) for i in range(steps)]
+    lines = [f"{a['model']}, batch {a['batch']}, {a['size']}², mask ratio {a['mask_ratio']}, {steps} encoder forward + "
+             f"backward steps per run: first-use tuning added **{doc['extra_s']:.2f} s** (median of {len(pairs)} "
+             f"cold/warm pairs), {doc['extra_s'] / doc['warm_step_s']:.1f} steps of {doc['warm_step_s']:.2f} s.", ""]
+    if "command" in doc:
+        lines += [f"Command: `{doc['command']}` ({doc['date']}, load average at the start {doc['load_start']}, "
+                  f"at the end {doc['load_end']}).", ""]
+    lines += ["Cold minus warm, step by step (median over the pairs, s): "
+              + ", ".join(f"{d:+.2f}" for d in per_step) + f"; their sum {sum(per_step):.2f} s.", "",
+              "The router's own account of what tuning added in each cold run (its `tuning_stats()['seconds']`): "
+              + ", ".join(f"{p['cold']['tuning']['seconds']:.2f}" for p in pairs) + " s.", "",
+              "| pair | cold s | warm s | tuning added s | layer shapes tuned (cold) | read from the cache (warm) |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {i + 1} | {sum(p['cold']['steps']):.2f} | {sum(p['warm']['steps']):.2f} | {p['extra_s']:.2f} | "
+              f"{p['cold']['tuning']['tuned']} | {p['warm']['tuning']['cached']} |" for i, p in enumerate(pairs)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: List[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet50")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=INPUT_SIZE)
     p.add_argument("--mask-ratio", type=float, default=MASK_RATIO)
-    p.add_argument("--steps", type=int, default=8, help="encoder forward + backward steps per run (a new mask each)")
-    p.add_argument("--pairs", type=int, default=5, help="cold / warm pairs of runs")
+    p.add_argument("--steps", type=int, default=10, help="encoder forward + backward steps per run (a new mask "
+                                                         "each); enough for measured routing to settle")
+    p.add_argument("--pairs", type=int, default=7, help="cold / warm pairs of runs")
     p.add_argument("--out", default=None, help="folder for results.json and results.md")
+    p.add_argument("--force", action="store_true", help="overwrite the results already in --out")
+    p.add_argument("--render", metavar="RESULTS_JSON", help="write results.md beside this results.json, measuring "
+                                                           "nothing")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child(args)
         return 0
+    if args.render:
+        source = Path(args.render)
+        (source.parent / "results.md").write_text(render(json.loads(source.read_text())))
+        return 0
+    out = Path(args.out) if args.out else None
+    if out is not None and (out / "results.json").exists() and not args.force:
+        p.error(f"{out / 'results.json'} exists; choose another --out or add --force to overwrite it")
+    load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
     pairs = []
     with tempfile.TemporaryDirectory(prefix="spark-sparse-caches-") as caches:
         for i in range(args.pairs):
@@ -95,22 +130,18 @@ def main(argv: List[str] = None) -> int:
                 warm = run_child(args, os.path.join(caches, str(i - 1)))
                 cold = run_child(args, cache)
             pairs.append(pair_record(args, i, cold, warm))
-    extra = statistics.median(p["extra_s"] for p in pairs)
-    warm_step = statistics.median(s for p in pairs for s in p["warm"]["steps"][2:] or p["warm"]["steps"])
-    summary = (f"{args.model}, batch {args.batch}, {args.size}², mask ratio {args.mask_ratio}, {args.steps} steps: "
-               f"first-use tuning added {extra:.2f} s (median of {args.pairs} cold/warm pairs), "
-               f"{extra / warm_step:.1f} steps of {warm_step:.2f} s")
-    print(summary)
-    if args.out:
-        out = Path(args.out)
+    doc = {"args": {k: v for k, v in vars(args).items() if k not in ("child", "render", "force", "out")},
+           "command": "python -m spark_sparse.benchmarks.first_use " + " ".join(sys.argv[1:] if argv is None else argv),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": load_start,
+           "load_end": " ".join(f"{v:.2f}" for v in os.getloadavg()), "pairs": pairs,
+           "extra_s": statistics.median(p["extra_s"] for p in pairs),
+           "warm_step_s": statistics.median(s for p in pairs for s in p["warm"]["steps"][2:] or p["warm"]["steps"])}
+    text = render(doc)
+    print(text)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "child"},
-                                                      "pairs": pairs, "extra_s": extra, "warm_step_s": warm_step},
-                                                     indent=1))
-        lines = ["| pair | cold s | warm s | tuning added s | layer shapes tuned |", "|---|---|---|---|---|"]
-        lines += [f"| {i + 1} | {sum(p['cold']['steps']):.2f} | {sum(p['warm']['steps']):.2f} | {p['extra_s']:.2f} | "
-                  f"{p['cold']['tuning']['tuned']} |" for i, p in enumerate(pairs)]
-        (out / "results.md").write_text(summary + "\n\n" + "\n".join(lines) + "\n")
+        (out / "results.json").write_text(json.dumps(doc, indent=1))
+        (out / "results.md").write_text(text)
     return 0
 
 

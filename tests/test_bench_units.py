@@ -556,3 +556,23 @@ def test_the_memory_child_shows_what_it_measures_as_it_goes(capfd):
     err = capfd.readouterr().err
     assert "peak memory: resnet18 b2 mask ratio 0.5 fwd sparse[torch]" in err  # printed by the child itself
     assert doc["results"][0]["peak_memory_bytes"]["fwd"]["sparse[torch]"] > 0
+
+
+def test_first_use_renders_its_results_and_never_overwrites_them(tmp_path):
+    from spark_sparse.benchmarks import first_use
+
+    def run(steps, tuned, cached, seconds=0.0):
+        return {"steps": steps, "tuning": {"tuned": tuned, "cached": cached, "seconds": seconds, "pending": 0}}
+
+    doc = {"args": {"model": "resnet50", "batch": 16, "size": 224, "mask_ratio": 0.6, "steps": 2, "pairs": 2},
+           "pairs": [{"cold": run([2.0, 1.0], 24, 0, 0.9), "warm": run([1.5, 1.0], 0, 24), "extra_s": 0.5},
+                     {"cold": run([1.8, 1.2], 24, 0, 0.7), "warm": run([1.6, 1.0], 0, 24), "extra_s": 0.4}],
+           "extra_s": 0.45, "warm_step_s": 1.0}
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    assert first_use.main(["--render", str(tmp_path / "results.json")]) == 0
+    text = (tmp_path / "results.md").read_text()
+    assert "first-use tuning added **0.45 s** (median of 2 cold/warm pairs)" in text
+    assert "+0.35, +0.10; their sum 0.45 s" in text and "0.90, 0.70 s" in text
+    with pytest.raises(SystemExit) as refused:  # before anything is measured
+        first_use.main(["--out", str(tmp_path)])
+    assert refused.value.code == 2

@@ -1,4 +1,6 @@
-"""Timing candidate implementations of one layer, as cuDNN's benchmark mode does for its algorithms.
+"""Timing candidate implementations of one layer in side trials, as cuDNN's benchmark mode does for
+its algorithms: measured routing's way on CUDA (on the CPU the step's own calls are the samples,
+sampling.py, which shares this module's sample counts).
 
 Cheap by design, as it runs inside a user's first training step:
 - one untimed call of each candidate first. It builds the batch's index tables or tiles (later

@@ -224,8 +224,8 @@ class Tuner:
                 self._load(path, env)  # another process may have measured it meanwhile
                 decision = usable()
             if decision is None:
-                prior = _fixed(Situation(spec, r, device, dtype, workload.sites), "")[0]
-                decision = self._measure(where, options, trial, device, prior)
+                decision = self._measure(where, options, trial, device,
+                                         Situation(spec, r, device, dtype, workload.sites))
                 if isinstance(decision, Route):
                     return decision
                 if decision is not None:
@@ -248,12 +248,15 @@ class Tuner:
         except OSError as e:  # a read-only home, a full disk: training goes on regardless
             cache.warn_once(path, f"cannot write it: {e}; decisions are kept for this process only", "write")
 
-    def _measure(self, where, options, trial, device, prior: str):
+    def _measure(self, where, options, trial, device, situation: Situation):
         """A decision, None (every candidate failed), or on the CPU while samples are still wanted a
-        Route for this call: one candidate with its probe."""
-        if device.type == "cuda":
+        Route for this call: one candidate with its probe. (Sampling times with the host's clock, so it
+        needs a device that computes synchronously: other devices time side trials.)"""
+        if device.type != "cpu":
             return self._tune(options, trial, device)
-        sampler = self.samplers.get(where) or self.samplers.setdefault(where, Sampler(options, prior))
+        sampler = self.samplers.get(where)
+        if sampler is None:
+            sampler = self.samplers[where] = Sampler(options, prior=_fixed(situation, "")[0])
         decision = sampler.decision()
         if decision is not None or all(i in sampler.errors for i in sampler.options):
             del self.samplers[where]
