@@ -11,12 +11,12 @@ from .backends import check_backend_name
 from .features import SparseFeatures
 from .flops import sparse_macs
 from .geometry import Geometry
-from .layers.base import RoutedModule, run_layer
+from .layers.base import RoutedModule, run_checkpointed, run_layer
 from .layers.containers import SparseResidualBlock
 from .layers.conv import SparseConv2d, backend_request
 from .masks import check_visible
 from .plan import EncoderPlan, PlannedEncoder, run_plan
-from .recompute import recomputing, run_recomputed
+from .recompute import recomputing
 from .routing import check_routing, depthwise_request
 
 
@@ -98,7 +98,7 @@ class SparseEncoder(PlannedEncoder):
         stem = self.stem_paths() if self.checkpointing and recomputing(self) else []
         if stem:  # the stem's maps at strides 2-4 are the encoder's widest: recomputed as one piece
             modules = nn.ModuleList([self.get_submodule(path) for path in stem])  # whose buffers to keep
-            x = run_recomputed(modules, self._run_stem, modules, x)
+            x = run_checkpointed(modules, self._run_stem, modules, x)
             plan = dataclasses.replace(plan, run=plan.run[len(stem):])
         outputs = run_plan(self, plan, x, lambda module, x, path: run_layer(module, x))
         for out, stride in zip(outputs, self.plan.strides):

@@ -19,11 +19,22 @@ def recomputing(module: nn.Module) -> bool:
     return module.training and torch.is_grad_enabled()
 
 
-def run_recomputed(module: nn.Module, function, *args):
+def run_recomputed(module: nn.Module, function, *args, replay=None):
     """``function(*args)`` under activation checkpointing; ``module``'s buffers (BatchNorm running
-    statistics and batch counters) stay as the first forward left them."""
-    return checkpoint(function, *args, use_reentrant=False,
-                      context_fn=lambda: (nullcontext(), _buffers_kept(module)))
+    statistics and batch counters) stay as the first forward left them. ``replay``: a function
+    returning (forward context, recompute context) for this call, so that the recomputation makes
+    the choices the forward made (the sparse layers' routes)."""
+    def contexts():
+        forward, recompute = replay() if replay is not None else (nullcontext(), nullcontext())
+        return forward, _both(_buffers_kept(module), recompute)
+
+    return checkpoint(function, *args, use_reentrant=False, context_fn=contexts)
+
+
+@contextmanager
+def _both(first, second):
+    with first, second:
+        yield
 
 
 @contextmanager

@@ -180,3 +180,56 @@ def test_a_layer_settles_within_a_few_steps_and_a_new_process_reads_it(fresh_cac
     routing.forget_measurements()
     layer(sparse_input()).features.sum().backward()
     assert routing.tuning_stats() == dict(routing.tuning_stats(), tuned=0, cached=1, pending=0)
+
+
+# ---- activation checkpointing: the recomputation runs what the forward ran ------------------------
+
+def test_encoder_checkpointing_under_measured_routing_on_an_empty_cache(fresh_cache):
+    """Checkpointed blocks run twice; neither run may tune (a sample would time the recomputation, a
+    trial's backward would run inside the checkpointed forward: both crashed training before), and
+    the recomputation runs the forward's routes. The steps equal the plain encoder's in fp64."""
+    plain = ss.sparsify(cached_model("resnet18")).double().set_routing("fixed")
+    checkpointed = ss.sparsify(cached_model("resnet18")).double().set_routing("measured").set_checkpointing(True)
+    for step in range(3):
+        images, visible = inputs(step)
+        out_grads = [torch.randn(o.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+                     for o in plain(images.double(), visible)]
+        plain.load_state_dict(checkpointed.state_dict())  # that call moved the running statistics
+        for encoder in (plain, checkpointed):
+            encoder.zero_grad(set_to_none=True)
+        compare_fp64(run(checkpointed, images.double(), visible, out_grads),
+                     run(plain, images.double(), visible, out_grads))
+    assert routing.tuning_stats()["tuned"] == routing.tuning_stats()["pending"] == 0
+    assert not fresh_cache.exists()
+
+
+def test_a_recomputation_replays_the_recorded_routes_in_order():
+    log = routing.RouteLog()
+    first, second = routing.Route("tiles", "measured"), routing.Route("matmul", "rule")
+    with log.recording():
+        assert routing.replay.checkpointed() and routing.replay.replayed_route() is None
+        routing.replay.record(first)
+        routing.replay.record(second)
+    assert not routing.replay.checkpointed()
+    for _ in range(2):  # each recomputation starts from the first
+        with log.replaying():
+            assert [routing.replay.replayed_route(), routing.replay.replayed_route()] == [first, second]
+            with pytest.raises(RuntimeError, match="more routed layers than its forward"):
+                routing.replay.replayed_route()
+
+
+def test_a_replayed_layer_runs_the_recorded_implementation_whatever_the_router_says(fresh_cache):
+    layer = SparseConv2d(CONV3, bias=False)
+    torch.nn.init.normal_(layer.weight)
+    x = sparse_input()
+    log = routing.RouteLog()
+    log.routes.append(routing.Route("torch", "recorded"))
+    calls = []
+    real = routing.RUN["torch"]
+    with log.replaying():
+        routing.RUN["torch"] = lambda *a: calls.append(1) or real(*a)
+        try:
+            layer(x)
+        finally:
+            routing.RUN["torch"] = real
+    assert calls and routing.tuning_stats()["pending"] == 0  # ran 'torch', asked the router nothing

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..features import SparseFeatures
-from ..routing import RUN, Route, Workload, route, run_route
+from ..recompute import run_recomputed
+from ..routing import RUN, Route, RouteLog, Workload, replay, route, run_route
 from ..spec import compute_dtype
 
 
@@ -54,7 +55,10 @@ class RoutedModule(SparseModule):
         checked that its implementation runs the layer, so it runs without a second check; a call that
         is one of measured routing's samples is timed)."""
         spec = self.layer_spec(x)
-        route = self.route_for(x, tune=torch.is_grad_enabled(), spec=spec)
+        route = replay.replayed_route()  # a recomputation runs what its checkpointed forward ran
+        if route is None:
+            route = self.route_for(x, tune=torch.is_grad_enabled() and not replay.checkpointed(), spec=spec)
+            replay.record(route)
         out = run_route(route, x, self.operands(x))
         return x.replace(out, stride=x.stride * spec.stride[0])
 
@@ -69,6 +73,12 @@ class RoutedModule(SparseModule):
                 if backward:
                     out.backward(torch.ones_like(out))
         return trial
+
+
+def run_checkpointed(module: nn.Module, function, *args):
+    """``function(*args)`` under activation checkpointing (recompute.py), its routed layers running the
+    same implementations in the recomputation as in the forward (routing/replay.py)."""
+    return run_recomputed(module, function, *args, replay=RouteLog().contexts)
 
 
 def run_layer(module: nn.Module, x: SparseFeatures) -> SparseFeatures:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..features import SparseFeatures
-from ..recompute import recomputing, run_recomputed
-from .base import SparseModule, run_layer
+from ..recompute import recomputing
+from .base import SparseModule, run_checkpointed, run_layer
 
 
 class SparseSequential(nn.Sequential, SparseModule):
@@ -85,7 +85,7 @@ class SparseResidualBlock(SparseModule):
 
     def forward(self, x: SparseFeatures) -> SparseFeatures:
         if self.checkpointing and recomputing(self):
-            return run_recomputed(self, self.run_program, x)
+            return run_checkpointed(self, self.run_program, x)
         return self.run_program(x)
 
     def run_program(self, x: SparseFeatures) -> SparseFeatures:
