@@ -12,7 +12,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tests never read or write the user's routing cache, and layers follow the fixed rule table unless
-# a test asks for measured routing (tests/test_routing.py): timings must not decide what a test runs.
+# a test asks for measured routing (tests/test_routing.py, tests/test_sampling.py): timings must not
+# decide what a test runs.
 os.environ["SPARK_SPARSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="spark_sparse_test_cache_")
 atexit.register(shutil.rmtree, os.environ["SPARK_SPARSE_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("SPARK_SPARSE_ROUTING", "fixed")
@@ -26,3 +27,13 @@ def _exact_fp32():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty routing cache of this test's own, and no decision remembered in memory."""
+    from spark_sparse import routing
+    monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(tmp_path))
+    routing.forget_measurements()
+    yield tmp_path / "routing.json"
+    routing.forget_measurements()

@@ -28,15 +28,6 @@ CONV3_STRIDED = ConvSpec(64, 128, (3, 3), (2, 2), (1, 1), (1, 1))
 DW7 = ConvSpec(96, 96, (7, 7), (1, 1), (3, 3), (1, 1), 96)
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """An empty routing cache of this test's own, and no decision remembered in memory."""
-    monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(tmp_path))
-    routing.forget_measurements()
-    yield tmp_path / "routing.json"
-    routing.forget_measurements()
-
-
 def inputs(batch=2, size=64, ratio=0.5, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, size, size, generator=g)

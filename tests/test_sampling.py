@@ -18,14 +18,6 @@ from tests.equivalence import cached_model, compare_fp64, run
 CONV3 = ConvSpec(16, 16, (3, 3), (1, 1), (1, 1), (1, 1))
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPARK_SPARSE_CACHE_DIR", str(tmp_path))
-    routing.forget_measurements()
-    yield tmp_path / "routing.json"
-    routing.forget_measurements()
-
-
 def inputs(seed, batch=2, size=64, ratio=0.5):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, size, size, generator=g), ss.random_visible(batch, size // 32, ratio, generator=g)

@@ -27,10 +27,9 @@ import torch
 from ..kernels.max_pool import PoolSpec
 from . import cache
 from .environment import environment_key
-from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, LayerSpec, candidates, label, layer_kind,
-                              unsupported)
+from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, RUN, LayerSpec, candidates, label,
+                              layer_kind, unsupported)
 from ..choices import ROUTING_MODES
-from .implementations import RUN
 from .measure import time_candidates
 from .rules import RULES, Situation, describe, tall_rows
 from .sampling import Probe, Sampler, execute
