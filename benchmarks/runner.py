@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from spark_sparse.allocator import keep_freed_memory, malloc_setting
+from spark_sparse.precision import DTYPES
 from spark_sparse.routing import get_routing, routing_mode
 
 from .case import Case
@@ -90,7 +91,7 @@ def run_case(case: Case, cfg: BenchConfig, bar, load: int = 0) -> List[dict]:
     dense = dense_encoder_macs(case.model, case.batch, case.image_size)
     head = case.head_macs(images, visible, dense) if "step" in cfg.modes else None
     first_sparse = next(c for c in case.contenders.values() if c.kind == "sparse")
-    tuning = tune_all(case, images, visible)
+    tuning = tune_all(case, images, visible, "step" in cfg.modes)
     peaks = peaks_for(device, [case.dtype] + ([sc.amp for sc in case.step_contenders().values()]
                                               if "step" in cfg.modes else []))
     records = []
@@ -154,12 +155,19 @@ def run_case(case: Case, cfg: BenchConfig, bar, load: int = 0) -> List[dict]:
     return records
 
 
-def tune_all(case: Case, images: torch.Tensor, visible: torch.Tensor) -> dict:
-    """Let every sparse contender's routing decide before anything is timed; what that cost, summed."""
+def tune_all(case: Case, images: torch.Tensor, visible: torch.Tensor, steps: bool = False) -> dict:
+    """Let every sparse contender's routing decide before anything is timed, in every compute dtype
+    it is timed in (with ``steps``, the step variants' autocast dtypes too: decisions are kept per
+    dtype, and on the CPU measured routing samples the first calls of each); what that cost, summed."""
     total: Dict[str, object] = {}
     for c in case.contenders.values():
-        if c.kind == "sparse":
-            for key, value in tune(c.encoder, images, visible, case.amp_dtype).items():
+        if c.kind != "sparse":
+            continue
+        dtypes = {case.amp_dtype}
+        if steps:
+            dtypes |= {DTYPES[sc.amp] for sc in case.step_contenders().values() if sc.contender is c}
+        for dtype in sorted(dtypes, key=str):
+            for key, value in tune(c.encoder, images, visible, dtype).items():
                 total[key] = value if isinstance(value, str) else total.get(key, 0) + value
     return total
 

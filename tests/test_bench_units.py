@@ -576,3 +576,23 @@ def test_first_use_renders_its_results_and_never_overwrites_them(tmp_path):
     with pytest.raises(SystemExit) as refused:  # before anything is measured
         first_use.main(["--out", str(tmp_path)])
     assert refused.value.code == 2
+
+
+def test_bench_tunes_every_dtype_it_times_before_timing(fresh_cache):
+    """With measured routing the CPU samples a layer's first calls: bench settles every sparse
+    contender in its own dtype and in each step variant's autocast dtype, so no timed round samples."""
+    from spark_sparse import routing
+    from spark_sparse.benchmarks.case import Case
+    from spark_sparse.benchmarks.runner import tune_all
+
+    case = Case("resnet18", "cpu", "fp32", 2, (64, 64), ["auto"], decoder_width=32, step_dtypes=("bf16",),
+                published=False)
+    images, visible = case.inputs(0.5)
+    with routing.routing_mode("measured"):
+        cost = tune_all(case, images, visible, steps=True)
+        assert routing.tuning_stats()["pending"] == 0 and cost["calls"] >= 4
+        keys = [k for env in json.loads(fresh_cache.read_text())["environments"].values() for k in env]
+        assert any(" float32 " in k for k in keys) and any(" bfloat16 " in k for k in keys)
+        before = routing.tuning_stats()
+        tune_all(case, images, visible, steps=True)  # settled: one call per dtype, nothing tuned
+        assert routing.tuning_stats()["tuned"] == before["tuned"]
