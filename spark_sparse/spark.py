@@ -307,6 +307,11 @@ def build_spark(arch: str, *, encoder_kind: str = "sparse", backend: str = "auto
                  decoder_checkpointing=decoder_checkpointing, encoder_checkpointing=encoder_checkpointing)
 
 
+# what a checkpoint's model_config holds (spark_sparse/io/checkpoint.py refuses one that lacks any)
+MODEL_CONFIG_KEYS = ("arch", "encoder_kind", "backend", "drop_path", "decoder_width", "densify_norm", "mask_ratio",
+                     "input_size", "patch_size", "channels", "strides")
+
+
 def model_config(model: SparK, arch: str, *, backend: str, drop_path: float, input_size: int) -> dict:
     """Everything :func:`build_spark` needs to rebuild ``model`` (stored in checkpoints)."""
     return {"arch": arch, "encoder_kind": model.encoder_kind, "backend": backend, "drop_path": float(drop_path),

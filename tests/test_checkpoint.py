@@ -5,11 +5,15 @@ import pytest
 import torch
 
 from spark_sparse.io import checkpoint as ckpt
+from spark_sparse.spark import MODEL_CONFIG_KEYS
+
+
+CONFIG = dict.fromkeys(MODEL_CONFIG_KEYS, 0)
 
 
 def payload(step, value=1.0, run_id="a" * 32):
     return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "arch": "resnet18", "encoder_kind": "sparse",
-            "model_config": {}, "model": {"w": torch.full((64, 64), value)}, "optimizer": {}, "schedule": {},
+            "model_config": dict(CONFIG), "model": {"w": torch.full((64, 64), value)}, "optimizer": {}, "schedule": {},
             "rng": {}, "epoch": 0, "step": step, "args": {}, "run_id": run_id}
 
 
@@ -68,6 +72,14 @@ def test_foreign_or_newer_files_are_refused(tmp_path):
         ckpt.load(path)
 
 
+def test_a_model_config_that_cannot_rebuild_the_model_is_refused_by_name(tmp_path):
+    path = str(tmp_path / "x.pt")
+    config = {k: v for k, v in CONFIG.items() if k != "strides"}
+    torch.save(dict(payload(1), model_config=config), path)
+    with pytest.raises(ckpt.CheckpointError, match=r"model_config lacks \['strides'\]"):
+        ckpt.load(path)
+
+
 def test_prune_keeps_the_newest(tmp_path):
     out = str(tmp_path)
     for step in (1, 2, 3, 10, 11):
@@ -75,3 +87,10 @@ def test_prune_keeps_the_newest(tmp_path):
     removed = ckpt.prune(out, 3, "a" * 32)
     assert [os.path.basename(p) for p in removed] == ["ckpt-00000001.pt", "ckpt-00000002.pt"]
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [3, 10, 11]
+
+
+def test_model_config_records_every_key_a_checkpoint_must_hold():
+    from spark_sparse.spark import build_spark, model_config
+    config = model_config(build_spark("resnet18", decoder_width=32), "resnet18", backend="auto", drop_path=0.0,
+                          input_size=64)
+    assert tuple(config) == MODEL_CONFIG_KEYS

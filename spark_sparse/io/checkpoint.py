@@ -96,7 +96,7 @@ import torch
 
 from .. import __version__
 from ..files import atomic_write, file_kind, zip_damage
-from ..spark import model_config
+from ..spark import MODEL_CONFIG_KEYS, model_config
 from ..spark_format import OUR_FORMAT
 
 FORMAT = OUR_FORMAT  # what spark_format recognises as ours on import
@@ -219,6 +219,11 @@ def load(path: str, map_location="cpu") -> Dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}")
+    config = payload["model_config"]
+    missing = [k for k in MODEL_CONFIG_KEYS if k not in config] if isinstance(config, dict) else list(MODEL_CONFIG_KEYS)
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, its model_config lacks {missing} (the model cannot "
+                              f"be rebuilt from it)")
     return payload
 
 
