@@ -2,16 +2,15 @@
 
 A plain dataclass, built from the command line (``spark_sparse/commands/bench.py``) or by hand, so
 the runner never reads ``argparse`` objects and tests can build small configurations directly.
+Free of torch at import, so that ``spark-sparse bench --help`` answers at once.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
-import torch
-
+from spark_sparse.choices import PRECISIONS
 from spark_sparse.cpus import usable_cores
-from spark_sparse.precision import DTYPES
 from spark_sparse.recipe import DECODER_WIDTH, INPUT_SIZE, MASK_RATIO
 
 DEFAULT_MODELS = ("resnet50", "resnet101", "convnext_tiny", "convnext_small", "convnext_base")
@@ -135,18 +134,19 @@ class BenchConfig:
         check_width(self.decoder_width, PATCH_SIZE, "--decoder-width")
         for option, values, known in (("--modes", self.modes, MODES),
                                       ("--memory-modes", self.memory_modes or [], MODES),
-                                      ("--step-dtypes", self.step_dtypes, DTYPES),
+                                      ("--step-dtypes", self.step_dtypes, PRECISIONS),
                                       ("--dense-format", [self.dense_format], DENSE_FORMATS),
                                       ("--devices", self.devices, ("cpu", "cuda"))):
             for v in values:
                 if v not in known:
                     raise ValueError(f"{option} {v!r}: unknown; choose from {', '.join(known)}")
+        import torch
         for device in self.devices:
             if device == "cuda" and not torch.cuda.is_available():
                 raise ValueError("--devices cuda: torch sees no CUDA device here; choose --devices cpu")
             for d in self.dtypes_for(device):
-                if d not in DTYPES:
-                    raise ValueError(f"--dtypes {d!r}: unknown; choose from {', '.join(DTYPES)}")
+                if d not in PRECISIONS:
+                    raise ValueError(f"--dtypes {d!r}: unknown; choose from {', '.join(PRECISIONS)}")
         from spark_sparse.backends import check_backend_name
         for b in (self.backends or []) + (self.step_backends or []):
             check_backend_name(b)
@@ -187,6 +187,7 @@ def step_variants(name: str, dtype: str, step_dtypes, decoder_checkpointing: boo
 
 
 def default_devices() -> List[str]:
+    import torch
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -10,8 +10,7 @@ from .version import __version__
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int. A command module is
 # light to import (torch, timm and the model are imported inside its functions), so the command line
-# answers --help or a mistyped option without loading them; only bench's options, which list torch's
-# dtypes and the benchmark's configuration, load torch.
+# answers --help or a mistyped option without loading them.
 COMMANDS = [
     "spark_sparse.commands.demo",
     "spark_sparse.commands.pretrain",

@@ -8,9 +8,9 @@ from typing import Optional, Union
 
 import torch
 
-from .choices import AMP_CHOICES, AMP_DTYPES
+from .choices import AMP_CHOICES, AMP_DTYPES, PRECISIONS
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 __all__ = ["AMP_CHOICES", "AMP_DTYPES", "DTYPES", "amp_dtype", "autocast", "cpu_has_native_bf16"]
 
 

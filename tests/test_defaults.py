@@ -64,7 +64,8 @@ def test_the_model_takes_one_spelling_of_the_encoder_kind_and_the_cli_its_own():
 
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["demo", "--batch", "x"], ["nosuchcommand"],
                                   ["pretrain", "--help"], ["pretrain", "--nosuch"], ["import", "--help"],
-                                  ["export", "--help"], ["reconstruct", "--help"]])
+                                  ["export", "--help"], ["reconstruct", "--help"], ["bench", "--help"],
+                                  ["bench", "--modes", "nosuch"]])
 def test_the_command_line_answers_without_importing_torch(argv):
     code = ("import sys\nfrom spark_sparse.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"

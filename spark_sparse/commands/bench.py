@@ -22,7 +22,7 @@ S = argparse.SUPPRESS  # unset options fall back to the defaults (or to --quick'
 
 def add_arguments(p):
     from spark_sparse.benchmarks.config import DEFAULT_MASK_RATIOS, DEFAULT_MODELS, DENSE_FORMATS, MODES
-    from spark_sparse.precision import AMP_DTYPES, DTYPES
+    from spark_sparse.choices import AMP_DTYPES, PRECISIONS
     from spark_sparse.recipe import DECODER_WIDTH, INPUT_SIZE, MASK_RATIO
     p.add_argument("--quick", action="store_true",
                    help="tiny run for CI, checks that everything runs and the outputs are valid, measures nothing "
@@ -39,7 +39,7 @@ def add_arguments(p):
                    help=f"{SIZE_HELP} (default: {INPUT_SIZE})")
     p.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=S,
                    help="devices (default: cpu, and cuda when available)")
-    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=S,
+    p.add_argument("--dtypes", nargs="+", choices=list(PRECISIONS), default=S,
                    help="precisions; bf16/fp16 run under autocast on fp32 weights (default: fp32 on cpu; "
                         "fp32 bf16 fp16 on cuda)")
     add_backend(p, "--backends", nargs="+", default=S,
