@@ -84,7 +84,9 @@ def render(doc: dict) -> str:
                   f"at the end {doc['load_end']}).", ""]
     lines += ["Cold minus warm, step by step (median over the pairs, s): "
               + ", ".join(f"{d:+.2f}" for d in per_step) + f"; their sum {sum(per_step):.2f} s.", "",
-              "The router's own account of what tuning added in each cold run (its `tuning_stats()['seconds']`): "
+              "The router's own account of what tuning added in each cold run (its `tuning_stats()['seconds']`: "
+              "the wall time of side trials, or with sampling an estimate, the sampled calls' time beyond the "
+              "fastest candidate's): "
               + ", ".join(f"{p['cold']['tuning']['seconds']:.2f}" for p in pairs) + " s.", "",
               "| pair | cold s | warm s | tuning added s | layer shapes tuned (cold) | read from the cache (warm) |",
               "|---|---|---|---|---|---|"]

@@ -8,6 +8,7 @@ and the time tuning took is reported on its own.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from typing import Dict, List
 
@@ -39,7 +40,10 @@ def tune(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
         encoder.zero_grad(set_to_none=True)
         calls += 1
     after = tuning_stats()
-    return {"policy": get_routing(), "tuning_s": after["seconds"] - before["seconds"],
+    if after["pending"]:
+        warnings.warn(f"measured routing still sampling {after['pending']} layer shape(s) after {calls} calls: "
+                      f"later timed calls may include samples", RuntimeWarning, stacklevel=2)
+    return {"policy": get_routing(), "tuning_s": after["seconds"] - before["seconds"], "pending": after["pending"],
             "tuned_layers": after["tuned"] - before["tuned"], "cached_layers": after["cached"] - before["cached"],
             "calls": calls, "first_calls_s": time.perf_counter() - start}
 

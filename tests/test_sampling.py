@@ -123,11 +123,43 @@ def test_cheap_layers_sample_every_candidate_more():
 
 
 def test_calls_waiting_for_their_backward_run_the_leader():
-    """Several calls of one shape in one forward: once each candidate has its warm-up and samples
-    out, the others run the prior (nothing measured yet), then the fastest so far."""
+    """Several calls of one shape in one forward: once each candidate has its warm-up out, the others
+    run untimed (no probe) by the prior, nothing being measured yet."""
     sampler = sampling.Sampler(["torch", "tiles"], prior="tiles")
     probes = [sampler.next_call() for _ in range(6)]
-    assert [p.implementation for p in probes] == ["tiles", "torch", "tiles", "tiles", "tiles", "tiles"]
+    assert [p.implementation for p in probes[:2]] == ["tiles", "torch"] and probes[2:] == [None] * 4
+    assert sampler.leading() == "tiles"
+
+
+def test_a_call_whose_backward_never_ran_does_not_stall_the_measurement():
+    sampler = sampling.Sampler(["torch", "tiles"], prior="tiles")
+    thrown_away = sampler.next_call()  # its forward ran with gradients; no backward ever will
+    assert thrown_away.implementation == "tiles" and not thrown_away.done
+    decision, issued = settle(sampler, {"torch": 0.050, "tiles": 0.040})
+    assert decision["implementation"] == "tiles" and thrown_away not in sampler.pending
+
+
+def test_a_layer_called_once_without_backward_still_settles(fresh_cache):
+    layer = SparseConv2d(CONV3, bias=False)
+    layer.routing = "measured"
+    layer(sparse_input())  # e.g. a forward that raised further on, or a model called outside no_grad
+    for step in range(12):
+        layer(sparse_input(seed=step)).features.sum().backward()
+        if routing.tuning_stats()["tuned"]:
+            break
+    assert routing.tuning_stats() == dict(routing.tuning_stats(), tuned=1, pending=0)
+
+
+def test_a_sampled_output_may_be_modified_in_place(fresh_cache):
+    """The next layer of a conv may be an in-place ReLU: timing the call must not make its output a view."""
+    layer = SparseConv2d(CONV3, bias=False)
+    torch.nn.init.normal_(layer.weight)
+    layer.routing = "measured"
+    for step in range(3):
+        out = layer(sparse_input(seed=step)).features
+        torch.relu_(out)
+        out.sum().backward()
+    assert layer.weight.grad is not None and routing.tuning_stats()["pending"] == 1
 
 
 def test_a_failing_candidate_drops_out_and_the_call_runs_another(monkeypatch):
@@ -218,10 +250,13 @@ def test_a_replayed_layer_runs_the_recorded_implementation_whatever_the_router_s
     log.routes.append(routing.Route("torch", "recorded"))
     calls = []
     real = routing.RUN["torch"]
-    with log.replaying():
-        routing.RUN["torch"] = lambda *a: calls.append(1) or real(*a)
-        try:
-            layer(x)
-        finally:
-            routing.RUN["torch"] = real
-    assert calls and routing.tuning_stats()["pending"] == 0  # ran 'torch', asked the router nothing
+
+    def no_router(*args, **kwargs):
+        raise AssertionError("a replayed layer asked the router")
+
+    with log.replaying(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr("spark_sparse.layers.base.route", no_router)
+        patch.setitem(routing.RUN, "torch", lambda *a: calls.append(1) or real(*a))
+        layer.routing = "measured"
+        layer(x)
+    assert calls  # it ran the recorded 'torch'

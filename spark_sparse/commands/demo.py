@@ -95,7 +95,8 @@ def run(args) -> int:
           f"ratio {dense / max(sparse, 1):.2f}x (ideal 1/visible fraction = "
           f"{visible.numel() / max(int(visible.sum()), 1):.2f}x)")
     # on CUDA measured routing times each new layer shape in side trials during this call; on the CPU
-    # it samples later calls, and this single call runs each layer's first candidate (the rules' choice)
+    # this call is already one of its samples: a shape's first call runs the rules' choice, a second
+    # call of the same shape in this forward another candidate's warm-up
     tuning = tuning_stats()["seconds"] - tuning_before
     print(f"one forward+backward (first call, not a benchmark): sparse {s_t - tuning:.2f} s, masked-dense "
           f"{r_t:.2f} s" + (f"; the sparse call also spent {tuning:.2f} s measuring its layers' routes, which "

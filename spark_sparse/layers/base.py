@@ -43,8 +43,9 @@ class RoutedModule(SparseModule):
         raise NotImplementedError
 
     def route_for(self, x: SparseFeatures, tune: bool = False, spec=None) -> Route:
-        """How this layer runs on ``x``. With ``tune``, measured routing may time the candidates on
-        ``x`` now (forward + backward on detached copies: the layer's own gradients stay untouched)."""
+        """How this layer runs on ``x``. With ``tune``, measured routing may time the candidates: on
+        CUDA now, on ``x`` (forward + backward on detached copies: the layer's own gradients stay
+        untouched); on the CPU by making this call one of its samples (the route carries the probe)."""
         dtype = compute_dtype(x.features)
         return route(spec or self.layer_spec(x), x.level.r, x.features.device, dtype, self.requested,
                      routing=self.routing, workload=Workload(x.geometry.batch, x.features.shape[0]),

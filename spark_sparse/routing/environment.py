@@ -7,6 +7,7 @@ import platform
 import torch
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

@@ -83,6 +83,7 @@ class Route:
     implementation: str
     reason: str
     probe: Optional[Probe] = field(default=None, compare=False, repr=False)
+    measuring: bool = field(default=False, compare=False)  # settled later: not to be remembered
 
     @property
     def label(self) -> str:
@@ -115,7 +116,9 @@ def route(spec: LayerSpec, resolution: int, device, dtype: torch.dtype, requeste
 
     ``requested``: 'auto' or one implementation. ``routing``: the policy (None: :func:`get_routing`).
     Measured routing needs the ``workload`` to find a decision and ``trial(implementation, backward)``
-    (one forward, with or without its backward, of the layer on its real input) to make one.
+    (one forward, with or without its backward, of the layer on its real input) to make one: on CUDA
+    it runs the side trials; on the CPU its presence only says this call may be sampled (the Route
+    then carries the probe that times it, see :func:`run_route`).
     """
     device = torch.device(device)
     mode = check_routing(routing or get_routing())
@@ -150,7 +153,8 @@ def _route(spec, resolution, device, dtype, requested, mode, workload, trial):
     if mode == "measured" and workload is not None:
         measured = _TUNER.decide(spec, resolution, device, dtype, workload, trial)
         if isinstance(measured, Route):
-            return Route(measured.implementation, note + measured.reason, measured.probe), measured.probe is None
+            return (Route(measured.implementation, note + measured.reason, measured.probe, measured.measuring),
+                    not measured.measuring)
         note += measured
         final = not measured  # an empty note: nothing to choose between
     sites = workload.sites if workload is not None else None
@@ -257,13 +261,17 @@ class Tuner:
         if sampler is None:
             sampler = self.samplers[where] = Sampler(options, prior=_fixed(situation, "")[0])
         decision = sampler.decision()
-        if decision is not None or all(i in sampler.errors for i in sampler.options):
+        if decision is not None or not sampler.alive():
             del self.samplers[where]
             self.stats["seconds"] += sampler.overhead_s
             return decision
         probe = sampler.next_call()
+        if probe is None:
+            return Route(sampler.leading(), f"being measured: the samples of {', '.join(options)} wait for their "
+                                            f"backward; the fastest so far runs this call", measuring=True)
         return Route(probe.implementation, f"being measured: this call is a {'warm-up' if probe.warm_up else 'sample'} "
-                                           f"of {probe.implementation} (candidates {', '.join(options)})", probe)
+                                           f"of {probe.implementation} (candidates {', '.join(options)})", probe,
+                     measuring=True)
 
     def _tune(self, options, trial, device) -> Optional[dict]:
         start = time.perf_counter()

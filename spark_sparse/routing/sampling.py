@@ -14,8 +14,10 @@ took ``WARM_UP_DROP`` × the fastest warm-up is not sampled at all. After one sa
 candidates slower than ``CLOSE`` × the fastest stop; the others get ``REPEATS`` samples (every
 candidate ``CHEAP_REPEATS`` for layers under ``CHEAP_S``, where one preempted call on a busy machine
 would otherwise decide), and the fastest sample decides. Calls that come while every wanted sample
-waits for its backward run the fastest candidate so far. A candidate whose call fails drops out and
-the call runs another one.
+waits for its backward run the fastest candidate so far, untimed. Samples are taken on whatever
+call comes, so a sample may include building the batch's index tables for its candidate. A
+candidate whose forward fails drops out and the call runs another one (a failure in its backward
+fails that step, as any backward error does).
 """
 from __future__ import annotations
 
@@ -28,13 +30,15 @@ from .measure import CHEAP_REPEATS, CHEAP_S, CLOSE, REPEATS
 
 # a candidate whose warm-up took this many times the fastest warm-up is not sampled
 WARM_UP_DROP = 2.0
-# calls whose backward never ran (a forward with gradients that was thrown away) are dropped after
-# this many newer ones, so a model that is only ever called that way cannot hold records forever
+# calls still waiting for their backward are kept up to this many (a model only ever called with
+# gradients and no backward cannot hold records forever); a call whose backward never ran is also
+# dropped as soon as a later call's backward has completed
 MAX_PENDING = 16
 
 
 class _Mark(torch.autograd.Function):
-    """Identity whose backward records the time autograd reached it."""
+    """Identity whose backward records the time autograd reached it (on a call's inputs: a view of
+    each, which only the sampled call consumes)."""
 
     @staticmethod
     def forward(ctx, tensor, probe, slot):
@@ -90,7 +94,10 @@ class Probe:
         start = time.perf_counter()
         out = function(x.replace(feats) if feats is not x.features else x, *operands)
         self.forward_s = time.perf_counter() - start
-        return _Mark.apply(out, self, "start") if self.ends_expected and out.requires_grad else out
+        if self.ends_expected and out.requires_grad:
+            # a hook, not a view: the next layer may modify the output in place (an in-place ReLU)
+            out.register_hook(lambda grad: self.stamp("start"))
+        return out
 
 
 def execute(probe: Probe, run: Dict[str, Callable[..., torch.Tensor]], x, operands: Sequence) -> torch.Tensor:
@@ -118,10 +125,14 @@ class Sampler:
         self.errors: Dict[str, str] = {}
         self.overhead_s = 0.0  # the sampled calls' time beyond the fastest candidate's, once decided
 
-    def _alive(self) -> List[str]:
+    def alive(self) -> List[str]:
+        """The candidates not dropped out by a failure."""
         return [impl for impl in self.options if impl not in self.errors]
 
     def _harvest(self) -> None:
+        done = [i for i, p in enumerate(self.pending) if p.done]
+        if done:  # calls issued before a completed one whose backward has not run: thrown away, never will
+            self.pending = [p for i, p in enumerate(self.pending) if i > done[-1] or p.done]
         for probe in [p for p in self.pending if p.done]:
             self.pending.remove(probe)
             if probe.implementation not in self.warm_up_s:  # a candidate's first completed call warms it up
@@ -141,7 +152,7 @@ class Sampler:
 
     def _needed(self) -> Dict[str, int]:
         """Samples each live candidate needs, as far as the warm-ups and samples so far tell."""
-        alive = self._alive()
+        alive = self.alive()
         dropped = self._dropped(alive)
         live = [impl for impl in alive if impl not in dropped]
         needed = dict.fromkeys(dropped, 0)
@@ -155,7 +166,7 @@ class Sampler:
     def decision(self) -> Optional[dict]:
         """The decision, in the routing cache's form, once the samples settle it (None before)."""
         self._harvest()
-        alive = self._alive()
+        alive = self.alive()
         if (not alive or any(impl not in self.warm_up_s for impl in alive)
                 or any(len(self.samples[impl]) < n for impl, n in self._needed().items())):
             return None
@@ -166,12 +177,12 @@ class Sampler:
         return {"implementation": min(best, key=best.get), "ms": {k: round(v * 1e3, 3) for k, v in shown.items()},
                 "errors": dict(self.errors)}
 
-    def next_call(self) -> Probe:
+    def next_call(self) -> Optional[Probe]:
         """The probe this call should run: a candidate that still needs its warm-up or a sample (the one
-        with the fewest so far); when every one waits for its backward, another sample of the fastest
-        so far (the prior before any sample is in), which costs nothing over the coming decision."""
+        with the fewest so far); None when every one waits for its backward (then the call runs
+        :meth:`leading`, untimed)."""
         self._harvest()
-        alive = self._alive()
+        alive = self.alive()
         for impl in alive:
             if impl not in self.warm_up_s and not any(p.implementation == impl for p in self.pending):
                 return self._issue(impl, warm_up=True)
@@ -180,7 +191,7 @@ class Sampler:
                    for impl in needed}
         wanted = [impl for impl in needed if waiting[impl] < needed[impl]]
         if not wanted:
-            return self._issue(self.leading(), warm_up=False)
+            return None
         return self._issue(min(wanted, key=waiting.get), warm_up=False)
 
     def _issue(self, implementation: str, warm_up: bool) -> Probe:
@@ -191,7 +202,7 @@ class Sampler:
 
     def leading(self) -> str:
         """The fastest live candidate so far (the prior, or the first live one, before any sample)."""
-        alive = self._alive()
+        alive = self.alive()
         measured = {impl: min(self.samples[impl]) for impl in alive if self.samples[impl]}
         if measured:
             return min(measured, key=measured.get)
@@ -201,5 +212,5 @@ class Sampler:
         """Drop a candidate whose call raised; another live one to run the call instead (None: none left)."""
         self.errors[implementation] = f"{type(error).__name__}: {error}"
         self.pending = [p for p in self.pending if p.implementation != implementation]
-        alive = self._alive()
+        alive = self.alive()
         return self.leading() if alive else None
