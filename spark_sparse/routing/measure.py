@@ -27,6 +27,15 @@ CHEAP_S = 0.02
 CHEAP_REPEATS = 3
 
 
+def decision_record(seconds: Dict[str, float], errors: Dict[str, str], among=None) -> dict:
+    """A measured decision as the routing cache stores it: the fastest candidate (of ``among``; default:
+    all), each candidate's forward + backward in ms, and why any failed. Trials and samples both
+    write it."""
+    pool = {impl: seconds[impl] for impl in (among if among is not None else seconds)}
+    return {"implementation": min(pool, key=pool.get),
+            "ms": {impl: round(s * 1e3, 3) for impl, s in seconds.items()}, "errors": dict(errors)}
+
+
 def time_candidates(candidates: List[str], trial: Callable[[str, bool], None], device: torch.device,
                     repeats: int = REPEATS) -> Tuple[Dict[str, float], Dict[str, str]]:
     """(seconds of forward + backward per candidate, error per candidate that failed).

@@ -30,7 +30,7 @@ from .environment import environment_key
 from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, RUN, LayerSpec, candidates, label,
                               layer_kind, unsupported)
 from ..choices import ROUTING_MODES
-from .measure import time_candidates
+from .measure import decision_record, time_candidates
 from .rules import RULES, Situation, describe, tall_rows
 from .sampling import Probe, Sampler, execute
 
@@ -277,10 +277,7 @@ class Tuner:
         start = time.perf_counter()
         seconds, errors = time_candidates(options, trial, device)
         self.stats["seconds"] += time.perf_counter() - start
-        if not seconds:
-            return None
-        best = min(seconds, key=seconds.get)
-        return {"implementation": best, "ms": {k: round(v * 1e3, 3) for k, v in seconds.items()}, "errors": errors}
+        return decision_record(seconds, errors) if seconds else None
 
 
 _TUNER = Tuner()

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .measure import CHEAP_REPEATS, CHEAP_S, CLOSE, REPEATS
+from .measure import CHEAP_REPEATS, CHEAP_S, CLOSE, REPEATS, decision_record
 
 # a candidate whose warm-up took this many times the fastest warm-up is not sampled
 WARM_UP_DROP = 2.0
@@ -173,9 +173,8 @@ class Sampler:
         best = {impl: min(self.samples[impl]) for impl in alive if self.samples[impl]}
         fastest = min(best.values())
         self.overhead_s = sum(t - fastest for impl in alive for t in self.samples[impl] + [self.warm_up_s[impl]])
-        shown = {impl: best.get(impl, self.warm_up_s[impl]) for impl in alive}
-        return {"implementation": min(best, key=best.get), "ms": {k: round(v * 1e3, 3) for k, v in shown.items()},
-                "errors": dict(self.errors)}
+        shown = {impl: best.get(impl, self.warm_up_s[impl]) for impl in alive}  # not sampled: its warm-up
+        return decision_record(shown, self.errors, among=best)
 
     def next_call(self) -> Optional[Probe]:
         """The probe this call should run: a candidate that still needs its warm-up or a sample (the one
