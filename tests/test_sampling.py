@@ -229,17 +229,37 @@ def test_encoder_checkpointing_under_measured_routing_on_an_empty_cache(fresh_ca
 
 def test_a_recomputation_replays_the_recorded_routes_in_order():
     log = routing.RouteLog()
+    a, b = torch.nn.Identity(), torch.nn.Identity()  # stand-ins for two routed layers
     first, second = routing.Route("tiles", "measured"), routing.Route("matmul", "rule")
     with log.recording():
-        assert routing.replay.checkpointed() and routing.replay.replayed_route() is None
-        routing.replay.record(first)
-        routing.replay.record(second)
+        assert routing.replay.checkpointed() and routing.replay.replayed_route(a) is None
+        routing.replay.record(a, first)
+        routing.replay.record(b, second)
     assert not routing.replay.checkpointed()
     for _ in range(2):  # each recomputation starts from the first
         with log.replaying():
-            assert [routing.replay.replayed_route(), routing.replay.replayed_route()] == [first, second]
+            assert [routing.replay.replayed_route(a), routing.replay.replayed_route(b)] == [first, second]
             with pytest.raises(RuntimeError, match="more routed layers than its forward"):
-                routing.replay.replayed_route()
+                routing.replay.replayed_route(a)
+    with log.replaying():  # a layer asking out of turn would get another layer's route: refused
+        with pytest.raises(RuntimeError, match="another order than its forward: call 1 was Identity"):
+            routing.replay.replayed_route(b)
+
+
+def test_the_route_log_belongs_to_the_thread_that_records_it():
+    """DataParallel runs replicas on threads: one thread's checkpointed forward must not record into,
+    or replay from, another thread's log."""
+    import threading
+    log, seen = routing.RouteLog(), {}
+    layer = torch.nn.Identity()
+    with log.recording():
+        def other_thread():
+            seen["checkpointed"] = routing.replay.checkpointed()
+            routing.replay.record(layer, routing.Route("torch", "other thread"))
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert seen == {"checkpointed": False} and log.routes == []
 
 
 def test_a_replayed_layer_runs_the_recorded_implementation_whatever_the_router_says(fresh_cache):
@@ -247,7 +267,7 @@ def test_a_replayed_layer_runs_the_recorded_implementation_whatever_the_router_s
     torch.nn.init.normal_(layer.weight)
     x = sparse_input()
     log = routing.RouteLog()
-    log.routes.append(routing.Route("torch", "recorded"))
+    log.routes.append((layer, routing.Route("torch", "recorded")))
     calls = []
     real = routing.RUN["torch"]
 

@@ -56,10 +56,10 @@ class RoutedModule(SparseModule):
         checked that its implementation runs the layer, so it runs without a second check; a call that
         is one of measured routing's samples is timed)."""
         spec = self.layer_spec(x)
-        route = replay.replayed_route()  # a recomputation runs what its checkpointed forward ran
+        route = replay.replayed_route(self)  # a recomputation runs what its checkpointed forward ran
         if route is None:
             route = self.route_for(x, tune=torch.is_grad_enabled() and not replay.checkpointed(), spec=spec)
-            replay.record(route)
+            replay.record(self, route)
         out = run_route(route, x, self.operands(x))
         return x.replace(out, stride=x.stride * spec.stride[0])
 
