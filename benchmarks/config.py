@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
+from spark_sparse.checks import at_least
 from spark_sparse.choices import PRECISIONS
 from spark_sparse.cpus import usable_cores
 from spark_sparse.recipe import DECODER_WIDTH, INPUT_SIZE, MASK_RATIO
@@ -122,9 +123,8 @@ class BenchConfig:
                                     ("--profile-repeats", [self.profile_repeats], 1),
                                     ("profile_warmup", [self.profile_warmup], 0),
                                     ("format_trials", [self.format_trials], 1)):
-            for v in values:
-                if v is not None and v < low:  # None: the default (torch's threads, the first batch)
-                    raise ValueError(f"{option} must be >= {low}, got {v}")
+            for v in values:  # None: the default (torch's threads, the first batch)
+                at_least(v, option, low)
         cores = usable_cores()
         for n in self.background_load:
             if n > 4 * cores:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from typing import Iterator, List
 
+from spark_sparse.checks import at_least
+
 SPIN = "while True: pass"
 PR_SET_PDEATHSIG = 1
 
@@ -28,8 +30,7 @@ def _die_with_parent() -> None:
 @contextlib.contextmanager
 def background_load(processes: int) -> Iterator[List[subprocess.Popen]]:
     """``processes`` busy-looping Python processes for the duration of the block (none for 0)."""
-    if processes < 0:
-        raise ValueError(f"background load must be >= 0 processes, got {processes}")
+    at_least(processes, "background load", 0, "busy processes")
     started = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent) for _ in range(processes)]
     try:

@@ -10,6 +10,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .checks import at_least
+
 Grid = Union[int, Sequence[int]]
 
 
@@ -77,8 +79,7 @@ def random_visible(batch: int, grid: Grid, mask_ratio: float, *, generator: Opti
     generator's device (the CPU by default), so a seeded generator gives the same mask on any device.
     Returns a bool tensor (batch, h, w) on ``device``, True = visible.
     """
-    if _whole(batch, "batch") < 1:
-        raise ValueError(f"batch must be >= 1, got {batch!r}")
+    at_least(_whole(batch, "batch"), "batch")
     h, w = _grid_hw(grid)
     keep = num_visible(h * w, mask_ratio)
     noise_device = generator.device if generator is not None else torch.device("cpu")

@@ -13,6 +13,7 @@ import math
 import os
 
 from ..archs import check_arch
+from ..checks import at_least
 from ..backends import BACKEND_NAMES
 from ..choices import AMP_CHOICES, BACKEND_HELP, ROUTING_HELP, ROUTING_MODES
 from ..recipe import (BASE_LR, CLIP, DECODER_WIDTH, DENSIFY_NORMS, MASK_RATIO, WEIGHT_DECAY, WEIGHT_DECAY_END,
@@ -162,41 +163,38 @@ def check_args(args) -> None:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a file; pass a folder (it holds the run's checkpoints and logs)")
     patch_grid(args.input_size, args.input_size, PATCH_SIZE, "--input-size")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    at_least(args.batch_size, "--batch-size")
     check_mask_ratio(args.mask_ratio, "--mask-ratio", allow_zero=False)
     check_patches_both_ways(args.input_size // PATCH_SIZE, args.mask_ratio,
                             f"--mask-ratio at --input-size {args.input_size}:")
     check_seed(args.seed)
     for name in ("vis_images", "log_every"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        at_least(getattr(args, name), _option(name))
     for name in ("vis_every", "ckpt_every"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0: off), got {getattr(args, name)}")
-    if args.workers is not None and args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if not args.data_timeout >= 0:
-        raise ValueError(f"--data-timeout must be >= 0 seconds (0: wait forever), got {args.data_timeout}")
+        at_least(getattr(args, name), _option(name), 0, "0: off")
+    at_least(args.workers, "--workers", 0)
+    at_least(args.data_timeout, "--data-timeout", 0, "seconds; 0: wait forever")
     if not args.epochs > 0 and not args.steps:
         raise ValueError(f"--epochs must be > 0 (or give --steps), got {args.epochs}")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if not args.warmup_epochs >= 0:
-        raise ValueError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+    at_least(args.steps, "--steps")
+    at_least(args.warmup_epochs, "--warmup-epochs", 0)
     # written as "not (valid)" so that NaN is refused too
     for name in ("lr", "base_lr"):
         value = getattr(args, name)
         if value is not None and not value > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0 (a learning rate), got {value}")
+            raise ValueError(f"{_option(name)} must be > 0 (a learning rate), got {value}")
     for name in ("wd", "wd_end"):
-        if not getattr(args, name) >= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (a weight decay), got {getattr(args, name)}")
+        at_least(getattr(args, name), _option(name), 0, "a weight decay")
     if args.drop_path is not None and not 0 <= args.drop_path < 1:
         raise ValueError(f"--drop-path must be in [0, 1) (the probability that a residual block is skipped), "
                          f"got {args.drop_path}")
     if math.isnan(args.clip):
         raise ValueError("--clip must be a number (<= 0: no clipping), got nan")
+
+
+def _option(name: str) -> str:
+    """The command-line spelling of an argument's attribute name (``log_every`` → ``--log-every``)."""
+    return "--" + name.replace("_", "-")
 
 
 def peak_lr(args, global_batch: int) -> float:

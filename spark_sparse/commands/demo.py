@@ -7,7 +7,8 @@ import copy
 import sys
 import time
 
-from spark_sparse.commands.options import SIZE_HELP, add_backend, at_least, image_size
+from spark_sparse.checks import at_least
+from spark_sparse.commands.options import SIZE_HELP, add_backend, image_size
 from spark_sparse.recipe import INPUT_SIZE, MASK_RATIO
 
 NAME = "demo"

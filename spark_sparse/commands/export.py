@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from spark_sparse.commands.options import at_least
+from spark_sparse.checks import at_least
 
 NAME = "export"
 HELP = "encoder weights out as a timm state dict (safetensors/pth), optionally verified"
@@ -46,8 +46,7 @@ def check_verify_options(args) -> None:
     if args.verify_size is not None and (args.verify_size <= 0 or args.verify_size % PATCH_SIZE):
         raise ValueError(f"--verify-size must be a positive multiple of {PATCH_SIZE} (the backbone stride), got "
                          f"{args.verify_size}")
-    if not args.tolerance >= 0:
-        raise ValueError(f"--tolerance must be >= 0, got {args.tolerance}")
+    at_least(args.tolerance, "--tolerance", 0)
     check_seed(args.seed)
 
 

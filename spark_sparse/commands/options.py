@@ -1,5 +1,5 @@
 """Options and checks more than one command shares, written once: the image size (S or H W), the
-k×k backend and routing choices, and the ">= 1" counts. Light to import: the command line builds
+k×k backend and routing choices. Light to import: the command line builds
 its parsers from here before anything heavy is loaded."""
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ from spark_sparse.backends import BACKEND_NAMES
 from spark_sparse.choices import BACKEND_HELP, ROUTING_HELP, ROUTING_MODES
 
 SIZE_HELP = "image size: S or H W, multiples of 32"
-
-
-def at_least(value, option: str, low: int = 1):
-    """``value`` unless it is below ``low`` (ValueError naming ``option``); None passes (a default)."""
-    if value is not None and value < low:
-        raise ValueError(f"{option} must be >= {low}, got {value}")
-    return value
 
 
 def image_size(values: Sequence[int], option: str = "--size") -> Tuple[int, int]:

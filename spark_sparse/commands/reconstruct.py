@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from spark_sparse.commands.options import at_least
+from spark_sparse.checks import at_least
 
 NAME = "reconstruct"
 HELP = "PNGs of input / masked input / reconstruction from a checkpoint"
