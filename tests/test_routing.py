@@ -340,3 +340,27 @@ def test_a_failing_candidate_drops_out_with_its_error():
 
     seconds, errors = time_candidates(["torch", "tiles"], trial, CPU)
     assert list(seconds) == ["torch"] and "out of memory" in errors["tiles"]
+
+
+@pytest.mark.parametrize("costs, expected", [
+    ({"torch": 0.050, "tiles": 0.100}, {"torch": 1 + 2, "tiles": 1 + 1}),   # tiles > 1.25× slower: one sample
+    ({"torch": 0.050, "tiles": 0.055}, {"torch": 1 + 2, "tiles": 1 + 2}),   # close: two each
+    ({"torch": 0.005, "tiles": 0.009}, {"torch": 1 + 3, "tiles": 1 + 3}),   # cheap layer: three each
+])
+def test_side_trials_take_the_samples_the_shared_policy_asks_for(monkeypatch, costs, expected):
+    """Trials (CUDA) and the CPU's samples follow one repeat policy (measure.samples_wanted): an
+    untimed warm-up call of each candidate, then the timed samples it asks for."""
+    from types import SimpleNamespace
+
+    from spark_sparse.routing import measure
+
+    clock, calls = [0.0], {impl: 0 for impl in costs}
+
+    def trial(impl, backward):
+        calls[impl] += 1
+        clock[0] += costs[impl]
+
+    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    seconds, errors = measure.time_candidates(list(costs), trial, CPU)
+    assert calls == expected and not errors
+    assert seconds == pytest.approx(costs)

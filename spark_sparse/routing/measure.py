@@ -36,8 +36,18 @@ def decision_record(seconds: Dict[str, float], errors: Dict[str, str], among=Non
             "ms": {impl: round(s * 1e3, 3) for impl, s in seconds.items()}, "errors": dict(errors)}
 
 
-def time_candidates(candidates: List[str], trial: Callable[[str, bool], None], device: torch.device,
-                    repeats: int = REPEATS) -> Tuple[Dict[str, float], Dict[str, str]]:
+def samples_wanted(best: Dict[str, float]) -> Dict[str, int]:
+    """How many timed samples each candidate needs in all, given the fastest of each so far (every one
+    sampled once): ``CHEAP_REPEATS`` of each where the fastest is under ``CHEAP_S``, else ``REPEATS``
+    of those within ``CLOSE`` of the fastest and none more of the rest. Trials and samples both follow it."""
+    fastest = min(best.values())
+    if fastest < CHEAP_S:
+        return dict.fromkeys(best, CHEAP_REPEATS)
+    return {impl: REPEATS if t <= CLOSE * fastest else 1 for impl, t in best.items()}
+
+
+def time_candidates(candidates: List[str], trial: Callable[[str, bool], None],
+                    device: torch.device) -> Tuple[Dict[str, float], Dict[str, str]]:
     """(seconds of forward + backward per candidate, error per candidate that failed).
 
     ``trial(implementation, backward)`` runs the layer once, with or without its backward.
@@ -59,13 +69,17 @@ def time_candidates(candidates: List[str], trial: Callable[[str, bool], None], d
 
     alive = [impl for impl in candidates if attempt(impl, device.type == "cuda") < float("inf")]
     best: Dict[str, float] = {}
-    for round_ in range(max(repeats, CHEAP_REPEATS)):
-        fastest = min(best.values(), default=0.0)
-        cheap = fastest < CHEAP_S
-        if round_ >= (CHEAP_REPEATS if cheap else repeats):
+    taken = dict.fromkeys(alive, 0)
+    while True:  # in rounds: each candidate still short of the samples it needs takes one more
+        live = [impl for impl in alive if impl not in errors]
+        if not live:
             break
-        for impl in [i for i in alive if i not in errors]:
-            if round_ and not cheap and best[impl] > CLOSE * fastest:
-                continue  # clearly slower: another sample would not change the choice
+        wanted = (samples_wanted({impl: best[impl] for impl in live}) if all(impl in best for impl in live)
+                  else dict.fromkeys(live, 1))
+        due = [impl for impl in live if taken[impl] < wanted[impl]]
+        if not due:
+            break
+        for impl in due:
+            taken[impl] += 1
             best[impl] = min(best.get(impl, float("inf")), attempt(impl, True))
     return {impl: t for impl, t in best.items() if impl not in errors}, errors

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .measure import CHEAP_REPEATS, CHEAP_S, CLOSE, REPEATS, decision_record
+from .measure import CHEAP_S, decision_record, samples_wanted
 
 # a candidate whose warm-up took this many times the fastest warm-up is not sampled
 WARM_UP_DROP = 2.0
@@ -158,10 +158,7 @@ class Sampler:
         needed = dict.fromkeys(dropped, 0)
         if not all(self.samples[impl] for impl in live):
             return dict(needed, **dict.fromkeys(live, 1))
-        fastest = min(min(self.samples[impl]) for impl in live)
-        if fastest < CHEAP_S:
-            return dict(needed, **dict.fromkeys(live, CHEAP_REPEATS))
-        return dict(needed, **{impl: REPEATS if min(self.samples[impl]) <= CLOSE * fastest else 1 for impl in live})
+        return dict(needed, **samples_wanted({impl: min(self.samples[impl]) for impl in live}))
 
     def decision(self) -> Optional[dict]:
         """The decision, in the routing cache's form, once the samples settle it (None before)."""
