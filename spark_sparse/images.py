@@ -3,7 +3,8 @@
 Pillow's ``convert("RGB")`` clips every value above 255, so a 16-bit grayscale PNG or TIFF (mode
 ``I;16`` or ``I``, common for scans and microscopy) would come out almost white; those are scaled
 from their 16-bit range instead. A 32-bit float image has no agreed range, so it is refused rather
-than guessed at.
+than guessed at. An EXIF orientation tag is not applied, as in SparK's (torchvision's) loader, so that
+the pixels of a data set are the ones SparK trains on.
 
 Tensors the model sees are ImageNet-normalised (timm's ImageNet mean and standard deviation, as
 SparK); :func:`denormalize` turns them back into [0, 1] pixels for viewing.
