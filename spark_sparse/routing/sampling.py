@@ -3,10 +3,10 @@
 Trials beside the step (measure.py) run every candidate's forward and one or two forward +
 backward passes on top of the step: on a CPU encoder that is about three steps' worth of work,
 once per machine. Here, while a layer shape is measured, each of its calls runs one candidate (in
-turn) as the real computation and is timed: the forward directly, the backward by marks on its
-input, parameters and output that record when autograd reaches them. Every candidate computes the
+turn) as the real computation and is timed, forward and backward. Every candidate computes the
 same numbers, so the steps stay correct; tuning costs only the slower candidates' extra time on the
-calls that ran them, and the decision lands a few calls later.
+calls that ran them, and the decision lands a few calls later. A sampled call is one autograd node
+(:class:`_Sampled`): its backward runs the candidate's own graph, timed alone.
 
 The fixed rules' choice runs first. Each candidate's first completed call is a warm-up (the
 library creates its kernels, the process first touches the memory), not a sample; one whose warm-up
@@ -16,8 +16,8 @@ candidate ``CHEAP_REPEATS`` for layers under ``CHEAP_S``, where one preempted ca
 would otherwise decide), and the fastest sample decides. Calls that come while every wanted sample
 waits for its backward run the fastest candidate so far, untimed. Samples are taken on whatever
 call comes, so a sample may include building the batch's index tables for its candidate. A
-candidate whose forward fails drops out and the call runs another one (a failure in its backward
-fails that step, as any backward error does).
+candidate whose forward or backward fails drops out and another one computes the call (after a
+failed backward, by recomputing its forward on the saved inputs), so the step goes on.
 """
 from __future__ import annotations
 
@@ -36,75 +36,116 @@ WARM_UP_DROP = 2.0
 MAX_PENDING = 16
 
 
-class _Mark(torch.autograd.Function):
-    """Identity whose backward records the time autograd reached it (on a call's inputs: a view of
-    each, which only the sampled call consumes)."""
+class _Sampled(torch.autograd.Function):
+    """A sampled call as one autograd node. Its forward builds the candidate's own graph on detached
+    inputs; its backward runs that graph alone, so both are timed exactly. A candidate whose backward
+    raises drops out like one whose forward raises: the call's gradients then come from another
+    candidate, its forward recomputed on the saved inputs (the same numbers), and the step goes on."""
 
     @staticmethod
-    def forward(ctx, tensor, probe, slot):
-        ctx.probe, ctx.slot = probe, slot
-        return tensor.view_as(tensor)
+    def forward(ctx, call, *tensors):
+        ctx.call = call
+        ctx.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        ctx.inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
+        with torch.enable_grad():
+            start = time.perf_counter()
+            out = call.function(*call.arguments(ctx.inputs))
+            call.probe.forward_s = time.perf_counter() - start
+        ctx.out = out
+        return out.detach()
 
     @staticmethod
     def backward(ctx, grad):
-        ctx.probe.stamp(ctx.slot)
-        return grad, None, None
+        call, probe = ctx.call, ctx.call.probe
+        wanted = [t for t in ctx.inputs if t.requires_grad]
+        if ctx.out is None:  # a second backward through a retained graph: recompute, untimed
+            return (None,) + call.gradients(call.function, ctx.inputs, grad, ctx.autocast)
+        try:
+            start = time.perf_counter()
+            found = torch.autograd.grad(ctx.out, wanted, grad, allow_unused=True,
+                                        create_graph=torch.is_grad_enabled())
+            if probe.backward_s is None:
+                probe.backward_s = time.perf_counter() - start
+        except Exception as error:  # noqa: BLE001 - any failure of a candidate just drops it
+            instead = probe.sampler.failed(probe.implementation, error)
+            if instead is None:
+                raise
+            call.function = call.run[instead]
+            return (None,) + call.gradients(call.function, ctx.inputs, grad, ctx.autocast)
+        finally:
+            ctx.out = None  # the candidate's graph is spent (freed as in any backward)
+        found = iter(found)
+        return (None,) + tuple(next(found) if t.requires_grad else None for t in ctx.inputs)
+
+
+class _Call:
+    """What a sampled call runs: the candidate's function on ``x`` and ``operands``, with the tensors
+    that need gradients passed through the autograd node (so its backward can return theirs)."""
+
+    def __init__(self, probe: "Probe", run: Dict[str, Callable[..., torch.Tensor]], x, operands: Sequence):
+        self.probe, self.run, self.x, self.operands = probe, run, x, list(operands)
+        self.function = run[probe.implementation]
+        slots = [x.features] + self.operands
+        self.positions = [i for i, t in enumerate(slots) if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def tensors(self) -> List[torch.Tensor]:
+        slots = [self.x.features] + self.operands
+        return [slots[i] for i in self.positions]
+
+    def arguments(self, tensors: Sequence[torch.Tensor]) -> list:
+        slots = [self.x.features] + self.operands
+        for i, t in zip(self.positions, tensors):
+            slots[i] = t
+        return [self.x.replace(slots[0]) if slots[0] is not self.x.features else self.x] + slots[1:]
+
+    def gradients(self, function, inputs, grad, autocast) -> tuple:
+        """The inputs' gradients by ``function``, its forward recomputed (as the call's forward ran)."""
+        fresh = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+        enabled, dtype = autocast
+        with torch.enable_grad(), torch.autocast("cpu", dtype=dtype, enabled=enabled):
+            out = function(*self.arguments(fresh))
+        wanted = [t for t in fresh if t.requires_grad]
+        found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True, create_graph=torch.is_grad_enabled()))
+        return tuple(next(found) if t.requires_grad else None for t in fresh)
 
 
 class Probe:
-    """One timed call of one candidate: forward seconds, then when its backward started and ended."""
+    """One timed call of one candidate: its forward's and its backward's seconds."""
 
     def __init__(self, implementation: str, warm_up: bool, sampler: "Sampler"):
         self.implementation = implementation
         self.warm_up = warm_up
         self.sampler = sampler
         self.forward_s: Optional[float] = None
-        self.ends_expected = 0
-        self.started: Optional[float] = None
-        self.ended: List[float] = []
-
-    def stamp(self, slot: str) -> None:
-        now = time.perf_counter()
-        if slot == "start":
-            if self.started is None:  # a second backward through the same graph is not a sample
-                self.started = now
-        elif len(self.ended) < self.ends_expected:
-            self.ended.append(now)
+        self.backward_s: Optional[float] = None
+        self.needs_backward = False
 
     @property
     def done(self) -> bool:
-        return self.forward_s is not None and (self.ends_expected == 0 or len(self.ended) == self.ends_expected)
+        return self.forward_s is not None and (not self.needs_backward or self.backward_s is not None)
 
     @property
     def seconds(self) -> float:
-        backward = max(self.ended) - self.started if self.ends_expected and self.started is not None else 0.0
-        return self.forward_s + backward
+        return self.forward_s + (self.backward_s or 0.0)
 
-    def run(self, function: Callable[..., torch.Tensor], x, operands: Sequence) -> torch.Tensor:
-        """``function(x, *operands)``, timed: the tensors that need gradients are marked on the way in
-        (their backward ends the sample), the output on the way out (its backward starts it)."""
-        def enter(t):
-            if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
-                self.ends_expected += 1
-                return _Mark.apply(t, self, "end")
-            return t
-
-        feats = enter(x.features)
-        operands = [enter(t) for t in operands]
-        start = time.perf_counter()
-        out = function(x.replace(feats) if feats is not x.features else x, *operands)
-        self.forward_s = time.perf_counter() - start
-        if self.ends_expected and out.requires_grad:
-            # a hook, not a view: the next layer may modify the output in place (an in-place ReLU)
-            out.register_hook(lambda grad: self.stamp("start"))
-        return out
+    def run(self, run: Dict[str, Callable[..., torch.Tensor]], x, operands: Sequence) -> torch.Tensor:
+        """The call by this probe's candidate, timed: as one autograd node where anything needs a
+        gradient (its backward is then part of the sample), else a forward alone."""
+        call = _Call(self, run, x, operands)
+        if not (call.positions and torch.is_grad_enabled()):
+            start = time.perf_counter()
+            out = call.function(x, *operands)
+            self.forward_s = time.perf_counter() - start
+            return out
+        self.needs_backward = True
+        return _Sampled.apply(call, *call.tensors())
 
 
 def execute(probe: Probe, run: Dict[str, Callable[..., torch.Tensor]], x, operands: Sequence) -> torch.Tensor:
     """The call, run by the probe's candidate (``run``: implementation → function) and timed; a
-    candidate that raises drops out and another one runs the call."""
+    candidate that raises, in its forward or its backward, drops out and another one computes the call."""
     try:
-        return probe.run(run[probe.implementation], x, operands)
+        return probe.run(run, x, operands)
     except Exception as error:  # noqa: BLE001 - any failure of a candidate just drops it
         instead = probe.sampler.failed(probe.implementation, error)
         if instead is None:
