@@ -218,6 +218,31 @@ def test_a_candidate_whose_backward_fails_drops_out_and_the_step_goes_on(monkeyp
     assert decision["implementation"] == "torch" and "no backward kernel" in decision["errors"]["tiles"]
 
 
+def test_a_failed_backward_never_recomputes_from_an_input_modified_in_place(monkeypatch):
+    """The recomputation needs the inputs as the call saw them: modified in place since, the failure
+    is reported (as autograd reports it for any layer that saved the input), never a wrong gradient."""
+    class BrokenBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, features):
+            return features.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("broken backward")
+
+    real = routing.RUN["torch"]
+    monkeypatch.setitem(routing.RUN, "tiles", lambda x, *ops: BrokenBackward.apply(real(x, *ops)))
+    layer = SparseConv2d(CONV3, bias=False)
+    x = sparse_input()
+    sampler = sampling.Sampler(["tiles", "torch"], prior="tiles")
+    feats = x.features.clone().requires_grad_()
+    inner = feats * 1.0
+    out = sampling.execute(sampler.next_call(), routing.RUN, x.replace(inner), layer.operands(x))
+    inner.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place after the call"):
+        out.sum().backward()
+
+
 def test_no_candidate_keeps_its_own_output_for_its_backward(fresh_cache, monkeypatch):
     """A sampled call's output shares its memory with the candidate's graph, so the next layer may
     modify it in place (an in-place ReLU) only if no candidate saved its output for its backward: were

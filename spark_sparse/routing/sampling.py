@@ -47,6 +47,7 @@ class _Sampled(torch.autograd.Function):
         ctx.call = call
         ctx.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
         ctx.inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
+        ctx.versions = [t._version for t in tensors]
         with torch.enable_grad():
             start = time.perf_counter()
             out = call.function(*call.arguments(ctx.inputs))
@@ -59,6 +60,7 @@ class _Sampled(torch.autograd.Function):
         call, probe = ctx.call, ctx.call.probe
         wanted = [t for t in ctx.inputs if t.requires_grad]
         if ctx.out is None:  # a second backward through a retained graph: recompute, untimed
+            _check_unmodified(ctx)
             return (None,) + call.gradients(call.function, ctx.inputs, grad, ctx.autocast)
         try:
             start = time.perf_counter()
@@ -67,6 +69,7 @@ class _Sampled(torch.autograd.Function):
             if probe.backward_s is None:
                 probe.backward_s = time.perf_counter() - start
         except Exception as error:  # noqa: BLE001 - any failure of a candidate just drops it
+            _check_unmodified(ctx)  # else the failure is the model's (autograd's in-place check), not the candidate's
             instead = probe.sampler.failed(probe.implementation, error)
             if instead is None:
                 raise
@@ -76,6 +79,14 @@ class _Sampled(torch.autograd.Function):
             ctx.out = None  # the candidate's graph is spent (freed as in any backward)
         found = iter(found)
         return (None,) + tuple(next(found) if t.requires_grad else None for t in ctx.inputs)
+
+
+def _check_unmodified(ctx) -> None:
+    """A recomputation needs the call's inputs as they were: one modified in place since (which any
+    implementation that saved it would refuse too) is an error, never a silently wrong gradient."""
+    if [t._version for t in ctx.inputs] != ctx.versions:
+        raise RuntimeError("an input of a sampled layer call was modified in place after the call, so its "
+                           "backward cannot be recomputed; modify a copy instead")
 
 
 class _Call:
