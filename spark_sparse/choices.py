@@ -10,3 +10,24 @@ ROUTING_HELP = ("how 'auto' layers choose their implementation: measured (time t
                 "cached in the user's cache directory for later runs) or fixed (the rule table, reproducible) "
                 "(default: $SPARK_SPARSE_ROUTING, else measured)")
 BACKEND_HELP = "k×k convolution backend of the sparse encoder"
+ROUTING_ENV = "SPARK_SPARSE_ROUTING"             # the default policy when none is set
+
+
+def check_routing(mode: str) -> str:
+    """``mode`` if it names a routing policy, else ValueError naming the accepted ones."""
+    if mode not in ROUTING_MODES:
+        raise ValueError(f"unknown routing {mode!r}; choose one of {', '.join(ROUTING_MODES)}")
+    return mode
+
+
+def routing_from_env() -> str:
+    """``$SPARK_SPARSE_ROUTING`` checked (ValueError naming the variable), else 'measured'. The command
+    line checks it before any command runs, so a bad value is refused before anything is written."""
+    import os
+    value = os.environ.get(ROUTING_ENV)
+    if not value:
+        return "measured"
+    try:
+        return check_routing(value)
+    except ValueError as e:
+        raise ValueError(f"${ROUTING_ENV}: {e}") from None

@@ -6,6 +6,7 @@ import importlib
 import sys
 from typing import Iterable, List, Optional
 
+from .choices import routing_from_env
 from .version import __version__
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int. A command module is
@@ -62,6 +63,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
+        return 2
+    try:
+        routing_from_env()  # a bad $SPARK_SPARSE_ROUTING is refused before a command writes anything
+    except ValueError as e:
+        print(f"spark-sparse: error: {e}", file=sys.stderr)
         return 2
     try:
         return int(args._run(args) or 0)

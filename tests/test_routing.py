@@ -271,6 +271,58 @@ def test_a_corrupt_cache_is_ignored_with_one_warning_and_rewritten(fresh_cache):
     assert json.loads(fresh_cache.read_text())["environments"]
 
 
+@pytest.mark.parametrize("bad", [{"implementation": "tiles"}, "torch", {"implementation": "tiles", "ms": [1, 2]},
+                                 {"implementation": "tiles", "ms": {"tiles": "fast"}},
+                                 {"implementation": "tiles", "ms": {"tiles": float("nan")}}])
+def test_a_malformed_decision_is_measured_again_and_rewritten(fresh_cache, bad):
+    """A hand-edited decision without its timings (or of another shape) crashed every run before, and
+    stayed in the file: now it is ignored with one warning and replaced by a measured one."""
+    layer = SparseConv2d(CONV3, bias=False)
+    layer.routing = "measured"
+    x = inputs()  # only for the key below: a 3×3 conv on 8×8 patch blocks, fp32, batch 2
+    from spark_sparse.features import SparseFeatures
+    from spark_sparse.geometry import Geometry
+    g = torch.Generator().manual_seed(0)
+    feats = SparseFeatures.from_dense(torch.randn(2, 64, 16, 16, generator=g), Geometry(x[1], 32), stride=4)
+    key = route_module.layer_key(CONV3, feats.level.r, torch.float32, Workload(2))
+    env = route_module.environment_key(CPU)
+    fresh_cache.write_text(json.dumps({"format": cache.FORMAT, "version": cache.VERSION,
+                                       "environments": {env: {key: bad}}}))
+    with pytest.warns(RuntimeWarning, match=r"ignoring 1 malformed decision\(s\)"):
+        for _ in range(12):
+            layer(feats).features.sum().backward()
+            if routing.tuning_stats()["tuned"]:
+                break
+    assert routing.tuning_stats()["tuned"] == 1
+    assert cache.well_formed(json.loads(fresh_cache.read_text())["environments"][env][key])
+
+
+def test_a_cache_path_that_is_not_a_regular_file_is_ignored_not_waited_on(tmp_path):
+    fifo = tmp_path / "routing.json"
+    os.mkfifo(fifo)  # open() would block until a writer came
+    with pytest.warns(RuntimeWarning, match="not a regular file"):
+        assert cache.read(str(fifo)) == {}
+
+
+def test_another_versions_cache_is_ignored_with_a_warning(tmp_path):
+    path = tmp_path / "routing.json"
+    path.write_text(json.dumps({"format": cache.FORMAT, "version": cache.VERSION - 1, "environments": {"env": {}}}))
+    with pytest.warns(RuntimeWarning, match=f"written by routing cache version {cache.VERSION - 1}"):
+        assert cache.read(str(path)) == {}
+
+
+def test_a_bad_routing_variable_is_refused_before_any_command_runs(monkeypatch, tmp_path, capsys):
+    from spark_sparse.cli import main
+    monkeypatch.setenv("SPARK_SPARSE_ROUTING", "bogus")
+    assert main(["pretrain", "--out", str(tmp_path / "run"), "--steps", "1"]) == 2
+    assert "$SPARK_SPARSE_ROUTING: unknown routing 'bogus'; choose one of measured, fixed" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written
+    from spark_sparse.train.trainer import pretrain  # the API refuses it too, before the run
+    import argparse
+    assert pretrain(argparse.Namespace(out=str(tmp_path / "api"), steps=1)) == 2
+    assert not (tmp_path / "api").exists()
+
+
 def _store_many(path, worker, count):
     for i in range(count):
         cache.store("env", {f"worker{worker}-layer{i}": {"implementation": "torch", "ms": {"torch": 1.0}}}, path)

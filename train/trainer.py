@@ -28,6 +28,7 @@ from ..allocator import keep_freed_memory, malloc_setting
 from ..io import checkpoint as ckpt
 from ..masks import random_visible
 from ..precision import amp_dtype, autocast
+from ..choices import routing_from_env
 from ..routing import check_routing, routing_mode
 from ..spark import SparK, build_spark, model_config
 from ..step_timer import StepTimer, split_of
@@ -339,8 +340,7 @@ def pretrain(args) -> int:
     options by name (unset ones take their defaults); ``--routing`` holds for the whole run."""
     try:
         routing = with_defaults(args).routing
-        if routing is not None:
-            check_routing(routing)
+        check_routing(routing) if routing is not None else routing_from_env()  # refused before the run starts
     except ValueError as e:
         print(f"spark-sparse pretrain: error: {e}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT

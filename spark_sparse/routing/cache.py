@@ -5,14 +5,18 @@ else ``~/.cache/spark_sparse/routing.json``. Decisions are grouped by environmen
 thread count on the CPU, torch / spconv / triton versions), so a new GPU or library version is
 measured afresh. Several processes (torchrun) may tune at once: every write re-reads the file under
 an exclusive lock, merges and replaces it atomically (temporary file + ``os.replace``), so a reader
-never sees half a file and no decision is lost. A file that cannot be parsed is ignored (with one
-warning) and rewritten by the next decision.
+never sees half a file and no decision is lost. A file that cannot be parsed, is not a regular file
+(a FIFO would block the read) or was written by another version of the cache is ignored with one
+warning, and so is each malformed decision in it (a hand edit without its timings): what was ignored
+is measured again and rewritten by the next decision.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import stat
 import warnings
 from typing import Dict, Optional
 
@@ -48,6 +52,9 @@ def read(path: Optional[str] = None) -> Dict[str, Dict[str, dict]]:
     """{environment: {layer key: decision}}; empty when the file is missing, unreadable or foreign."""
     path = path or cache_path()
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            warn_once(path, "ignoring it (not a regular file); routes are measured again")
+            return {}
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except (FileNotFoundError, NotADirectoryError):
@@ -61,8 +68,29 @@ def read(path: Optional[str] = None) -> Dict[str, Dict[str, dict]]:
                         "the file rewritten")
         return {}
     if doc.get("version") != VERSION:
-        return {}  # another version's decisions: measured again, replaced on the next write
-    return {env: entries for env, entries in doc["environments"].items() if isinstance(entries, dict)}
+        warn_once(path, f"ignoring it (written by routing cache version {doc.get('version')!r}; this package "
+                        f"reads version {VERSION}); its routes are measured again and the file rewritten")
+        return {}
+    environments = {env: entries for env, entries in doc["environments"].items() if isinstance(entries, dict)}
+    bad = [key for entries in environments.values() for key, decision in entries.items() if not well_formed(decision)]
+    if bad:
+        warn_once(path, f"ignoring {len(bad)} malformed decision(s) (e.g. {bad[0]!r}: a decision is "
+                        f"{{'implementation': name, 'ms': {{name: milliseconds}}}}); they are measured again "
+                        f"and rewritten")
+    return {env: {key: decision for key, decision in entries.items() if well_formed(decision)}
+            for env, entries in environments.items()}
+
+
+def well_formed(decision) -> bool:
+    """Whether ``decision`` has the shape the router reads: the implementation's name, every
+    candidate's forward+backward milliseconds (finite numbers), and any errors as text."""
+    if not isinstance(decision, dict) or not isinstance(decision.get("implementation"), str):
+        return False
+    ms, errors = decision.get("ms"), decision.get("errors", {})
+    return (isinstance(ms, dict) and decision["implementation"] in ms
+            and all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) for k, v in ms.items())
+            and isinstance(errors, dict) and all(isinstance(v, str) for v in errors.values()))
 
 
 @contextlib.contextmanager

@@ -17,31 +17,23 @@ An explicitly requested implementation runs where it can; where it cannot, the r
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
+from ..choices import check_routing, routing_from_env
 from ..kernels.max_pool import PoolSpec
 from . import cache
 from .environment import environment_key
 from .implementations import (IMPLEMENTATIONS, KIND_IMPLEMENTATIONS, RUN, LayerSpec, candidates, label,
                               layer_kind, unsupported)
-from ..choices import ROUTING_MODES
 from .measure import decision_record, time_candidates
 from .rules import RULES, Situation, describe, tall_rows
 from .sampling import Probe, Sampler, execute
 
-ENV_VAR = "SPARK_SPARSE_ROUTING"
 _mode: Optional[str] = None
-
-
-def check_routing(mode: str) -> str:
-    if mode not in ROUTING_MODES:
-        raise ValueError(f"unknown routing {mode!r}; choose one of {', '.join(ROUTING_MODES)}")
-    return mode
 
 
 def set_routing(mode: Optional[str]) -> None:
@@ -67,13 +59,7 @@ def routing_mode(mode: Optional[str]):
 def get_routing() -> str:
     if _mode is not None:
         return _mode
-    env = os.environ.get(ENV_VAR)
-    if env:
-        try:
-            return check_routing(env)
-        except ValueError as e:
-            raise ValueError(f"${ENV_VAR}: {e}") from None
-    return "measured"
+    return routing_from_env()
 
 
 @dataclass(frozen=True)
