@@ -416,3 +416,25 @@ def test_side_trials_take_the_samples_the_shared_policy_asks_for(monkeypatch, co
     seconds, errors = measure.time_candidates(list(costs), trial, CPU)
     assert calls == expected and not errors
     assert seconds == pytest.approx(costs)
+
+
+def test_pretrain_says_its_routing_and_what_it_measured(tmp_path):
+    """The log names the policy and the cache, and at the end what measured routing did: a first run
+    measures, a second one reads the cache and measures nothing."""
+    import subprocess
+    import sys
+
+    from tests.pretrain_utils import REPO, TINY, env
+    environment = dict(env(), SPARK_SPARSE_CACHE_DIR=str(tmp_path / "cache"), SPARK_SPARSE_ROUTING="measured")
+    said = []
+    for run in ("first", "second"):
+        out = subprocess.run([sys.executable, "-m", "spark_sparse.cli", "pretrain", *TINY, "--steps", "6",
+                              "--out", str(tmp_path / run)], cwd=REPO, env=environment, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        lines = out.stdout.splitlines()
+        assert f"  routing: measured (decisions cached in {tmp_path / 'cache' / 'routing.json'}" in out.stdout
+        said.append([line for line in lines if line.startswith("routing: ")])
+    (first,), (second,) = said
+    assert "read from the routing cache" in first and not first.startswith("routing: 0 layer")
+    assert second.startswith("routing: 0 layer shape(s) measured") and " 0 read" not in second

@@ -29,7 +29,7 @@ from ..io import checkpoint as ckpt
 from ..masks import random_visible
 from ..precision import amp_dtype, autocast
 from ..choices import routing_from_env
-from ..routing import check_routing, routing_mode
+from ..routing import cache_path, check_routing, get_routing, routing_mode, tuning_stats
 from ..spark import SparK, build_spark, model_config
 from ..step_timer import StepTimer, split_of
 from .config import ENCODER_KINDS, check_args, drop_path, peak_lr, with_defaults
@@ -300,6 +300,11 @@ class Trainer:
                 tick = time.perf_counter()
         self.log(f"done: {self.step} steps, last loss {self.last_loss:.4f}, {self.unreadable.summary()}; "
                  f"checkpoints in {ckpt.checkpoint_dir(self.out)}")
+        if get_routing() == "measured":
+            t = tuning_stats()
+            waiting = f", {t['pending']} still being measured" if t["pending"] else ""
+            self.log(f"routing: {t['tuned']} layer shape(s) measured in this run (tuning added about "
+                     f"{t['seconds']:.1f} s), {t['cached']} read from the routing cache{waiting}")
 
     def _count_unreadable(self, skipped, reads_everywhere: int) -> None:
         prefix = f"[rank {self.procs.rank}] " if self.procs.distributed else ""
@@ -322,7 +327,14 @@ class Trainer:
                 f"{''.join(f', {part} checkpointing' for part in recomputed)}\n"
                 f"  threads: {self.threads.describe()}\n"
                 f"  malloc: {self.memory}\n"
+                f"  routing: {self._routing_line()}\n"
                 f"  output: {os.path.abspath(self.out)} (run {self.run_id})")
+
+    @staticmethod
+    def _routing_line() -> str:
+        if get_routing() == "fixed":
+            return "fixed (the rule table)"
+        return f"measured (decisions cached in {cache_path()}; a new layer shape is timed in its first steps)"
 
     def log(self, text: str) -> None:
         if self.procs.is_main:
