@@ -98,3 +98,15 @@ def test_clipping_gives_torchs_gradients_and_norm_and_skips_the_no_op_multiply(s
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, theirs))
     assert multiplied == ([1] if scale > 1 else [])
     assert clip_gradients(ours, 0.0) == pytest.approx(min(norm, 5.0), rel=1e-5)  # 0 = no clipping: norm only
+
+
+@pytest.mark.parametrize("epochs, per_epoch, total, expected", [
+    (0.5, 18, 36, (9, "")),                # fits: as asked
+    (0.5, 18, 8, (1, "warming up over 1 step(s) (about 10 %) instead")),   # 9 ≥ 8 steps: cut, at least one step
+    (2.0, 18, 30, (3, "warming up over 3 step(s) (about 10 %) instead")),
+    (1.0, 18, 1, (0, "no warm-up")),       # a one-step run
+])
+def test_a_warm_up_longer_than_the_run_is_cut_and_said_truly(epochs, per_epoch, total, expected):
+    from spark_sparse.train.schedule import warmup_steps
+    steps, note = warmup_steps(epochs, per_epoch, total)
+    assert steps == expected[0] and note.endswith(expected[1])

@@ -427,9 +427,9 @@ def test_pretrain_says_its_routing_and_what_it_measured(tmp_path):
     from tests.pretrain_utils import REPO, TINY, env
     environment = dict(env(), SPARK_SPARSE_CACHE_DIR=str(tmp_path / "cache"), SPARK_SPARSE_ROUTING="measured")
     said = []
-    for run in ("first", "second"):
+    for name in ("first", "second"):
         out = subprocess.run([sys.executable, "-m", "spark_sparse.cli", "pretrain", *TINY, "--steps", "6",
-                              "--out", str(tmp_path / run)], cwd=REPO, env=environment, capture_output=True,
+                              "--out", str(tmp_path / name)], cwd=REPO, env=environment, capture_output=True,
                              text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
         lines = out.stdout.splitlines()

@@ -56,6 +56,17 @@ def build_optimizer(model: nn.Module, name: str, lr: float, betas: Tuple[float, 
     raise ValueError(f"unknown optimizer {name!r}: use 'lamb' (SparK's) or 'adamw'")
 
 
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> Tuple[int, str]:
+    """(warm-up steps, a note when ``warmup_epochs`` does not fit the run): a warm-up that would span
+    the whole run is cut to about 10 % of it, at least one step (none for a one-step run)."""
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    if warmup < total_steps:
+        return warmup, ""
+    warmup = max(total_steps // 10, 1) if total_steps > 1 else 0
+    instead = f"warming up over {warmup} step(s) (about 10 %) instead" if warmup else "no warm-up"
+    return warmup, f"--warmup-epochs {warmup_epochs} spans the whole run of {total_steps} steps; {instead}"
+
+
 @dataclass(frozen=True)
 class Schedule:
     peak_lr: float

@@ -39,7 +39,7 @@ from .monitor import Monitor
 from .resources import plan_threads
 from .rng import seed_everything
 from .run_folder import ResumePlan, RunFolderError, claim, lock_folder, plan_resume
-from .schedule import Schedule, build_optimizer, lamb_betas
+from .schedule import Schedule, build_optimizer, lamb_betas, warmup_steps
 from .signals import StopSignals
 from .state import check_resumable, load_training_state, training_payload
 from .sync_batchnorm import convert_sync_batchnorm
@@ -100,11 +100,9 @@ class Trainer:
         if self.total_steps < 1:
             raise ValueError(f"--epochs {args.epochs} × {self.steps_per_epoch} steps per epoch rounds to 0 steps: "
                              f"give more --epochs or --steps")
-        warmup = int(round(args.warmup_epochs * self.steps_per_epoch))
-        if warmup >= self.total_steps:
-            warmup = self.total_steps // 10
-            self.warn(f"--warmup-epochs {args.warmup_epochs} spans the whole run of {self.total_steps} steps; "
-                      f"warming up over {warmup} steps (10 %) instead")
+        warmup, note = warmup_steps(args.warmup_epochs, self.steps_per_epoch, self.total_steps)
+        if note:
+            self.warn(note)
         self.schedule = Schedule(peak_lr(args, self.global_batch), warmup, self.total_steps, args.wd, args.wd_end)
         self.mask_generator = torch.Generator().manual_seed(args.seed)
         self.grid = (args.input_size // self.model.patch_size,) * 2
