@@ -1,5 +1,5 @@
 """The router's choices in a benchmark: tuning a sparse encoder before anything is timed, and the
-route of every conv on a given input.
+route of every routed layer (convs and the stem's max-pool) on a given input.
 
 Measured routing tunes a layer on its calls with gradients (on the CPU over a few calls: their own
 calls are its samples). A benchmark calls :func:`tune` first, so that no timed call pays for tuning
@@ -15,7 +15,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from spark_sparse.layers.conv import SparseConv2d
+from spark_sparse.layers.base import RoutedModule
 from spark_sparse.recipe import INPUT_SIZE, MASK_RATIO
 from spark_sparse.routing import KIND_IMPLEMENTATIONS, get_routing, layer_kind, tuning_stats
 from spark_sparse.precision import DTYPES, autocast
@@ -50,17 +50,18 @@ def tune(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
 
 def routes(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
            amp_dtype: torch.dtype = torch.float32) -> List[dict]:
-    """Every conv's route on these inputs: [{path, implementation, reason, choice}], in call order;
-    ``choice`` is False for convs with a single implementation (1×1 and patchify matmuls)."""
+    """Every routed layer's route on these inputs (convs and max-pools): [{path, implementation, reason,
+    choice}], in call order; ``choice`` is False for layers with a single implementation (patchify)."""
     rows: List[dict] = []
 
-    def record(module: SparseConv2d, args) -> None:
+    def record(module: RoutedModule, args, path: str) -> None:
         x = args[0]
         r = module.route_for(x)
-        rows.append({"path": module.path, "implementation": r.implementation, "reason": r.reason,
-                     "choice": len(KIND_IMPLEMENTATIONS[layer_kind(module.spec, x.level.r)]) > 1})
+        rows.append({"path": getattr(module, "path", path), "implementation": r.implementation, "reason": r.reason,
+                     "choice": len(KIND_IMPLEMENTATIONS[layer_kind(module.layer_spec(x), x.level.r)]) > 1})
 
-    hooks = [m.register_forward_pre_hook(record) for m in encoder.modules() if isinstance(m, SparseConv2d)]
+    hooks = [m.register_forward_pre_hook(lambda module, args, path=path: record(module, args, path))
+             for path, m in encoder.named_modules() if isinstance(m, RoutedModule)]
     try:
         with torch.no_grad(), autocast(images.device, amp_dtype):
             encoder(images, visible)

@@ -361,7 +361,8 @@ def test_bench_prints_every_route_and_the_tuning_time(fresh_cache, tmp_path, cap
     (rec,) = doc["results"]
     assert rec["tuning"]["tuned_layers"] > 0 and doc["routing"] == "measured"
     layers = rec["routes"]["layers"]
-    assert len(layers) == 20  # every conv of resnet18
+    assert len(layers) == 21  # every conv of resnet18 and its max-pool
+    assert [row["implementation"] for row in layers if row["implementation"].startswith("maxpool")]
     for row in layers:
         if row["choice"]:  # each 3×3 conv and the stem, with its reason
             assert f"  {row['path']}" in printed and row["reason"].startswith("measured")
