@@ -72,13 +72,13 @@ def routes(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
 
 
 def summary(rows: List[dict]) -> str:
-    """'matmul 37, tiles 9, torch 7': how many convs each implementation runs."""
+    """'matmul 37, tiles 9, torch 7': how many routed layers each implementation runs."""
     counts = Counter(row["implementation"] for row in rows)
     return ", ".join(f"{impl} {n}" for impl, n in counts.most_common())
 
 
 def main(argv=None) -> int:
-    """What measured routing picks on this machine: tune each model and dtype, print every conv
+    """What measured routing picks on this machine: tune each model and dtype, print every routed layer
     that had a choice with its route and the router's reason, and the time tuning took."""
     import argparse
     import sys

@@ -2,6 +2,8 @@
 ``--backend``, in a module without torch: the parsers read them here, so ``spark-sparse --help``,
 any command's ``--help`` or a mistyped option answers without loading torch. ``routing`` and
 ``precision`` give them their meaning."""
+import os
+
 ROUTING_MODES = ("measured", "fixed")            # how 'auto' layers choose: spark_sparse.routing
 AMP_DTYPES = ("bf16", "fp16")                    # what autocast runs in: spark_sparse.precision
 PRECISIONS = ("fp32",) + AMP_DTYPES              # the benchmarks' --dtypes: spark_sparse.precision.DTYPES
@@ -23,7 +25,6 @@ def check_routing(mode: str) -> str:
 def routing_from_env() -> str:
     """``$SPARK_SPARSE_ROUTING`` checked (ValueError naming the variable), else 'measured'. The command
     line checks it before any command runs, so a bad value is refused before anything is written."""
-    import os
     value = os.environ.get(ROUTING_ENV)
     if not value:
         return "measured"

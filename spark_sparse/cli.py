@@ -64,8 +64,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    try:
-        routing_from_env()  # a bad $SPARK_SPARSE_ROUTING is refused before a command writes anything
+    try:  # a bad $SPARK_SPARSE_ROUTING is refused before a command writes anything (--routing overrides it)
+        if getattr(args, "routing", None) is None:
+            routing_from_env()
     except ValueError as e:
         print(f"spark-sparse: error: {e}", file=sys.stderr)
         return 2

@@ -102,8 +102,8 @@ def test_clipping_gives_torchs_gradients_and_norm_and_skips_the_no_op_multiply(s
 
 @pytest.mark.parametrize("epochs, per_epoch, total, expected", [
     (0.5, 18, 36, (9, "")),                # fits: as asked
-    (0.5, 18, 8, (1, "warming up over 1 step(s) (about 10 %) instead")),   # 9 ≥ 8 steps: cut, at least one step
-    (2.0, 18, 30, (3, "warming up over 3 step(s) (about 10 %) instead")),
+    (0.5, 18, 8, (1, "warming up over 1 step(s) instead (10 % of the run, at least one)")),  # 9 ≥ 8: cut
+    (2.0, 18, 30, (3, "warming up over 3 step(s) instead (10 % of the run, at least one)")),
     (1.0, 18, 1, (0, "no warm-up")),       # a one-step run
 ])
 def test_a_warm_up_longer_than_the_run_is_cut_and_said_truly(epochs, per_epoch, total, expected):

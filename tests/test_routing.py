@@ -317,6 +317,12 @@ def test_a_bad_routing_variable_is_refused_before_any_command_runs(monkeypatch, 
     assert main(["pretrain", "--out", str(tmp_path / "run"), "--steps", "1"]) == 2
     assert "$SPARK_SPARSE_ROUTING: unknown routing 'bogus'; choose one of measured, fixed" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written
+    assert main(["bench", "--quick", "--out", str(tmp_path / "bench")]) == 2  # any command, before it writes
+    assert not (tmp_path / "bench").exists()
+    assert "$SPARK_SPARSE_ROUTING: unknown routing 'bogus'" in capsys.readouterr().err
+    # an explicit --routing wins: the variable is not read (this run stops at its own bad option)
+    assert main(["pretrain", "--routing", "fixed", "--batch-size", "0", "--out", str(tmp_path / "explicit")]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
     from spark_sparse.train.trainer import pretrain  # the API refuses it too, before the run
     import argparse
     assert pretrain(argparse.Namespace(out=str(tmp_path / "api"), steps=1)) == 2
@@ -436,6 +442,13 @@ def test_pretrain_says_its_routing_and_what_it_measured(tmp_path):
         lines = out.stdout.splitlines()
         assert f"  routing: measured (decisions cached in {tmp_path / 'cache' / 'routing.json'}" in out.stdout
         said.append([line for line in lines if line.startswith("routing: ")])
+    import re
+    pattern = (r"routing: (\d+) layer shape\(s\) measured in this run \(tuning added about [\d.]+ s\), "
+               r"(\d+) read from the routing cache(?:, (\d+) still being measured)?$")
     (first,), (second,) = said
-    assert "read from the routing cache" in first and not first.startswith("routing: 0 layer")
-    assert second.startswith("routing: 0 layer shape(s) measured") and " 0 read" not in second
+    measured, read, pending = (int(n or 0) for n in re.fullmatch(pattern, first).groups())
+    measured2, read2, pending2 = (int(n or 0) for n in re.fullmatch(pattern, second).groups())
+    assert measured > 0 and read == 0
+    # what the first run decided, the second reads; it measures at most what the first left pending
+    # (shapes called once a step may need more steps than these to settle)
+    assert read2 == measured and measured2 <= pending

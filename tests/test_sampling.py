@@ -218,9 +218,10 @@ def test_a_candidate_whose_backward_fails_drops_out_and_the_step_goes_on(monkeyp
     assert decision["implementation"] == "torch" and "no backward kernel" in decision["errors"]["tiles"]
 
 
-def test_a_failed_backward_never_recomputes_from_an_input_modified_in_place(monkeypatch):
-    """The recomputation needs the inputs as the call saw them: modified in place since, the failure
-    is reported (as autograd reports it for any layer that saved the input), never a wrong gradient."""
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_an_input_modified_in_place_after_a_sampled_call_is_refused_never_a_wrong_gradient(monkeypatch, input_grad):
+    """As autograd refuses it for a layer that saved its input: never a candidate dropped for it, nor a
+    gradient recomputed from the modified input (also when only the weight needs a gradient)."""
     class BrokenBackward(torch.autograd.Function):
         @staticmethod
         def forward(ctx, features):
@@ -235,12 +236,33 @@ def test_a_failed_backward_never_recomputes_from_an_input_modified_in_place(monk
     layer = SparseConv2d(CONV3, bias=False)
     x = sparse_input()
     sampler = sampling.Sampler(["tiles", "torch"], prior="tiles")
-    feats = x.features.clone().requires_grad_()
+    feats = x.features.clone().requires_grad_(input_grad)
     inner = feats * 1.0
     out = sampling.execute(sampler.next_call(), routing.RUN, x.replace(inner), layer.operands(x))
     inner.add_(1.0)
-    with pytest.raises(RuntimeError, match="modified in place after the call"):
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+    assert not sampler.errors
+
+
+def test_a_double_backward_through_a_sampled_call_reaches_the_inputs():
+    """A gradient penalty differentiates the gradients again: through a sampled call the second-order
+    terms reach the weight and the input as through the plain call (fp64)."""
+    layer = SparseConv2d(CONV3, bias=True).double()
+    torch.nn.init.normal_(layer.weight)
+    x = sparse_input(torch.float64)
+    found = {}
+    for name in ("plain", "sampled"):
+        feats = x.features.clone().requires_grad_()
+        if name == "plain":
+            out = routing.RUN["tiles"](x.replace(feats), *layer.operands(x))
+        else:
+            probe = sampling.Sampler(["tiles", "torch"], prior="tiles").next_call()
+            out = sampling.execute(probe, routing.RUN, x.replace(feats), layer.operands(x))
+        g_in, g_w = torch.autograd.grad(out.square().sum(), (feats, layer.weight), create_graph=True)
+        found[name] = torch.autograd.grad(g_in.square().sum() + g_w.square().sum(), (feats, layer.weight, layer.bias))
+    for a, b in zip(found["sampled"], found["plain"]):  # relative to the largest entry (values reach ~1e2)
+        assert (a - b).abs().max() <= 1e-12 * b.abs().max()
 
 
 def test_no_candidate_keeps_its_own_output_for_its_backward(fresh_cache, monkeypatch):
@@ -267,6 +289,7 @@ def test_no_candidate_keeps_its_own_output_for_its_backward(fresh_cache, monkeyp
             sum(o.features.sum() for o in encoder.forward_sparse(images, visible)).backward()
     assert not failures
     assert {"torch", "tiles", "matmul", "pointwise-conv", "maxpool-tiles", "maxpool-table"} <= seen
+    assert len({impl for impl in seen if impl.startswith("depthwise-")}) >= 2, seen  # ConvNeXt's
 
 
 def test_forwards_without_backward_neither_decide_nor_pile_up(fresh_cache):

@@ -63,7 +63,7 @@ def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -
     if warmup < total_steps:
         return warmup, ""
     warmup = max(total_steps // 10, 1) if total_steps > 1 else 0
-    instead = f"warming up over {warmup} step(s) (about 10 %) instead" if warmup else "no warm-up"
+    instead = f"warming up over {warmup} step(s) instead (10 % of the run, at least one)" if warmup else "no warm-up"
     return warmup, f"--warmup-epochs {warmup_epochs} spans the whole run of {total_steps} steps; {instead}"
 
 

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..features import SparseFeatures
 from .measure import CHEAP_S, decision_record, samples_wanted
 
 # a candidate whose warm-up took this many times the fastest warm-up is not sampled
@@ -38,86 +39,88 @@ MAX_PENDING = 16
 
 class _Sampled(torch.autograd.Function):
     """A sampled call as one autograd node. Its forward builds the candidate's own graph on detached
-    inputs; its backward runs that graph alone, so both are timed exactly. A candidate whose backward
-    raises drops out like one whose forward raises: the call's gradients then come from another
-    candidate, its forward recomputed on the saved inputs (the same numbers), and the step goes on."""
+    aliases of the inputs; its backward runs that graph alone, so both are timed exactly. The inputs
+    are saved as any layer saves them (autograd refuses one modified in place since, and frees them
+    after the backward). A candidate whose backward raises drops out like one whose forward raises:
+    the call's gradients then come from another candidate, its forward recomputed on the saved inputs
+    (the same numbers), and the step goes on. A backward that builds a graph (double backward)
+    recomputes the call on the inputs themselves, so higher-order gradients reach them."""
 
     @staticmethod
     def forward(ctx, call, *tensors):
         ctx.call = call
         ctx.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
-        ctx.inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
-        ctx.versions = [t._version for t in tensors]
+        ctx.save_for_backward(*tensors)
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors]
         with torch.enable_grad():
             start = time.perf_counter()
-            out = call.function(*call.arguments(ctx.inputs))
+            out = call.function(*call.arguments(inputs))
             call.probe.forward_s = time.perf_counter() - start
-        ctx.out = out
+        ctx.graph = (inputs, out)
         return out.detach()
 
     @staticmethod
     def backward(ctx, grad):
-        call, probe = ctx.call, ctx.call.probe
-        wanted = [t for t in ctx.inputs if t.requires_grad]
-        if ctx.out is None:  # a second backward through a retained graph: recompute, untimed
-            _check_unmodified(ctx)
-            return (None,) + call.gradients(call.function, ctx.inputs, grad, ctx.autocast)
+        tensors = ctx.saved_tensors  # as they were, or autograd's own in-place error
+        call, graph, ctx.graph = ctx.call, ctx.graph, None  # the candidate's graph is spent either way
+        if torch.is_grad_enabled() or graph is None:  # double backward, or a second one through a retained graph
+            return (None,) + call.gradients(tensors, grad, ctx.autocast, connect=torch.is_grad_enabled())
+        inputs, out = graph
         try:
             start = time.perf_counter()
-            found = torch.autograd.grad(ctx.out, wanted, grad, allow_unused=True,
-                                        create_graph=torch.is_grad_enabled())
-            if probe.backward_s is None:
-                probe.backward_s = time.perf_counter() - start
+            found = iter(torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad, allow_unused=True))
+            call.probe.backward_s = time.perf_counter() - start
         except Exception as error:  # noqa: BLE001 - any failure of a candidate just drops it
-            _check_unmodified(ctx)  # else the failure is the model's (autograd's in-place check), not the candidate's
-            instead = probe.sampler.failed(probe.implementation, error)
-            if instead is None:
-                raise
-            call.function = call.run[instead]
-            return (None,) + call.gradients(call.function, ctx.inputs, grad, ctx.autocast)
-        finally:
-            ctx.out = None  # the candidate's graph is spent (freed as in any backward)
-        found = iter(found)
-        return (None,) + tuple(next(found) if t.requires_grad else None for t in ctx.inputs)
-
-
-def _check_unmodified(ctx) -> None:
-    """A recomputation needs the call's inputs as they were: one modified in place since (which any
-    implementation that saved it would refuse too) is an error, never a silently wrong gradient."""
-    if [t._version for t in ctx.inputs] != ctx.versions:
-        raise RuntimeError("an input of a sampled layer call was modified in place after the call, so its "
-                           "backward cannot be recomputed; modify a copy instead")
+            if torch.is_anomaly_enabled():
+                raise  # anomaly mode's report (a NaN) is about the training, not the candidate
+            return (None,) + call.fall_back(error, tensors, grad, ctx.autocast)
+        return (None,) + tuple(next(found) if t.requires_grad else None for t in inputs)
 
 
 class _Call:
-    """What a sampled call runs: the candidate's function on ``x`` and ``operands``, with the tensors
-    that need gradients passed through the autograd node (so its backward can return theirs)."""
+    """What a sampled call runs: the candidate's function on ``x`` and ``operands``. Every tensor among
+    them passes through the autograd node (saved there, and given its gradient); the call keeps only
+    the rest (the geometry, non-tensor operands), so nothing outlives the backward but what autograd keeps."""
 
     def __init__(self, probe: "Probe", run: Dict[str, Callable[..., torch.Tensor]], x, operands: Sequence):
-        self.probe, self.run, self.x, self.operands = probe, run, x, list(operands)
+        self.probe, self.run = probe, run
         self.function = run[probe.implementation]
-        slots = [x.features] + self.operands
-        self.positions = [i for i, t in enumerate(slots) if isinstance(t, torch.Tensor) and t.requires_grad]
-
-    def tensors(self) -> List[torch.Tensor]:
-        slots = [self.x.features] + self.operands
-        return [slots[i] for i in self.positions]
+        self.geometry, self.stride = x.geometry, x.stride
+        slots = [x.features] + list(operands)
+        self.positions = [i for i, t in enumerate(slots) if isinstance(t, torch.Tensor)]
+        self.tensors = [slots[i] for i in self.positions]
+        self.rest = [None if i in self.positions else t for i, t in enumerate(slots)]
 
     def arguments(self, tensors: Sequence[torch.Tensor]) -> list:
-        slots = [self.x.features] + self.operands
+        slots = list(self.rest)
         for i, t in zip(self.positions, tensors):
             slots[i] = t
-        return [self.x.replace(slots[0]) if slots[0] is not self.x.features else self.x] + slots[1:]
+        return [SparseFeatures(slots[0], self.geometry, self.stride)] + slots[1:]
 
-    def gradients(self, function, inputs, grad, autocast) -> tuple:
-        """The inputs' gradients by ``function``, its forward recomputed (as the call's forward ran)."""
-        fresh = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+    def gradients(self, tensors, grad, autocast, connect: bool = False) -> tuple:
+        """The tensors' gradients by the call's function, its forward recomputed as the call's ran; with
+        ``connect``, on the tensors themselves and keeping the graph (for a double backward)."""
+        inputs = list(tensors) if connect else [t.detach().requires_grad_(t.requires_grad) for t in tensors]
         enabled, dtype = autocast
         with torch.enable_grad(), torch.autocast("cpu", dtype=dtype, enabled=enabled):
-            out = function(*self.arguments(fresh))
-        wanted = [t for t in fresh if t.requires_grad]
-        found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True, create_graph=torch.is_grad_enabled()))
-        return tuple(next(found) if t.requires_grad else None for t in fresh)
+            out = self.function(*self.arguments(inputs))
+        wanted = [t for t in inputs if t.requires_grad]
+        found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True, create_graph=connect))
+        return tuple(next(found) if t.requires_grad else None for t in inputs)
+
+    def fall_back(self, error: BaseException, tensors, grad, autocast) -> tuple:
+        """After the candidate's backward raised: drop it, and compute the gradients by the next live
+        candidate (dropping any that raise too); the last error goes up when none is left."""
+        implementation = self.probe.implementation
+        while True:
+            instead = self.probe.sampler.failed(implementation, error)
+            if instead is None:
+                raise error
+            self.function, implementation = self.run[instead], instead
+            try:
+                return self.gradients(tensors, grad, autocast)
+            except Exception as again:  # noqa: BLE001
+                error = again
 
 
 class Probe:
@@ -143,13 +146,13 @@ class Probe:
         """The call by this probe's candidate, timed: as one autograd node where anything needs a
         gradient (its backward is then part of the sample), else a forward alone."""
         call = _Call(self, run, x, operands)
-        if not (call.positions and torch.is_grad_enabled()):
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in call.tensors)):
             start = time.perf_counter()
             out = call.function(x, *operands)
             self.forward_s = time.perf_counter() - start
             return out
         self.needs_backward = True
-        return _Sampled.apply(call, *call.tensors())
+        return _Sampled.apply(call, *call.tensors)
 
 
 def execute(probe: Probe, run: Dict[str, Callable[..., torch.Tensor]], x, operands: Sequence) -> torch.Tensor:
