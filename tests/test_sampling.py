@@ -179,22 +179,27 @@ def test_a_failing_candidate_drops_out_and_the_call_runs_another(monkeypatch):
     assert decision["implementation"] == "torch" and "no kernel" in decision["errors"]["tiles"]
 
 
+class _BrokenBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features):
+        return features.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("no backward kernel for this shape")
+
+
+def break_backward(monkeypatch, implementation, like):
+    """``implementation`` computes what ``like`` computes, but its backward raises."""
+    real = routing.RUN[like]
+    monkeypatch.setitem(routing.RUN, implementation, lambda x, *ops: _BrokenBackward.apply(real(x, *ops)))
+
+
 def test_a_candidate_whose_backward_fails_drops_out_and_the_step_goes_on(monkeypatch):
     """Its forward ran; its backward raises. The call's gradients then come from another candidate, its
     forward recomputed: the same numbers as that candidate's own call (fp64), and no error reaches the
     step. Before, the step failed, and every run on an empty cache failed the same way."""
-    real = routing.RUN["tiles"]
-
-    class BrokenBackward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, features):
-            return features.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            raise RuntimeError("no backward kernel for this shape")
-
-    monkeypatch.setitem(routing.RUN, "tiles", lambda x, *ops: BrokenBackward.apply(real(x, *ops)))
+    break_backward(monkeypatch, "tiles", like="tiles")
     layer = SparseConv2d(CONV3, bias=True).double()
     torch.nn.init.normal_(layer.weight)
     x = sparse_input(torch.float64)
@@ -222,17 +227,7 @@ def test_a_candidate_whose_backward_fails_drops_out_and_the_step_goes_on(monkeyp
 def test_an_input_modified_in_place_after_a_sampled_call_is_refused_never_a_wrong_gradient(monkeypatch, input_grad):
     """As autograd refuses it for a layer that saved its input: never a candidate dropped for it, nor a
     gradient recomputed from the modified input (also when only the weight needs a gradient)."""
-    class BrokenBackward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, features):
-            return features.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            raise RuntimeError("broken backward")
-
-    real = routing.RUN["torch"]
-    monkeypatch.setitem(routing.RUN, "tiles", lambda x, *ops: BrokenBackward.apply(real(x, *ops)))
+    break_backward(monkeypatch, "tiles", like="torch")
     layer = SparseConv2d(CONV3, bias=False)
     x = sparse_input()
     sampler = sampling.Sampler(["tiles", "torch"], prior="tiles")
@@ -249,7 +244,8 @@ def test_a_double_backward_through_a_sampled_call_reaches_the_inputs():
     """A gradient penalty differentiates the gradients again: through a sampled call the second-order
     terms reach the weight and the input as through the plain call (fp64)."""
     layer = SparseConv2d(CONV3, bias=True).double()
-    torch.nn.init.normal_(layer.weight)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(1)))
     x = sparse_input(torch.float64)
     found = {}
     for name in ("plain", "sampled"):
@@ -261,8 +257,11 @@ def test_a_double_backward_through_a_sampled_call_reaches_the_inputs():
             out = sampling.execute(probe, routing.RUN, x.replace(feats), layer.operands(x))
         g_in, g_w = torch.autograd.grad(out.square().sum(), (feats, layer.weight), create_graph=True)
         found[name] = torch.autograd.grad(g_in.square().sum() + g_w.square().sum(), (feats, layer.weight, layer.bias))
-    for a, b in zip(found["sampled"], found["plain"]):  # relative to the largest entry (values reach ~1e2)
-        assert (a - b).abs().max() <= 1e-12 * b.abs().max()
+    for a, b in zip(found["sampled"], found["plain"]):
+        # relative to the largest entry: second-order terms sum many large products (a wiring fault
+        # gives None or errors of order one)
+        error = ((a - b).abs().max() / b.abs().max()).item()
+        assert error <= 1e-10, error
 
 
 def test_no_candidate_keeps_its_own_output_for_its_backward(fresh_cache, monkeypatch):
