@@ -264,6 +264,25 @@ def test_a_double_backward_through_a_sampled_call_reaches_the_inputs():
         assert error <= 1e-10, error
 
 
+def test_a_sampled_call_keeps_its_inputs_no_longer_than_its_backward():
+    """Its saved inputs are freed by the backward, as any layer's are, even while the graph's output
+    lives on (e.g. a loss kept for logging)."""
+    import gc
+    import weakref
+    layer = SparseConv2d(CONV3, bias=False)
+    x = sparse_input()
+    inner = x.features.clone().requires_grad_() * 1.0
+    kept = weakref.ref(inner)
+    out = sampling.execute(sampling.Sampler(["tiles", "torch"], prior="tiles").next_call(), routing.RUN,
+                           x.replace(inner), layer.operands(x))
+    del inner
+    gc.collect()
+    assert kept() is not None  # saved for the backward
+    out.sum().backward()
+    gc.collect()
+    assert kept() is None and out.grad_fn is not None
+
+
 def test_no_candidate_keeps_its_own_output_for_its_backward(fresh_cache, monkeypatch):
     """A sampled call's output shares its memory with the candidate's graph, so the next layer may
     modify it in place (an in-place ReLU) only if no candidate saved its output for its backward: were

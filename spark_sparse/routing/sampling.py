@@ -88,8 +88,12 @@ class _Call:
         self.geometry, self.stride = x.geometry, x.stride
         slots = [x.features] + list(operands)
         self.positions = [i for i, t in enumerate(slots) if isinstance(t, torch.Tensor)]
-        self.tensors = [slots[i] for i in self.positions]
         self.rest = [None if i in self.positions else t for i, t in enumerate(slots)]
+
+    def tensors(self, x, operands: Sequence) -> List[torch.Tensor]:
+        """The call's tensors, in order (not kept here: the autograd node saves them)."""
+        slots = [x.features] + list(operands)
+        return [slots[i] for i in self.positions]
 
     def arguments(self, tensors: Sequence[torch.Tensor]) -> list:
         slots = list(self.rest)
@@ -146,13 +150,14 @@ class Probe:
         """The call by this probe's candidate, timed: as one autograd node where anything needs a
         gradient (its backward is then part of the sample), else a forward alone."""
         call = _Call(self, run, x, operands)
-        if not (torch.is_grad_enabled() and any(t.requires_grad for t in call.tensors)):
+        tensors = call.tensors(x, operands)
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
             start = time.perf_counter()
             out = call.function(x, *operands)
             self.forward_s = time.perf_counter() - start
             return out
         self.needs_backward = True
-        return _Sampled.apply(call, *call.tensors)
+        return _Sampled.apply(call, *tensors)
 
 
 def execute(probe: Probe, run: Dict[str, Callable[..., torch.Tensor]], x, operands: Sequence) -> torch.Tensor:
