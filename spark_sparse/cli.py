@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 from typing import Iterable, List, Optional
 
 from .choices import routing_from_env
@@ -53,6 +55,22 @@ def build_parser(commands: Optional[Iterable[str]] = None) -> argparse.ArgumentP
     return parser
 
 
+def own_warnings_as_log_lines() -> None:
+    """The package's own warnings (a routing cache ignored, a checkpoint skipped) print as one
+    "WARNING: …" line, as the trainer's do, instead of Python's form with a source line; warnings
+    from other libraries keep theirs."""
+    from . import __path__ as roots
+    roots = tuple(os.path.join(os.path.abspath(root), "") for root in roots)
+    python_form = warnings.formatwarning
+
+    def formatted(message, category, filename, lineno, line=None):
+        if os.path.abspath(filename).startswith(roots):
+            return f"WARNING: {message}\n"
+        return python_form(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show "→" or "×" gets an escape, not a crash
         if hasattr(stream, "reconfigure"):
@@ -64,6 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    own_warnings_as_log_lines()
     try:  # a bad $SPARK_SPARSE_ROUTING is refused before a command writes anything (--routing overrides it)
         if getattr(args, "routing", None) is None:
             routing_from_env()

@@ -1,4 +1,5 @@
-"""The shared lower-bound check: every command words its refusals alike."""
+"""What every command shares in its messages: the lower-bound check (refusals worded alike) and the
+package's warnings printed as log lines."""
 import math
 
 import pytest
@@ -37,3 +38,17 @@ def test_train_bench_and_commands_share_it(tmp_path, capsys):
         BenchConfig(repeats=0).validate()
     assert main(["demo", "--batch", "0"]) == 2
     assert "--batch must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_command_line_prints_the_packages_warnings_as_log_lines(monkeypatch):
+    """One 'WARNING: …' line like the trainer's for the package's own warnings; others keep Python's form."""
+    import warnings
+
+    from spark_sparse import cli
+    from spark_sparse.routing import cache
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    cli.own_warnings_as_log_lines()
+    assert warnings.formatwarning("cache ignored", RuntimeWarning, cache.__file__, 48) == "WARNING: cache ignored\n"
+    foreign = warnings.formatwarning("deprecated", UserWarning, math.__file__ if hasattr(math, "__file__")
+                                     else "/usr/lib/python3/somewhere.py", 3)
+    assert foreign.startswith("/") and "UserWarning: deprecated" in foreign
