@@ -59,6 +59,8 @@ def own_warnings_as_log_lines() -> None:
     """The package's own warnings (a routing cache ignored, a checkpoint skipped) print as one
     "WARNING: …" line, as the trainer's do, instead of Python's form with a source line; warnings
     from other libraries keep theirs."""
+    if getattr(warnings.formatwarning, "own_lines", False):
+        return  # already installed (main called again in one process)
     from . import __path__ as roots
     roots = tuple(os.path.join(os.path.abspath(root), "") for root in roots)
     python_form = warnings.formatwarning
@@ -68,6 +70,7 @@ def own_warnings_as_log_lines() -> None:
             return f"WARNING: {message}\n"
         return python_form(message, category, filename, lineno, line)
 
+    formatted.own_lines = True
     warnings.formatwarning = formatted
 
 

@@ -350,7 +350,10 @@ def pretrain(args) -> int:
     options by name (unset ones take their defaults); ``--routing`` holds for the whole run."""
     try:
         routing = with_defaults(args).routing
-        check_routing(routing) if routing is not None else routing_from_env()  # refused before the run starts
+        if routing is not None:  # refused before the run starts, as a bad $SPARK_SPARSE_ROUTING is
+            check_routing(routing)
+        else:
+            routing_from_env()
     except ValueError as e:
         print(f"spark-sparse pretrain: error: {e}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT

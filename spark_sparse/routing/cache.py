@@ -71,14 +71,21 @@ def read(path: Optional[str] = None) -> Dict[str, Dict[str, dict]]:
         warn_once(path, f"ignoring it (written by routing cache version {doc.get('version')!r}; this package "
                         f"reads version {VERSION}); its routes are measured again and the file rewritten")
         return {}
-    environments = {env: entries for env, entries in doc["environments"].items() if isinstance(entries, dict)}
-    bad = [key for entries in environments.values() for key, decision in entries.items() if not well_formed(decision)]
+    environments, bad = {}, []
+    for env, entries in doc["environments"].items():
+        if not isinstance(entries, dict):
+            continue
+        environments[env] = {}
+        for key, decision in entries.items():
+            if well_formed(decision):
+                environments[env][key] = decision
+            else:
+                bad.append(key)
     if bad:
         warn_once(path, f"ignoring {len(bad)} malformed decision(s) (e.g. {bad[0]!r}: a decision is "
                         f"{{'implementation': name, 'ms': {{name: milliseconds}}}}); they are measured again "
                         f"and rewritten")
-    return {env: {key: decision for key, decision in entries.items() if well_formed(decision)}
-            for env, entries in environments.items()}
+    return environments
 
 
 def well_formed(decision) -> bool:

@@ -68,13 +68,20 @@ class _Sampled(torch.autograd.Function):
         inputs, out = graph
         try:
             start = time.perf_counter()
-            found = iter(torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad, allow_unused=True))
+            found = _gradients(out, inputs, grad)
             call.probe.backward_s = time.perf_counter() - start
         except Exception as error:  # noqa: BLE001 - any failure of a candidate just drops it
             if torch.is_anomaly_enabled():
                 raise  # anomaly mode's report (a NaN) is about the training, not the candidate
             return (None,) + call.fall_back(error, tensors, grad, ctx.autocast)
-        return (None,) + tuple(next(found) if t.requires_grad else None for t in inputs)
+        return (None,) + found
+
+
+def _gradients(out: torch.Tensor, inputs: Sequence[torch.Tensor], grad, create_graph: bool = False) -> tuple:
+    """Each input's gradient through ``out`` (None for those that need none)."""
+    found = iter(torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad, allow_unused=True,
+                                     create_graph=create_graph))
+    return tuple(next(found) if t.requires_grad else None for t in inputs)
 
 
 class _Call:
@@ -108,9 +115,7 @@ class _Call:
         enabled, dtype = autocast
         with torch.enable_grad(), torch.autocast("cpu", dtype=dtype, enabled=enabled):
             out = self.function(*self.arguments(inputs))
-        wanted = [t for t in inputs if t.requires_grad]
-        found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True, create_graph=connect))
-        return tuple(next(found) if t.requires_grad else None for t in inputs)
+        return _gradients(out, inputs, grad, create_graph=connect)
 
     def fall_back(self, error: BaseException, tensors, grad, autocast) -> tuple:
         """After the candidate's backward raised: drop it, and compute the gradients by the next live
