@@ -56,7 +56,7 @@ class SparseEncoder(PlannedEncoder):
         if routing is not None:
             check_routing(routing)
         for module in self.modules():
-            if isinstance(module, RoutedModule):  # convs and max-pools
+            if isinstance(module, RoutedModule):  # convs, Linears and max-pools
                 module.routing = routing
         return self
 

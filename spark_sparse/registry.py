@@ -12,7 +12,8 @@ This module registers torch.nn's layers; spark_sparse/models/ registers the timm
 |----------------------------------------|--------------------------------|------------------------------------|
 | Identity, ReLU, ReLU6, GELU, SiLU, …   | kept, per site on (N, C)       | as is (f(0) = 0 keeps zeros)       |
 | Sigmoid                                | kept, per site                 | run, re-mask                       |
-| Linear, LayerNorm (last dim)           | kept, per site                 | on NHWC, re-mask                   |
+| Linear                                 | SparseLinear (a routed 1×1)    | on NHWC, re-mask                   |
+| LayerNorm (last dim)                   | kept, per site                 | on NHWC, re-mask                   |
 | Dropout (p = 0 only)                   | kept                           | as is                              |
 | Sequential                             | SparseSequential               | children in order                  |
 | Conv2d                                 | SparseConv2d                   | run, re-mask                       |
@@ -34,6 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .errors import UnsupportedLayerError
 from .layers.containers import BlockProgram, SparseResidualBlock, SparseSequential
 from .layers.conv import SparseConv2d
+from .layers.linear import SparseLinear
 from .layers.norm import SparseBatchNorm2d, batch_norm
 from .layers.pool import SparseAvgPool2d, SparseMaxPool2d
 from .masks import MaskPyramid
@@ -191,7 +193,8 @@ def _masked_block(block, x, masks, path, program: BlockProgram):
 register_layer((nn.Identity, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Tanh),
                sparse=keep_dense, masked=run_as_is)
 register_layer(nn.Sigmoid, sparse=keep_dense, masked=run_and_remask)
-register_layer((nn.Linear, nn.LayerNorm), sparse=keep_dense, masked=run_channels_last)
+register_layer(nn.Linear, sparse=lambda m, path, c: SparseLinear.from_dense(m, path), masked=run_channels_last)
+register_layer(nn.LayerNorm, sparse=keep_dense, masked=run_channels_last)
 register_layer(nn.Dropout, sparse=_dropout, masked=run_as_is)
 register_layer(nn.Sequential, sparse=_sparse_sequential, masked=masked_children)
 register_layer(nn.Conv2d, sparse=lambda m, path, c: SparseConv2d.from_dense(m, path, c.backend), masked=run_and_remask)

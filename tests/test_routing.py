@@ -15,6 +15,7 @@ from spark_sparse.backends import spconv_available
 from spark_sparse.spec import ConvSpec
 from spark_sparse.layers.base import RoutedModule
 from spark_sparse.layers.conv import SparseConv2d
+from spark_sparse.layers.linear import SparseLinear
 from spark_sparse.layers.pool import SparseMaxPool2d
 from spark_sparse.routing import cache
 from spark_sparse.routing import router as route_module
@@ -60,21 +61,29 @@ CANDIDATES = [("resnet18", "torch"), ("resnet18", "tiles"), ("resnet18", "spconv
               ("resnet18", "matmul"), ("resnet18", "pointwise-conv"),
               ("resnet18", "maxpool-tiles"), ("resnet18", "maxpool-table"),
               ("convnext_atto", "depthwise-table"), ("convnext_atto", "depthwise-tiles"),
-              ("convnext_atto", "depthwise-dense")]
+              ("convnext_atto", "depthwise-dense"), ("convnext_atto+linear", "matmul"),
+              ("convnext_atto+linear", "pointwise-conv")]
 OWN_KIND = {impl: kind for kind, impls in routing.KIND_IMPLEMENTATIONS.items() for impl in impls}
+
+
+def candidate_model(arch: str):
+    """``arch``'s model; 'convnext_atto+linear' is convnext_atto with the Linear MLP (conv_mlp=False)
+    that convnext_tiny … large have, so that its routed Linears run the 1×1 candidates."""
+    name, _, variant = arch.partition("+")
+    return cached_model(name, **({"conv_mlp": False} if variant == "linear" else {}))
 
 
 def forced(arch: str, implementation: str, dtype=torch.float64):
     """``arch``'s encoder with every layer of the implementation's kind forced onto it."""
-    encoder = ss.sparsify(cached_model(arch)).to(dtype)
+    encoder = ss.sparsify(candidate_model(arch)).to(dtype)
     if implementation.startswith("depthwise-"):
         return encoder.set_depthwise(implementation)
     if OWN_KIND[implementation] == "table":
         return encoder.set_backend(implementation)
     kind = OWN_KIND[implementation]
-    for m in encoder.modules():  # 1×1 convs and max-pools: no encoder setting names them
+    for m in encoder.modules():  # 1×1 convs, Linears and max-pools: no encoder setting names them
         if (isinstance(m, SparseMaxPool2d) if kind == "maxpool"
-                else isinstance(m, SparseConv2d) and routing.layer_kind(m.spec) == kind):
+                else isinstance(m, (SparseConv2d, SparseLinear)) and routing.layer_kind(m.spec) == kind):
             m.requested = implementation
     return encoder
 
@@ -93,10 +102,10 @@ def test_every_candidate_equals_the_reference_in_fp64(arch, implementation):
     mine = [p for p, r in routes.items() if r.implementation == implementation]
     assert mine and all(kinds[p] != OWN_KIND[implementation] for p in routes if p not in mine)
     assert {kinds[p] for p in mine} == {OWN_KIND[implementation]}
-    reference = ss.MaskedDenseEncoder(cached_model(arch)).double()
+    reference = ss.MaskedDenseEncoder(candidate_model(arch)).double()
     out_grads = [torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
                  for o in reference(images.double(), visible)]
-    reference = ss.MaskedDenseEncoder(cached_model(arch)).double()  # undo that call's running-stat update
+    reference = ss.MaskedDenseEncoder(candidate_model(arch)).double()  # undo that call's running-stat update
     compare_fp64(run(encoder, images.double(), visible, out_grads),
                  run(reference, images.double(), visible, out_grads))
 

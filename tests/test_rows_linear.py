@@ -1,7 +1,8 @@
 """The 1×1 convs' two implementations, ``matmul`` (F.linear) and ``pointwise-conv`` (the rows as
 oneDNN's / cuDNN's 1×1 conv), compute F.linear's function: exact in fp64, within fp32 rounding of
 the fp64 truth in fp32, with every gradient. The fixed rule takes the conv only where it was
-measured faster, and the encoder's pointwise convs then report and run it."""
+measured faster, and the encoder's pointwise convs then report and run it; ConvNeXt's MLP Linears
+are routed the same way."""
 import pytest
 import timm
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 import spark_sparse as ss
 from spark_sparse.kernels.rows_linear import rows_conv1x1
 from spark_sparse.layers.conv import SparseConv2d
+from spark_sparse.layers.linear import SparseLinear
 from spark_sparse.routing import Workload, route
 from spark_sparse.routing.rules import ROWS_CONV_MIN
 from spark_sparse.spec import ConvSpec
@@ -82,3 +84,23 @@ def test_encoder_pointwise_convs_take_it():
         enc.forward_sparse(images, visible)
     assert set(routes.values()) == {"matmul", "pointwise-conv"}  # the large strides take the conv
     assert routes["layer1.0.conv1"] == "pointwise-conv" and routes["layer4.0.conv1"] == "matmul"
+
+
+def test_convnext_linears_are_routed_1x1s_with_the_dense_state_dict():
+    """Every MLP Linear of a ConvNeXt becomes a SparseLinear that keeps nn.Linear's parameter names and
+    shapes, and the router runs it as a 1×1 conv: two fully visible 224 px images give 6272 rows at
+    stride 4 (the conv, by the fixed rule) and 98 at stride 32 (the matmul)."""
+    dense = timm.create_model("convnext_atto", conv_mlp=False)
+    enc = ss.sparsify(dense)
+    linears = {path: m for path, m in enc.named_modules() if isinstance(m, SparseLinear)}
+    assert len(linears) == 2 * sum(len(stage.blocks) for stage in dense.stages)
+    state = dense.state_dict()
+    for path, m in linears.items():
+        assert torch.equal(state[f"{path}.weight"], m.weight) and torch.equal(state[f"{path}.bias"], m.bias)
+    routes = {}
+    for path, m in linears.items():
+        m.register_forward_pre_hook(lambda m, a, path=path: routes.__setitem__(path, m.route_for(a[0]).implementation))
+    with torch.no_grad():
+        enc.forward_sparse(torch.randn(2, 3, 224, 224), torch.ones(2, 7, 7, dtype=torch.bool))
+    assert routes["stages.0.blocks.0.mlp.fc1"] == "pointwise-conv" and routes["stages.3.blocks.0.mlp.fc2"] == "matmul"
+    assert set(routes) == set(linears)

@@ -1,6 +1,6 @@
 """The marker class of layers that take SparseFeatures, and how containers call any child.
 
-Per-site layers (activations, Linear, channels-last LayerNorm, Identity) need no sparse twin:
+Per-site layers (activations, channels-last LayerNorm, Identity) need no sparse twin:
 they run unchanged on the (N, C) feature matrix, so the converter keeps the dense module itself
 and its state_dict keys stay those of the dense model.
 """
@@ -22,7 +22,7 @@ class SparseModule(nn.Module):
 
 
 class RoutedModule(SparseModule):
-    """A layer with several implementations (convs, max-pools), one of which the router picks on
+    """A layer with several implementations (convs, Linears, max-pools), one of which the router picks on
     every call (spark_sparse/routing/) and this class runs.
 
     ``requested``: 'auto' or one implementation; ``routing``: 'measured' / 'fixed' (None: the

@@ -5,7 +5,8 @@ sparse twins and the masked-dense reference rules of their layer types, in one p
 |--------------------------------------|------------------------------------------|----------------------------------|
 | stem 4×4/4 conv, downsample 2×2/2    | SparseConv2d, "patchify" (tile reshape)  | conv, re-mask                    |
 | ``LayerNorm2d`` (channels first)     | SparseLayerNorm, per site                | LN, re-mask (LN(0) is the bias)  |
-| ``LayerNorm`` / ``Linear`` (last)    | kept, per site on (N, C)                 | on NHWC, re-mask                 |
+| ``LayerNorm`` (last dim)             | kept, per site on (N, C)                 | on NHWC, re-mask                 |
+| ``Linear`` (the MLP's)               | SparseLinear: a routed 1×1 on (N, C)     | on NHWC, re-mask                 |
 | depthwise 7×7 conv (bias)            | SparseConv2d → kernels/depthwise.py      | conv, re-mask                    |
 | ``GlobalResponseNorm`` (V2)          | per image over its active sites          | GRN (zeros add nothing), re-mask |
 | ``Mlp`` / ``GlobalResponseNormMlp``  | the children in call order               | the children in call order       |

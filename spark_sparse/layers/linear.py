@@ -1,0 +1,61 @@
+"""nn.Linear on the active rows, routed like a 1×1 conv (spark_sparse/routing/).
+
+On the (N, C) feature matrix a Linear is exactly a stride-1 1×1 conv, so it has a 1×1 conv's two
+implementations (kernels/rows_linear.py): the BLAS matmul (``F.linear``, what the dense model runs)
+and the same rows as oneDNN's / cuDNN's 1×1 convolution. Which one is faster depends on the machine:
+on a 2-core AMD EPYC of the Zen 5 family, fp32 ConvNeXt-T's MLP Linears (most of its encoder's
+MACs) ran about 2× faster forward + backward as oneDNN convolutions, where the BLAS runs them at
+half the rate; in bf16 the matmul was as fast or faster. So the router decides per layer, measured
+on the user's machine. The weight keeps nn.Linear's (out, in) layout and name, so state dicts move
+unchanged between the dense model, this encoder and exported checkpoints.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..features import SparseFeatures
+from ..spec import ConvSpec
+from .base import RoutedModule
+
+
+class SparseLinear(RoutedModule):
+    def __init__(self, in_features: int, out_features: int, bias: bool, path: str = ""):
+        super().__init__()
+        self.spec = ConvSpec(in_features, out_features, (1, 1), (1, 1), (0, 0), (1, 1), 1)
+        self.routing: Optional[str] = None  # 'measured' / 'fixed'; None: the process default
+        self.path = path
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    @property
+    def in_features(self) -> int:
+        return self.spec.in_channels
+
+    @property
+    def out_features(self) -> int:
+        return self.spec.out_channels
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def layer_spec(self, x: SparseFeatures) -> ConvSpec:
+        return self.spec
+
+    def operands(self, x: SparseFeatures, trial_grad: Optional[bool] = None) -> tuple:
+        if trial_grad is None:
+            return self.weight, self.bias, self.spec
+        return self.weight.detach().requires_grad_(trial_grad), None, self.spec
+
+    def forward(self, x: SparseFeatures) -> SparseFeatures:
+        if x.channels != self.in_features:
+            raise ValueError(f"{self.path}: expected {self.in_features} input features, got {x.channels}")
+        return self.run_routed(x)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, path: str) -> "SparseLinear":
+        sparse = cls(linear.in_features, linear.out_features, linear.bias is not None, path)
+        sparse.load_state_dict(linear.state_dict())
+        return sparse.to(linear.weight)  # device and dtype
