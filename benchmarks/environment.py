@@ -13,8 +13,7 @@ from typing import Dict, Optional
 
 import torch
 
-from spark_sparse.cpus import usable_cores
-from spark_sparse.routing.environment import cpu_model
+from spark_sparse.cpus import cpu_model, usable_cores
 
 
 def _version(module: str) -> Optional[str]:

@@ -1,13 +1,57 @@
-"""The CPU cores this process was given: its CPU affinity and its cgroup's CPU quota (e.g. a
-container's ``--cpus``), not the machine's core count. Training sizes its threads and data workers
-by it, the benchmarks record it and bound their background load by it."""
+"""The CPU this process runs on: which one it is (``cpu_model``, ``cpu_flags``) and the cores it was
+given — its CPU affinity and its cgroup's CPU quota (e.g. a container's ``--cpus``), not the
+machine's core count. Training sizes its threads and data workers by the cores, the benchmarks
+record both, and measured routing keys its decisions on the model."""
 from __future__ import annotations
 
+import functools
 import math
 import os
-from typing import Optional
+import platform
+from typing import Dict, FrozenSet, Optional
 
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
+CPUINFO = "/proc/cpuinfo"
+# The widest vector units a CPU flag names, best first: the one shown beside the model's name.
+VECTOR_ISAS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpuinfo_fields(path: str = CPUINFO) -> Dict[str, str]:
+    """The first processor's fields of ``path`` ('model name', 'cpu family', 'model', 'flags', …);
+    empty where the file cannot be read (not Linux)."""
+    fields: Dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    if fields:
+                        break  # the first processor's block ends
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_flags(path: str = CPUINFO) -> FrozenSet[str]:
+    return frozenset(cpuinfo_fields(path).get("flags", "").split())
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model(path: str = CPUINFO) -> str:
+    """The CPU by name, with its family, model and widest vector units where ``path`` has them: a
+    cloud machine may name every AMD EPYC generation just "AMD EPYC", yet a Zen 4 and a Zen 5 (whose
+    512-bit FMA units run oneDNN's fp32 kernels about twice as fast as the BLAS) time the same layer
+    differently, so measured routing must not share their decisions."""
+    fields = cpuinfo_fields(path)
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    details = []
+    if "cpu family" in fields:
+        details.append(f"family {fields['cpu family']} model {fields.get('model', '?')}")
+    flags = cpu_flags(path)
+    details += [isa for isa in VECTOR_ISAS if isa in flags][:1]
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def cgroup_cpu_limit(path: str = CGROUP_CPU_MAX) -> Optional[float]:

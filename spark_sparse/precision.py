@@ -9,6 +9,7 @@ from typing import Optional, Union
 import torch
 
 from .choices import AMP_CHOICES, AMP_DTYPES, PRECISIONS
+from .cpus import CPUINFO, cpu_flags
 
 DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 __all__ = ["AMP_CHOICES", "AMP_DTYPES", "DTYPES", "amp_dtype", "autocast", "cpu_has_native_bf16"]
@@ -25,17 +26,9 @@ def autocast(device: Union[str, torch.device], dtype: Union[str, torch.dtype, No
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
-def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+def cpu_has_native_bf16(cpuinfo: str = CPUINFO) -> bool:
     """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
 
 
 def amp_dtype(name: str, device: Union[str, torch.device]) -> Optional[str]:

@@ -173,6 +173,27 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert not cpu_has_native_bf16(str(tmp_path / "missing"))
 
 
+def test_the_cpu_is_named_with_its_family_and_vector_units(tmp_path):
+    """Clouds name every AMD EPYC generation "AMD EPYC": measured routing's cache key must still tell
+    a Zen 4 from a Zen 5 (they time the 1×1 candidates differently), so the name carries the family,
+    the model and the widest vector units, read from the first processor only."""
+    from spark_sparse.cpus import cpu_model
+
+    def named(text):
+        path = tmp_path / f"cpuinfo{len(text)}"
+        path.write_text(text)
+        return cpu_model(str(path))
+
+    block = "processor\t: {n}\nmodel name\t: AMD EPYC\ncpu family\t: {family}\nmodel\t\t: {model}\nflags\t\t: {flags}\n\n"
+    zen4 = named(block.format(n=0, family=25, model=17, flags="fpu avx2 avx512f avx512_bf16")
+                 + block.format(n=1, family=99, model=9, flags="fpu"))
+    zen5 = named(block.format(n=0, family=26, model=2, flags="fpu avx2 avx512f avx512_bf16"))
+    zen3 = named(block.format(n=0, family=25, model=1, flags="fpu avx2"))
+    assert zen4 == "AMD EPYC (family 25 model 17, avx512_bf16)" and zen5 != zen4
+    assert zen3 == "AMD EPYC (family 25 model 1, avx2)"
+    assert cpu_model(str(tmp_path / "missing"))  # not Linux: the platform's name, never empty
+
+
 def test_a_run_logs_its_threads_and_step_phases_and_trains_in_bf16(tmp_path, capsys):
     from spark_sparse.train.trainer import Trainer
     data = make_image_folder(str(tmp_path / "data"), count=8)

@@ -2,21 +2,10 @@
 from __future__ import annotations
 
 import functools
-import platform
 
 import torch
 
-
-@functools.lru_cache(maxsize=None)
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from ..cpus import cpu_model
 
 
 def _version(distribution: str) -> str:
@@ -36,7 +25,8 @@ def library_versions() -> str:
 
 
 def environment_key(device: torch.device) -> str:
-    """The device by name (on the CPU with the thread count) and the library versions."""
+    """The device by name (a CPU with its family, model and vector units, ``cpus.cpu_model``, and the
+    thread count) and the library versions."""
     if device.type == "cuda":
         name = f"cuda {torch.cuda.get_device_name(device)}"
     else:
