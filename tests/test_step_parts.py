@@ -184,7 +184,8 @@ def test_the_cpu_is_named_with_its_family_and_vector_units(tmp_path):
         path.write_text(text)
         return cpu_model(str(path))
 
-    block = "processor\t: {n}\nmodel name\t: AMD EPYC\ncpu family\t: {family}\nmodel\t\t: {model}\nflags\t\t: {flags}\n\n"
+    block = ("processor\t: {n}\nmodel name\t: AMD EPYC\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+             "flags\t\t: {flags}\n\n")
     zen4 = named(block.format(n=0, family=25, model=17, flags="fpu avx2 avx512f avx512_bf16")
                  + block.format(n=1, family=99, model=9, flags="fpu"))
     zen5 = named(block.format(n=0, family=26, model=2, flags="fpu avx2 avx512f avx512_bf16"))
