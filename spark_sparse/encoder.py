@@ -34,7 +34,7 @@ class SparseEncoder(PlannedEncoder):
         self._stem_paths: Optional[List[str]] = None
 
     def set_backend(self, backend: str) -> "SparseEncoder":
-        """Run every non-depthwise conv with ``backend`` ('auto', 'torch', 'tiles', 'spconv'); 1×1 and
+        """Run every non-depthwise conv with ``backend`` ('auto', 'torch', 'gather-conv', 'tiles', 'spconv'); 1×1 and
         patchify convs stay matmuls, depthwise convs follow ``set_depthwise``."""
         check_backend_name(backend)
         for module in self._convs(depthwise=False):

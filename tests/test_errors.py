@@ -60,7 +60,8 @@ def test_group_norm_is_refused():
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown backend 'cudnn'; choose one of auto, torch, tiles, spconv"):
+    with pytest.raises(ValueError,
+                       match="unknown backend 'cudnn'; choose one of auto, torch, gather-conv, tiles, spconv"):
         ss.sparsify(timm.create_model("resnet18"), backend="cudnn")
 
 

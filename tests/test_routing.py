@@ -57,7 +57,7 @@ def conv_routes(encoder, images, visible, kinds=None):
 
 # ---- every candidate computes the same numbers ---------------------------------------------------
 
-CANDIDATES = [("resnet18", "torch"), ("resnet18", "tiles"), ("resnet18", "spconv"),
+CANDIDATES = [("resnet18", "torch"), ("resnet18", "gather-conv"), ("resnet18", "tiles"), ("resnet18", "spconv"),
               ("resnet18", "matmul"), ("resnet18", "pointwise-conv"),
               ("resnet18", "maxpool-tiles"), ("resnet18", "maxpool-table"),
               ("convnext_atto", "depthwise-table"), ("convnext_atto", "depthwise-tiles"),
@@ -225,7 +225,7 @@ def train_until_settled(encoder, images, visible, limit=16):
 def test_measured_routing_tunes_once_then_reads_the_cache(fresh_cache):
     images, visible = inputs()
     encoder = ss.sparsify(cached_model("resnet18")).set_routing("measured")
-    assert 1 < train_until_settled(encoder, images, visible) <= 10
+    assert 1 < train_until_settled(encoder, images, visible)  # a few steps (at most 16: it raises)
     first = routing.tuning_stats()
     doc = json.loads(fresh_cache.read_text())
     assert doc["version"] == cache.VERSION
@@ -234,7 +234,7 @@ def test_measured_routing_tunes_once_then_reads_the_cache(fresh_cache):
     assert first["tuned"] == len(decisions) > 1 and first["cached"] == 0
     routes = {p: r for p, r in conv_routes(encoder, images, visible).items() if p != "maxpool"}  # convs only
     for path, r in routes.items():
-        assert r.implementation in ("matmul", "pointwise-conv", "torch", "tiles"), (path, r)
+        assert r.implementation in ("matmul", "pointwise-conv", "torch", "gather-conv", "tiles"), (path, r)
         assert r.reason.startswith("measured"), (path, r)
 
     routing.forget_measurements()  # as a new process: only the file is left
@@ -298,7 +298,7 @@ def test_a_malformed_decision_is_measured_again_and_rewritten(fresh_cache, bad):
     fresh_cache.write_text(json.dumps({"format": cache.FORMAT, "version": cache.VERSION,
                                        "environments": {env: {key: bad}}}))
     with pytest.warns(RuntimeWarning, match=r"ignoring 1 malformed decision\(s\)"):
-        for _ in range(12):
+        for _ in range(20):
             layer(feats).features.sum().backward()
             if routing.tuning_stats()["tuned"]:
                 break
@@ -444,7 +444,7 @@ def test_pretrain_says_its_routing_and_what_it_measured(tmp_path):
     environment = dict(env(), SPARK_SPARSE_CACHE_DIR=str(tmp_path / "cache"), SPARK_SPARSE_ROUTING="measured")
     said = []
     for name in ("first", "second"):
-        out = subprocess.run([sys.executable, "-m", "spark_sparse.cli", "pretrain", *TINY, "--steps", "6",
+        out = subprocess.run([sys.executable, "-m", "spark_sparse.cli", "pretrain", *TINY, "--steps", "10",
                               "--out", str(tmp_path / name)], cwd=REPO, env=environment, capture_output=True,
                              text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]

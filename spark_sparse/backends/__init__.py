@@ -3,6 +3,8 @@
 
 ``torch``  — gather → GEMM on index tables; any device, dtype and thread count (the oracle;
              backends/rulebook.py ``torch_conv``).
+``gather-conv`` — the same gather, its forward and input-gradient GEMMs as oneDNN's / cuDNN's 1×1
+             convolutions (``gather_conv``): faster where the BLAS is slow (a Zen 5 EPYC in fp32).
 ``tiles``  — a dense conv on each visible patch's block plus its halo (kernels/tile_conv.py ``tile_conv``).
 ``spconv`` — spconv's rulebooks and, on CUDA, its kernels (needs the ``spconv`` package;
              backends/spconv_backend.py ``spconv_conv``).
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import functools
 
-BACKEND_NAMES = ("auto", "torch", "tiles", "spconv")
+BACKEND_NAMES = ("auto", "torch", "gather-conv", "tiles", "spconv")
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,7 @@ from typing import Dict, Optional
 from ..files import write_text
 
 FORMAT = "spark_sparse routing cache"
-VERSION = 2  # 2: 1×1 convs choose between matmul and pointwise-conv; max-pools are routed
+VERSION = 3  # 2: 1×1 convs choose between matmul and pointwise-conv; max-pools are routed; 3: gather-conv
 FILE_NAME = "routing.json"
 
 _warned = set()

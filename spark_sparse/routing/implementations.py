@@ -11,8 +11,9 @@ a max-pool a fifth:
 - ``depthwise`` k×k convs → ``depthwise-table`` (the plain-PyTorch twin on neighbour tables),
   ``depthwise-tiles`` (halo tiles + the dense depthwise conv), ``depthwise-dense`` (the whole dense
   map), ``depthwise-triton`` (Triton kernels on the neighbour tables);
-- ``table``: any other k×k conv → ``torch`` (gather → GEMM on index tables), ``tiles`` (halo tiles +
-  the dense conv of oneDNN / cuDNN), ``spconv`` (spconv's rulebooks and CUDA kernels);
+- ``table``: any other k×k conv → ``torch`` (gather → GEMM on index tables), ``gather-conv`` (the same,
+  its forward and input-gradient GEMMs as oneDNN's / cuDNN's 1×1 convs), ``tiles`` (halo tiles + the
+  dense conv of oneDNN / cuDNN), ``spconv`` (spconv's rulebooks and CUDA kernels);
 - ``maxpool`` → ``maxpool-tiles`` (halo tiles + the dense max-pool), ``maxpool-table`` (the max over
   each window's rows).
 ``RUN`` maps each name to its function; ``unsupported`` says why one cannot run a layer, asking the
@@ -26,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from ..backends import spconv_available
-from ..backends.rulebook import torch_conv
+from ..backends.rulebook import gather_conv, torch_conv
 from ..backends.spconv_backend import native_kernels_usable, spconv_conv, spconv_unsupported
 from ..features import SparseFeatures
 from ..kernels import depthwise as dw
@@ -41,7 +42,7 @@ LayerSpec = Union[ConvSpec, PoolSpec]
 KIND_IMPLEMENTATIONS: Dict[str, Tuple[str, ...]] = {
     "pointwise": ("matmul", "pointwise-conv"),
     "patchify": ("patchify",),
-    "table": ("torch", "tiles", "spconv"),
+    "table": ("torch", "gather-conv", "tiles", "spconv"),
     "depthwise": ("depthwise-table", "depthwise-tiles", "depthwise-dense", "depthwise-triton"),
     "maxpool": ("maxpool-tiles", "maxpool-table"),
 }
@@ -65,6 +66,7 @@ RUN: Dict[str, Callable[..., torch.Tensor]] = {
     "pointwise-conv": pointwise_conv,
     "patchify": patchify_matmul,
     "torch": _plus_bias(torch_conv),
+    "gather-conv": _plus_bias(gather_conv),
     "tiles": _plus_bias(tile_conv),
     "spconv": _plus_bias(spconv_conv),
     "depthwise-table": _plus_bias(dw.depthwise_table),
@@ -132,7 +134,7 @@ def _cannot_run(implementation: str, spec: LayerSpec, r: int, device: torch.devi
     under (tiles can run a patchify conv, for instance); None when it can."""
     if implementation in ("tiles", "maxpool-tiles"):
         return tiles_unsupported(spec, r)
-    if implementation == "torch" and spec.groups != 1:
+    if implementation in ("torch", "gather-conv") and spec.groups != 1:
         return "the gather-GEMM runs groups=1 convs only"
     if implementation == "spconv":
         if not spconv_available():
@@ -149,15 +151,18 @@ def _cannot_run(implementation: str, spec: LayerSpec, r: int, device: torch.devi
 
 def candidates(spec: LayerSpec, r: int, device: torch.device, dtype: torch.dtype) -> List[str]:
     """The implementations measured routing times for this layer: those that can run it here, less
-    those that would only repeat another one: ``spconv`` where its own kernels do not run (the CPU,
-    fp64: its rulebook then feeds the same gather-GEMM as ``torch``) and ``depthwise-triton`` off
-    the GPU (Triton's interpreter, for tests)."""
+    those that would only repeat another one or cannot be faster: ``spconv`` where its own kernels do
+    not run (the CPU, fp64: its rulebook then feeds the same gather-GEMM as ``torch``),
+    ``depthwise-triton`` off the GPU (Triton's interpreter, for tests) and ``gather-conv`` on the CPU
+    other than in fp32 (torch runs bf16 matmuls in oneDNN already; oneDNN has no fp64 kernels)."""
     out = []
     for impl in KIND_IMPLEMENTATIONS[layer_kind(spec, r)]:
         if impl == "spconv" and not native_kernels_usable(device, dtype):
             continue
         if impl == "depthwise-triton" and device.type != "cuda":
             continue
+        if impl == "gather-conv" and device.type == "cpu" and dtype != torch.float32:
+            continue  # bf16 matmuls already run in oneDNN; fp64 has no oneDNN kernels (slow loops)
         if unsupported(impl, spec, r, device, dtype) is None:
             out.append(impl)
     return out
