@@ -20,9 +20,7 @@ import spark_sparse as ss
 from spark_sparse.spec import compute_dtype
 from spark_sparse.features import SparseFeatures
 from spark_sparse.flops import conv_macs
-from spark_sparse.layers.base import RoutedModule, SparseModule
-from spark_sparse.layers.conv import SparseConv2d
-from spark_sparse.layers.linear import SparseLinear
+from spark_sparse.layers.base import RoutedConv, RoutedModule, SparseModule
 from spark_sparse.masks import MaskPyramid
 from spark_sparse.recipe import MASK_RATIO
 from spark_sparse.registry import masked_forward
@@ -57,7 +55,7 @@ def how(module: nn.Module, x: SparseFeatures) -> str:
 
 def layer_macs(module: nn.Module, sites: int, dense_sites: int):
     """Exact MACs of a conv or Linear layer on ``sites`` inputs, and of its dense twin on all sites."""
-    if isinstance(module, (SparseConv2d, SparseLinear)):  # a Linear is a 1×1 conv on the rows
+    if isinstance(module, RoutedConv):  # convs, and Linears (1×1 convs on the rows)
         area = module.spec.stride[0] * module.spec.stride[1]
         return {"sparse": conv_macs(sites // area, module), "dense": conv_macs(dense_sites // area, module)}
     return None

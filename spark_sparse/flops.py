@@ -7,18 +7,17 @@ does), so the count scales exactly with the number of active sites.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple, Union
+from typing import Dict, Tuple
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .layers.conv import SparseConv2d
-from .layers.linear import SparseLinear
+from .layers.base import RoutedConv
 from .plan import EncoderPlan, in_channels, run_plan
 
 
-def conv_macs(n_out: int, conv: Union[SparseConv2d, SparseLinear]) -> int:
+def conv_macs(n_out: int, conv: RoutedConv) -> int:
     s = conv.spec
     return n_out * s.kernel[0] * s.kernel[1] * (s.in_channels // s.groups) * s.out_channels
 
@@ -34,12 +33,12 @@ def sparse_macs(encoder: nn.Module, visible: torch.Tensor) -> Dict[str, object]:
     routes: Dict[str, str] = {}
     hooks = []
 
-    def count_conv(m: Union[SparseConv2d, SparseLinear], i, o, path: str) -> None:
+    def count_conv(m: RoutedConv, i, o, path: str) -> None:
         layers[path] = layers.get(path, 0) + conv_macs(o.features.shape[0], m)
         routes[path] = m.route_for(i[0]).implementation
 
     for path, module in encoder.named_modules():
-        if isinstance(module, (SparseConv2d, SparseLinear)):
+        if isinstance(module, RoutedConv):  # convs and Linears
             hooks.append(module.register_forward_hook(lambda m, i, o, path=path: count_conv(m, i, o, path)))
     was_training = encoder.training
     patch = encoder.patch_size

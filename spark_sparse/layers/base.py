@@ -14,7 +14,7 @@ from torch import nn
 from ..features import SparseFeatures
 from ..recompute import run_recomputed
 from ..routing import RUN, Route, RouteLog, Workload, replay, route, run_route
-from ..spec import compute_dtype
+from ..spec import ConvSpec, compute_dtype
 
 
 class SparseModule(nn.Module):
@@ -74,6 +74,27 @@ class RoutedModule(SparseModule):
                 if backward:
                     out.backward(torch.ones_like(out))
         return trial
+
+
+class RoutedConv(RoutedModule):
+    """A routed layer that computes a convolution: a conv, or a Linear, which on the (N, C) rows is a
+    1×1 conv. It has a ConvSpec ``spec``, a ``weight`` in its dense layer's layout (the implementations
+    reshape it) and an optional ``bias``."""
+    spec: ConvSpec
+    path = ""
+
+    def layer_spec(self, x: SparseFeatures) -> ConvSpec:
+        return self.spec
+
+    def operands(self, x: SparseFeatures, trial_grad: Optional[bool] = None) -> tuple:
+        if trial_grad is None:
+            return self.weight, self.bias, self.spec
+        return self.weight.detach().requires_grad_(trial_grad), None, self.spec
+
+    def forward(self, x: SparseFeatures) -> SparseFeatures:
+        if x.channels != self.spec.in_channels:
+            raise ValueError(f"{self.path}: expected {self.spec.in_channels} input channels, got {x.channels}")
+        return self.run_routed(x)
 
 
 def run_checkpointed(module: nn.Module, function, *args):

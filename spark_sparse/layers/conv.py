@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedLayerError
-from ..features import SparseFeatures
 from ..geometry import maps_to_next_level
 from ..routing import layer_kind
 from ..spec import ConvSpec
-from .base import RoutedModule
+from .base import RoutedConv
 
 
 def backend_request(spec: ConvSpec, backend: str) -> str:
@@ -33,7 +32,7 @@ def backend_request(spec: ConvSpec, backend: str) -> str:
     return backend if layer_kind(spec) == "table" else "auto"
 
 
-class SparseConv2d(RoutedModule):
+class SparseConv2d(RoutedConv):
     def __init__(self, spec: ConvSpec, bias: bool, requested: str = "auto", path: str = ""):
         super().__init__()
         self.spec = spec
@@ -49,20 +48,6 @@ class SparseConv2d(RoutedModule):
         return (f"{s.in_channels}, {s.out_channels}, kernel_size={s.kernel}, stride={s.stride}, "
                 f"padding={s.padding}, groups={s.groups}, bias={self.bias is not None}, "
                 f"requested={self.requested!r}")
-
-    def layer_spec(self, x: SparseFeatures) -> ConvSpec:
-        return self.spec
-
-    def operands(self, x: SparseFeatures, trial_grad: Optional[bool] = None) -> tuple:
-        if trial_grad is None:
-            return self.weight, self.bias, self.spec
-        return self.weight.detach().requires_grad_(trial_grad), None, self.spec
-
-    def forward(self, x: SparseFeatures) -> SparseFeatures:
-        s = self.spec
-        if x.channels != s.in_channels:
-            raise ValueError(f"{self.path}: expected {s.in_channels} input channels, got {x.channels}")
-        return self.run_routed(x)
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, path: str, backend: str = "auto") -> "SparseConv2d":

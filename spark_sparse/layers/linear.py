@@ -16,12 +16,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..features import SparseFeatures
 from ..spec import ConvSpec
-from .base import RoutedModule
+from .base import RoutedConv
 
 
-class SparseLinear(RoutedModule):
+class SparseLinear(RoutedConv):
     def __init__(self, in_features: int, out_features: int, bias: bool, path: str = ""):
         super().__init__()
         self.spec = ConvSpec(in_features, out_features, (1, 1), (1, 1), (0, 0), (1, 1), 1)
@@ -40,19 +39,6 @@ class SparseLinear(RoutedModule):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-    def layer_spec(self, x: SparseFeatures) -> ConvSpec:
-        return self.spec
-
-    def operands(self, x: SparseFeatures, trial_grad: Optional[bool] = None) -> tuple:
-        if trial_grad is None:
-            return self.weight, self.bias, self.spec
-        return self.weight.detach().requires_grad_(trial_grad), None, self.spec
-
-    def forward(self, x: SparseFeatures) -> SparseFeatures:
-        if x.channels != self.in_features:
-            raise ValueError(f"{self.path}: expected {self.in_features} input features, got {x.channels}")
-        return self.run_routed(x)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, path: str) -> "SparseLinear":
