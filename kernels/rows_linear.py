@@ -27,6 +27,8 @@ def rows_conv1x1(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     """``F.linear(rows, weight, bias)`` for (N, C_in) rows and a (C_out, C_in) ``weight``, computed as
     a 1×1 convolution of the rows seen as a (1, C_in, N, 1) channels-last image: (N, C_out), contiguous."""
     n, c = rows.shape
+    if n == 0:  # a batch without visible patches: the convolution refuses an empty image
+        return F.linear(rows, weight.reshape(weight.shape[0], c), bias)
     image = rows.contiguous().view(1, n, 1, c).permute(0, 3, 1, 2)  # (1, C, N, 1), channels-last strides
     out = F.conv2d(image, weight.reshape(weight.shape[0], c, 1, 1), bias)
     return out.permute(0, 2, 3, 1).reshape(n, weight.shape[0])

@@ -8,7 +8,8 @@ import torch
 from spark_sparse.spark import build_spark
 
 ARCHS = ("resnet10t", "convnext_atto")
-ENCODERS = [("sparse", "torch"), ("sparse", "tiles"), ("sparse", "spconv"), ("masked_dense", "auto")]
+ENCODERS = [("sparse", "torch"), ("sparse", "gather-conv"), ("sparse", "tiles"), ("sparse", "spconv"),
+            ("masked_dense", "auto")]
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 

@@ -29,7 +29,7 @@ def _grads(fn, rows, weight, bias, cotangent):
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("n", [1, 7, 300])
+@pytest.mark.parametrize("n", [0, 1, 7, 300])
 def test_conv_is_the_linear_function_in_fp64(n, with_bias):
     g = torch.Generator().manual_seed(n)
     rows = torch.randn(n, 12, generator=g, dtype=torch.float64)
