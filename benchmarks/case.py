@@ -130,16 +130,17 @@ class Case:
         return self._steps[name]
 
     def conv_plans(self, images: torch.Tensor, visible: torch.Tensor) -> Dict[str, List[str]]:
-        """How each sparse contender runs each of its convs on these inputs ('3x3 torch', '1x1 matmul', …)."""
+        """How each sparse contender runs each of its convs and Linears on these inputs ('3x3 torch',
+        '1x1 matmul', …)."""
         from .profile_layers import how
-        from spark_sparse.layers.conv import SparseConv2d
+        from spark_sparse.layers.base import RoutedConv
         plans: Dict[str, List[str]] = {}
         for name, c in self.contenders.items():
             if c.kind != "sparse":
                 continue
             plan = plans.setdefault(name, [])
             hooks = [m.register_forward_pre_hook(lambda m, args: plan.append(how(m, args[0])))
-                     for m in c.encoder.modules() if isinstance(m, SparseConv2d)]
+                     for m in c.encoder.modules() if isinstance(m, RoutedConv)]
             try:
                 with torch.no_grad(), autocast(self.device, self.amp_dtype):
                     c.encoder.forward_sparse(images, visible)

@@ -101,7 +101,7 @@ def plot_step_phases(doc: dict, path: str) -> str:
 def _group_key(layer: dict) -> str:
     """Stage and kind of a layer, e.g. 'layer2 · 3x3 torch' — the rows of the breakdown."""
     stage = layer["path"].split(".")[0]
-    kind = layer["how"] if layer["type"] == "SparseConv2d" else layer["type"]
+    kind = layer["how"] if layer["type"] in ("SparseConv2d", "SparseLinear") else layer["type"]
     return f"{stage} · {kind}"
 
 

@@ -43,7 +43,7 @@ def _channels_last_twin(module: nn.Module) -> bool:
 
 
 def how(module: nn.Module, x: SparseFeatures) -> str:
-    """How a sparse layer computes: for routed layers (convs, max-pools) their shape and the router's
+    """How a sparse layer computes: for routed layers (convs, Linears, max-pools) their shape and the router's
     choice for this input ('3x3 tiles', '1x1 matmul', '7x7 dw dense', '3x3/2 maxpool-tiles', …),
     the one the layer's forward makes."""
     if not isinstance(module, RoutedModule):

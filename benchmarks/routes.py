@@ -50,7 +50,7 @@ def tune(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
 
 def routes(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
            amp_dtype: torch.dtype = torch.float32) -> List[dict]:
-    """Every routed layer's route on these inputs (convs and max-pools): [{path, implementation, reason,
+    """Every routed layer's route on these inputs (convs, Linears, max-pools): [{path, implementation, reason,
     choice}], in call order; ``choice`` is False for layers with a single implementation (patchify)."""
     rows: List[dict] = []
 

@@ -20,8 +20,8 @@ def sparsify(model: nn.Module, *, backend: str = "auto") -> SparseEncoder:
 
     The encoder copies the model's weights; its ``state_dict()`` has the same keys, shapes and
     layouts as the backbone's minus the classifier head. ``backend`` picks how k×k convolutions
-    run: 'auto' (the router's choice per layer, see :mod:`spark_sparse.routing`), 'torch', 'tiles' or
-    'spconv'. A layer with no sparse meaning raises
+    run: 'auto' (the router's choice per layer, see :mod:`spark_sparse.routing`), 'torch',
+    'gather-conv', 'tiles' or 'spconv'. A layer with no sparse meaning raises
     :class:`UnsupportedLayerError` naming its module path and type.
     """
     check_backend_name(backend)

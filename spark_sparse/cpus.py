@@ -12,7 +12,8 @@ from typing import Dict, FrozenSet, Optional
 
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
 CPUINFO = "/proc/cpuinfo"
-# The widest vector units a CPU flag names, best first: the one shown beside the model's name.
+# Vector instruction sets a CPU flag names, richest first: the first one present is shown beside the
+# model's name (it does not tell a Zen 4 from a Zen 5, the family does).
 VECTOR_ISAS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
 
 
@@ -34,22 +35,23 @@ def cpuinfo_fields(path: str = CPUINFO) -> Dict[str, str]:
     return fields
 
 
-def cpu_flags(path: str = CPUINFO) -> FrozenSet[str]:
-    return frozenset(cpuinfo_fields(path).get("flags", "").split())
+def cpu_flags(path: str = CPUINFO, fields: Optional[Dict[str, str]] = None) -> FrozenSet[str]:
+    """The first processor's flags (from ``fields`` when they were read already)."""
+    return frozenset((cpuinfo_fields(path) if fields is None else fields).get("flags", "").split())
 
 
 @functools.lru_cache(maxsize=None)
 def cpu_model(path: str = CPUINFO) -> str:
-    """The CPU by name, with its family, model and widest vector units where ``path`` has them: a
-    cloud machine may name every AMD EPYC generation just "AMD EPYC", yet a Zen 4 and a Zen 5 (whose
-    512-bit FMA units run oneDNN's fp32 kernels about twice as fast as the BLAS) time the same layer
+    """The CPU by name, with its family, model and richest vector instruction set where ``path`` has
+    them: a cloud machine may name every AMD EPYC generation just "AMD EPYC", yet a Zen 4 and a Zen 5
+    (whose 512-bit FMA units run oneDNN's fp32 kernels faster than the BLAS) time the same layer
     differently, so measured routing must not share their decisions."""
     fields = cpuinfo_fields(path)
     name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
     details = []
     if "cpu family" in fields:
         details.append(f"family {fields['cpu family']} model {fields.get('model', '?')}")
-    flags = cpu_flags(path)
+    flags = cpu_flags(path, fields)
     details += [isa for isa in VECTOR_ISAS if isa in flags][:1]
     return f"{name} ({', '.join(details)})" if details else name
 

@@ -37,7 +37,7 @@ def inputs(batch=2, size=64, ratio=0.5, seed=0):
 
 
 def conv_routes(encoder, images, visible, kinds=None):
-    """{path: Route} of every conv and max-pool on these inputs (no tuning: a no-grad pass); with
+    """{path: Route} of every conv, Linear and max-pool on these inputs (no tuning: a no-grad pass); with
     ``kinds``, also {path: layer kind} into it."""
     found = {}
 
@@ -177,6 +177,11 @@ def test_gpu_candidates_and_bf16_never_spconv(monkeypatch):
     assert "depthwise-triton" in candidates(DW7, 8, CUDA, torch.bfloat16)
     assert "depthwise-triton" not in candidates(DW7, 8, CPU, torch.float32)  # the interpreter is for tests
     assert "spconv" not in candidates(CONV3, 8, CPU, torch.float32)  # the same gather-GEMM as torch
+    # gather-conv: where the BLAS and oneDNN may differ (CPU fp32, any CUDA dtype), not where torch
+    # already runs the matmul in oneDNN (CPU bf16) or oneDNN has no kernels (CPU fp64)
+    assert "gather-conv" in candidates(CONV3, 8, CPU, torch.float32)
+    assert all("gather-conv" in candidates(CONV3, 8, CUDA, d) for d in (torch.float32, torch.bfloat16))
+    assert all("gather-conv" not in candidates(CONV3, 8, CPU, d) for d in (torch.bfloat16, torch.float64))
 
     # measured routing under bf16 never times spconv, however fast it would be
     timed = []

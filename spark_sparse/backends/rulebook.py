@@ -99,13 +99,13 @@ def table_conv(x: torch.Tensor, weight: torch.Tensor, table: ConvTable,
     return _GatherGemmConv.apply(x.to(dtype).contiguous(), w, table, rows_times)
 
 
-def torch_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+def torch_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec,
+               rows_times: Callable = blas_rows_times) -> torch.Tensor:
     """The ``torch`` backend: (N_out, C_out) outputs at the next stride's active sites, no bias."""
     table = x.geometry.conv_table(x.stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
-    return table_conv(x.features, weight, table)
+    return table_conv(x.features, weight, table, rows_times)
 
 
 def gather_conv(x: SparseFeatures, weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
     """``torch_conv`` with its forward and input-gradient GEMMs as 1×1 convolutions (``gather-conv``)."""
-    table = x.geometry.conv_table(x.stride, spec.kernel, spec.stride, spec.padding, spec.dilation)
-    return table_conv(x.features, weight, table, rows_conv1x1)
+    return torch_conv(x, weight, spec, rows_conv1x1)

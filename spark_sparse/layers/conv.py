@@ -6,7 +6,8 @@
 - kernel == stride, no padding (ConvNeXt 4×4/4 stem, 2×2/2 downsample), ``patchify``: each output's
   window is a block of its own patch tile, so the conv is a reshape of the tiles plus a matmul.
 - depthwise k×k (ConvNeXt's 7×7): our kernels (kernels/depthwise.py), ``depthwise-table`` etc.
-- any other k×k (3×3, 7×7/2 stem): a backend (``torch``, ``tiles``, ``spconv``) on the geometry.
+- any other k×k (3×3, 7×7/2 stem): a backend (``torch``, ``gather-conv``, ``tiles``, ``spconv``) on
+  the geometry.
 Which implementation runs is the router's decision (``routing.route``), made on every call from the
 layer's request ('auto' or one implementation) and its input, and the router's table
 (``routing.RUN``) runs it (layers/base.py ``RoutedModule``).
