@@ -29,7 +29,7 @@ def _case(arch, batch, size, ratio, seed=0):
     return model, images, visible, out_grads
 
 
-@pytest.mark.parametrize("backend", ["spconv", "torch", "auto"])
+@pytest.mark.parametrize("backend", ["spconv", "torch", "gather-conv", "auto"])
 @pytest.mark.parametrize("train", [True, False])
 def test_cuda_fp64_exact(backend, train):
     if backend == "spconv":
@@ -79,7 +79,7 @@ def test_cuda_autocast(dtype, backend):
     assert rel_norm(sp.grads_flat(), ref.grads_flat()) < 1e-1
 
 
-GPU_CANDIDATES = [("resnet18", "torch"), ("resnet18", "tiles"), ("resnet18", "spconv"),
+GPU_CANDIDATES = [("resnet18", "torch"), ("resnet18", "gather-conv"), ("resnet18", "tiles"), ("resnet18", "spconv"),
                   ("convnext_atto", "depthwise-table"), ("convnext_atto", "depthwise-tiles"),
                   ("convnext_atto", "depthwise-dense"), ("convnext_atto", "depthwise-triton")]
 
@@ -87,7 +87,7 @@ GPU_CANDIDATES = [("resnet18", "torch"), ("resnet18", "tiles"), ("resnet18", "sp
 @pytest.mark.parametrize("arch,implementation", GPU_CANDIDATES)
 def test_cuda_every_candidate_fp32(arch, implementation):
     """Each GPU candidate of measured routing (tiles on cuDNN, spconv's kernels, Triton, the
-    gather-GEMM) runs every layer of its kind and computes the reference's numbers."""
+    gather-GEMM on cuBLAS and on cuDNN) runs every layer of its kind and computes the reference's numbers."""
     from spark_sparse.layers.conv import SparseConv2d
     if implementation == "spconv":
         pytest.importorskip("spconv")

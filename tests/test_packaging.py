@@ -22,7 +22,8 @@ def source_modules():
     found = set()
     for folder, package in FOLDERS.items():
         for dirpath, dirnames, filenames in os.walk(os.path.join(REPO, folder)):
-            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            # benchmarks/results/ holds records of runs (some of them scripts), not modules: the build skips it
+            dirnames[:] = [d for d in dirnames if d not in ("__pycache__", "results")]
             rel = os.path.relpath(dirpath, os.path.join(REPO, folder))
             for name in filenames:
                 if name.endswith(".py"):
