@@ -11,7 +11,9 @@ AMP_CHOICES = ("auto",) + AMP_DTYPES + ("off",)  # training's --amp
 ROUTING_HELP = ("how 'auto' layers choose their implementation: measured (time the candidates on first use, "
                 "cached in the user's cache directory for later runs) or fixed (the rule table, reproducible) "
                 "(default: $SPARK_SPARSE_ROUTING, else measured)")
-BACKEND_HELP = "k×k convolution backend of the sparse encoder"
+BACKEND_HELP = ("how the sparse encoder runs its k×k convs: auto (the router's choice per layer, see "
+                "--routing), torch (gather + BLAS GEMM), gather-conv (the same gather, its GEMMs as oneDNN's / "
+                "cuDNN's 1×1 convs), tiles (halo tiles + the dense conv), spconv (needs the spconv package)")
 ROUTING_ENV = "SPARK_SPARSE_ROUTING"             # the default policy when none is set
 
 
