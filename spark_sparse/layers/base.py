@@ -80,8 +80,20 @@ class RoutedConv(RoutedModule):
     """A routed layer that computes a convolution: a conv, or a Linear, which on the (N, C) rows is a
     1×1 conv. It has a ConvSpec ``spec``, a ``weight`` in its dense layer's layout (the implementations
     reshape it) and an optional ``bias``."""
-    spec: ConvSpec
-    path = ""
+
+    def __init__(self, spec: ConvSpec, weight_shape: tuple, bias: bool, path: str = "", requested: str = "auto"):
+        super().__init__()
+        self.spec = spec
+        self.requested = requested  # 'auto' or one of routing.IMPLEMENTATIONS
+        self.routing: Optional[str] = None  # 'measured' / 'fixed'; None: the process default
+        self.path = path
+        self.weight = nn.Parameter(torch.empty(weight_shape))
+        self.bias = nn.Parameter(torch.empty(spec.out_channels)) if bias else None
+
+    def loaded_from(self, dense: nn.Module) -> "RoutedConv":
+        """This layer with ``dense``'s parameters (same names and shapes), on its device and dtype."""
+        self.load_state_dict(dense.state_dict())
+        return self.to(dense.weight)
 
     def layer_spec(self, x: SparseFeatures) -> ConvSpec:
         return self.spec

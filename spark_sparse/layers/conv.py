@@ -15,9 +15,7 @@ The weight keeps the dense (C_out, C_in/groups, kh, kw) layout so state dicts mo
 """
 from __future__ import annotations
 
-from typing import Optional
 
-import torch
 from torch import nn
 
 from ..errors import UnsupportedLayerError
@@ -35,14 +33,8 @@ def backend_request(spec: ConvSpec, backend: str) -> str:
 
 class SparseConv2d(RoutedConv):
     def __init__(self, spec: ConvSpec, bias: bool, requested: str = "auto", path: str = ""):
-        super().__init__()
-        self.spec = spec
-        self.requested = requested  # 'auto' or one of routing.IMPLEMENTATIONS
-        self.routing: Optional[str] = None  # 'measured' / 'fixed'; None: the process default
-        self.path = path
-        kh, kw = spec.kernel
-        self.weight = nn.Parameter(torch.empty(spec.out_channels, spec.in_channels // spec.groups, kh, kw))
-        self.bias = nn.Parameter(torch.empty(spec.out_channels)) if bias else None
+        super().__init__(spec, (spec.out_channels, spec.in_channels // spec.groups, *spec.kernel), bias, path,
+                         requested)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -65,6 +57,4 @@ class SparseConv2d(RoutedConv):
                             f"image of size H to exactly H/stride (use 'same'-style padding, e.g. k//2)")
         if spec.groups != 1 and not spec.is_depthwise:
             raise UnsupportedLayerError(path, conv, f"groups={spec.groups}: only dense (1) or depthwise convs")
-        sparse = cls(spec, conv.bias is not None, backend_request(spec, backend), path)
-        sparse.load_state_dict(conv.state_dict())
-        return sparse.to(conv.weight)  # device and dtype
+        return cls(spec, conv.bias is not None, backend_request(spec, backend), path).loaded_from(conv)

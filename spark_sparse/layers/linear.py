@@ -11,9 +11,6 @@ unchanged between the dense model, this encoder and exported checkpoints.
 """
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
 from torch import nn
 
 from ..spec import ConvSpec
@@ -22,12 +19,8 @@ from .base import RoutedConv
 
 class SparseLinear(RoutedConv):
     def __init__(self, in_features: int, out_features: int, bias: bool, path: str = ""):
-        super().__init__()
-        self.spec = ConvSpec(in_features, out_features, (1, 1), (1, 1), (0, 0), (1, 1), 1)
-        self.routing: Optional[str] = None  # 'measured' / 'fixed'; None: the process default
-        self.path = path
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        super().__init__(ConvSpec(in_features, out_features, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+                         (out_features, in_features), bias, path)
 
     @property
     def in_features(self) -> int:
@@ -42,6 +35,4 @@ class SparseLinear(RoutedConv):
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, path: str) -> "SparseLinear":
-        sparse = cls(linear.in_features, linear.out_features, linear.bias is not None, path)
-        sparse.load_state_dict(linear.state_dict())
-        return sparse.to(linear.weight)  # device and dtype
+        return cls(linear.in_features, linear.out_features, linear.bias is not None, path).loaded_from(linear)
