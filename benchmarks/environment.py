@@ -14,6 +14,7 @@ from typing import Dict, Optional
 import torch
 
 from spark_sparse.cpus import cpu_model, usable_cores
+from spark_sparse.openmp import wait_policy
 
 
 def _version(module: str) -> Optional[str]:
@@ -79,7 +80,7 @@ def environment() -> Dict[str, object]:
         "git_commit": git_commit(),
         "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
                 "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-                "mkldnn": torch.backends.mkldnn.is_available()},
+                "mkldnn": torch.backends.mkldnn.is_available(), "openmp_wait": wait_policy()},
         "cuda": cuda_info(),
         "load_average_start": load_average(),
         "memory_start": memory_info(),

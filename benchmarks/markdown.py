@@ -297,7 +297,8 @@ def environment_lines(doc: dict) -> str:
              f"- CPU: {cpu['model']}, {cpu['usable_cores']} usable cores, torch threads {cpu['torch_threads']} "
              f"(interop {cpu['torch_interop_threads']}); load average at start {env.get('load_average_start')}, "
              f"at end {env.get('load_average_end')}"
-             + (f"; malloc: {env['malloc']}" if env.get("malloc") else "")]
+             + (f"; malloc: {env['malloc']}" if env.get("malloc") else "")
+             + (f"; OpenMP wait: {cpu['openmp_wait']}" if cpu.get("openmp_wait") else "")]
     mem = env.get("memory_start")
     if mem:
         lines.append(f"- memory at start: {mem['total_gib']} GiB, {mem['free_gib']} GiB free, "

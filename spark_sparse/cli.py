@@ -9,6 +9,7 @@ import warnings
 from typing import Iterable, List, Optional
 
 from .choices import routing_from_env
+from .openmp import choose_spin
 from .version import __version__
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int. A command module is
@@ -86,6 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     own_warnings_as_log_lines()
+    choose_spin(getattr(args, "shared_cpu", False))  # before a command loads torch: libgomp reads it then
     try:  # a bad $SPARK_SPARSE_ROUTING is refused before a command writes anything (--routing overrides it)
         if getattr(args, "routing", None) is None:
             routing_from_env()

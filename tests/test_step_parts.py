@@ -204,7 +204,7 @@ def test_a_run_logs_its_threads_and_step_phases_and_trains_in_bf16(tmp_path, cap
     trainer = Trainer(parse(["--data", data, *TINY, "--steps", "2", "--amp", "bf16", "--out", out]))
     assert trainer.amp == "bf16" and trainer.fit() == 0
     text = capsys.readouterr().out
-    assert "threads: " in text and "amp bf16" in text and "step ms: data" in text
+    assert "threads: " in text and "OpenMP wait: " in text and "amp bf16" in text and "step ms: data" in text
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     phases = {k[len("step_ms/"):] for k in records[0] if k.startswith("step_ms/")}

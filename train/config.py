@@ -15,7 +15,7 @@ import os
 from ..archs import check_arch
 from ..checks import at_least
 from ..backends import BACKEND_NAMES
-from ..choices import AMP_CHOICES, BACKEND_HELP, ROUTING_HELP, ROUTING_MODES
+from ..choices import AMP_CHOICES, BACKEND_HELP, ROUTING_HELP, ROUTING_MODES, SHARED_CPU_HELP
 from ..recipe import (BASE_LR, CLIP, DECODER_WIDTH, DENSIFY_NORMS, MASK_RATIO, WEIGHT_DECAY, WEIGHT_DECAY_END,
                       default_drop_path)
 from ..seeds import check_seed
@@ -124,6 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "9–20 %% more images/s in four paired runs on a 2-core CPU, same numbers); the process keeps "
                           "its peak heap. --no-keep-freed-memory leaves malloc as the system set it. Only glibc has "
                           "these settings; GPU runs leave malloc alone")
+    run.add_argument("--shared-cpu", action="store_true", help=SHARED_CPU_HELP)
     run.add_argument("--progress", default=None, action=argparse.BooleanOptionalAction,
                      help="progress bar (default: when stderr is a terminal)")
 

@@ -14,8 +14,9 @@ from .rng import capture_rng, restore_rng, seed_everything
 
 # Arguments that may change between an interrupted run and its resumption without a warning (none
 # changes what is computed: checkpointing recomputes the same numbers, e.g. to resume with less memory).
-FREE_TO_CHANGE = ("out", "resume", "progress", "workers", "device", "log_every", "vis_every", "vis_images",
-                  "keep_ckpts", "ckpt_every", "decoder_checkpointing", "encoder_checkpointing", "data_timeout")
+FREE_TO_CHANGE = ("out", "resume", "progress", "shared_cpu", "workers", "device", "log_every", "vis_every",
+                  "vis_images", "keep_ckpts", "ckpt_every", "decoder_checkpointing", "encoder_checkpointing",
+                  "data_timeout")
 
 
 def training_payload(t) -> Optional[Dict]:

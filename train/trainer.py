@@ -27,6 +27,7 @@ from torch import nn
 from ..allocator import keep_freed_memory, malloc_setting
 from ..io import checkpoint as ckpt
 from ..masks import random_visible
+from ..openmp import wait_policy
 from ..precision import amp_dtype, autocast
 from ..choices import routing_from_env
 from ..routing import cache_path, check_routing, get_routing, routing_mode, tuning_stats
@@ -323,7 +324,7 @@ class Trainer:
                 f"warm-up {self.schedule.warmup_steps} steps, peak lr {self.schedule.peak_lr:.3e}, {a.opt}, "
                 f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}"
                 f"{''.join(f', {part} checkpointing' for part in recomputed)}\n"
-                f"  threads: {self.threads.describe()}\n"
+                f"  threads: {self.threads.describe()}; OpenMP wait: {wait_policy()}\n"
                 f"  malloc: {self.memory}\n"
                 f"  routing: {self._routing_line()}\n"
                 f"  output: {os.path.abspath(self.out)} (run {self.run_id})")

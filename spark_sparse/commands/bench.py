@@ -12,6 +12,7 @@ import argparse
 import shlex
 import sys
 
+from spark_sparse.choices import SHARED_CPU_HELP
 from spark_sparse.commands.options import SIZE_HELP, add_backend, add_routing, image_size
 
 NAME = "bench"
@@ -89,6 +90,7 @@ def add_arguments(p):
                    help="let glibc keep freed memory for reuse (no mmap, no trim: no page faults on a step's "
                         "large tensors), for every contender alike; the default measures with malloc as the "
                         "system set it")
+    p.add_argument("--shared-cpu", action="store_true", help=SHARED_CPU_HELP + "; for every contender alike")
     p.add_argument("--seed", type=int, default=S, help="seed of weights, images and masks (default: 0)")
     p.add_argument("--profile-model", default=S, metavar="NAME",
                    help="model of the per-layer profile; 'none' to skip (default: the first model that ran)")
