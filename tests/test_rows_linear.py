@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import spark_sparse as ss
 from spark_sparse.kernels.rows_linear import rows_conv1x1
@@ -104,3 +105,15 @@ def test_convnext_linears_are_routed_1x1s_with_the_dense_state_dict():
         enc.forward_sparse(torch.randn(2, 3, 224, 224), torch.ones(2, 7, 7, dtype=torch.bool))
     assert routes["stages.0.blocks.0.mlp.fc1"] == "pointwise-conv" and routes["stages.3.blocks.0.mlp.fc2"] == "matmul"
     assert set(routes) == set(linears)
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_a_routed_layer_built_directly_is_initialised_as_torch_initialises_its_dense_layer(kind):
+    """Built directly (not from a dense layer), a SparseConv2d or SparseLinear holds torch's own
+    initialisation, drawn in the same order: never uninitialised memory."""
+    torch.manual_seed(3)
+    sparse = (SparseConv2d(ConvSpec(6, 10, (3, 3), (1, 1), (1, 1), (1, 1)), bias=True) if kind == "conv"
+              else SparseLinear(6, 10, bias=True))
+    torch.manual_seed(3)
+    dense = nn.Conv2d(6, 10, 3, padding=1) if kind == "conv" else nn.Linear(6, 10)
+    assert torch.equal(sparse.weight, dense.weight) and torch.equal(sparse.bias, dense.bias)

@@ -246,6 +246,7 @@ def test_a_double_backward_through_a_sampled_call_reaches_the_inputs():
     layer = SparseConv2d(CONV3, bias=True).double()
     with torch.no_grad():
         layer.weight.copy_(torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(1)))
+        layer.bias.copy_(torch.randn(layer.bias.shape, generator=torch.Generator().manual_seed(2)))
     x = sparse_input(torch.float64)
     found = {}
     for name in ("plain", "sampled"):

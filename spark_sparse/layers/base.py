@@ -6,6 +6,7 @@ and its state_dict keys stay those of the dense model.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -89,6 +90,15 @@ class RoutedConv(RoutedModule):
         self.path = path
         self.weight = nn.Parameter(torch.empty(weight_shape))
         self.bias = nn.Parameter(torch.empty(spec.out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's own initialisation of a Conv2d or Linear (Kaiming-uniform weight, bias uniform in
+        ±1/√fan_in), so a layer built directly, not from a dense one, holds no uninitialised memory."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.weight[0].numel()) if self.weight[0].numel() else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
 
     def loaded_from(self, dense: nn.Module) -> "RoutedConv":
         """This layer with ``dense``'s parameters (same names and shapes), on its device and dtype."""
