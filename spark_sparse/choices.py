@@ -18,7 +18,8 @@ SHARED_CPU_HELP = ("the CPU is shared with busy processes (other jobs, data work
                    "torch's idle OpenMP threads spin briefly before they sleep (GOMP_SPINCOUNT=10000) instead "
                    "of for milliseconds, so they do not hold cores the others need. With two busy processes on "
                    "a 2-core CPU resnet50's sparse encoder ran 1.35x and the no-argument run 1.2-1.45x as fast; "
-                   "on a quiet CPU short steps run about 10 %% slower. An OMP_WAIT_POLICY or GOMP_SPINCOUNT already set is kept")
+                   "on a quiet CPU short steps run about 10 %% slower. An OMP_WAIT_POLICY or GOMP_SPINCOUNT "
+                   "already set is kept")
 ROUTING_ENV = "SPARK_SPARSE_ROUTING"             # the default policy when none is set
 
 
