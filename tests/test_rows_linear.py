@@ -117,3 +117,12 @@ def test_a_routed_layer_built_directly_is_initialised_as_torch_initialises_its_d
     torch.manual_seed(3)
     dense = nn.Conv2d(6, 10, 3, padding=1) if kind == "conv" else nn.Linear(6, 10)
     assert torch.equal(sparse.weight, dense.weight) and torch.equal(sparse.bias, dense.bias)
+
+
+def test_converting_a_dense_model_draws_no_random_numbers():
+    """sparsify loads the dense parameters, so it draws nothing: what is built after the encoder (SparK's
+    decoder) starts from the same weights as with the masked-dense encoder, for one seed."""
+    model = timm.create_model("convnext_atto", conv_mlp=False)
+    state = torch.get_rng_state()
+    ss.sparsify(model)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -82,7 +82,8 @@ class RoutedConv(RoutedModule):
     1×1 conv. It has a ConvSpec ``spec``, a ``weight`` in its dense layer's layout (the implementations
     reshape it) and an optional ``bias``."""
 
-    def __init__(self, spec: ConvSpec, weight_shape: tuple, bias: bool, path: str = "", requested: str = "auto"):
+    def __init__(self, spec: ConvSpec, weight_shape: tuple, bias: bool, path: str = "", requested: str = "auto",
+                 initialise: bool = True):
         super().__init__()
         self.spec = spec
         self.requested = requested  # 'auto' or one of routing.IMPLEMENTATIONS
@@ -90,11 +91,15 @@ class RoutedConv(RoutedModule):
         self.path = path
         self.weight = nn.Parameter(torch.empty(weight_shape))
         self.bias = nn.Parameter(torch.empty(spec.out_channels)) if bias else None
-        self.reset_parameters()
+        if initialise:  # not when a dense layer's parameters replace them at once (from_dense)
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """torch's own initialisation of a Conv2d or Linear (Kaiming-uniform weight, bias uniform in
-        ±1/√fan_in), so a layer built directly, not from a dense one, holds no uninitialised memory."""
+        ±1/√fan_in), so a layer built directly, not from a dense one, holds no uninitialised memory.
+        Converting a dense model skips it: its draws would move the random stream, and with it the
+        initialisation of whatever is built after the encoder (SparK's decoder), away from a run with
+        the masked-dense encoder."""
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
             bound = 1 / math.sqrt(self.weight[0].numel()) if self.weight[0].numel() else 0.0

@@ -32,9 +32,9 @@ def backend_request(spec: ConvSpec, backend: str) -> str:
 
 
 class SparseConv2d(RoutedConv):
-    def __init__(self, spec: ConvSpec, bias: bool, requested: str = "auto", path: str = ""):
+    def __init__(self, spec: ConvSpec, bias: bool, requested: str = "auto", path: str = "", initialise: bool = True):
         super().__init__(spec, (spec.out_channels, spec.in_channels // spec.groups, *spec.kernel), bias, path,
-                         requested)
+                         requested, initialise)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -57,4 +57,5 @@ class SparseConv2d(RoutedConv):
                             f"image of size H to exactly H/stride (use 'same'-style padding, e.g. k//2)")
         if spec.groups != 1 and not spec.is_depthwise:
             raise UnsupportedLayerError(path, conv, f"groups={spec.groups}: only dense (1) or depthwise convs")
-        return cls(spec, conv.bias is not None, backend_request(spec, backend), path).loaded_from(conv)
+        return cls(spec, conv.bias is not None, backend_request(spec, backend), path,
+                   initialise=False).loaded_from(conv)

@@ -18,9 +18,9 @@ from .base import RoutedConv
 
 
 class SparseLinear(RoutedConv):
-    def __init__(self, in_features: int, out_features: int, bias: bool, path: str = ""):
+    def __init__(self, in_features: int, out_features: int, bias: bool, path: str = "", initialise: bool = True):
         super().__init__(ConvSpec(in_features, out_features, (1, 1), (1, 1), (0, 0), (1, 1), 1),
-                         (out_features, in_features), bias, path)
+                         (out_features, in_features), bias, path, initialise=initialise)
 
     @property
     def in_features(self) -> int:
@@ -35,4 +35,5 @@ class SparseLinear(RoutedConv):
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, path: str) -> "SparseLinear":
-        return cls(linear.in_features, linear.out_features, linear.bias is not None, path).loaded_from(linear)
+        return cls(linear.in_features, linear.out_features, linear.bias is not None, path,
+                   initialise=False).loaded_from(linear)
