@@ -16,46 +16,57 @@ So the short spin is a choice, not the default.
 
 libgomp reads its setting once, when torch is loaded, so the command line sets it before any
 command loads torch. A program that imports torch itself sets ``GOMP_SPINCOUNT`` in its own
-environment. A wait policy the user set (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) is always kept.
+environment. A wait policy the user set (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) is always kept. Only GNU
+OpenMP reads ``GOMP_SPINCOUNT`` (torch's Linux wheels use it; builds on LLVM's or Intel's OpenMP do
+not).
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import MutableMapping, Optional
+import warnings
+from typing import Mapping, MutableMapping, Optional
 
 SPIN_VARIABLE = "GOMP_SPINCOUNT"
 POLICY_VARIABLE = "OMP_WAIT_POLICY"
 SHORT_SPIN = "10000"
-_USERS = (POLICY_VARIABLE, SPIN_VARIABLE)
 
-_decided: Optional[str] = None
+_decided: Optional[str] = None  # what choose_spin did in this process
+
+
+def users_setting(environ: Mapping[str, str]) -> Optional[str]:
+    """The wait policy set in ``environ`` (non-empty OMP_WAIT_POLICY / GOMP_SPINCOUNT), in words; None if none."""
+    chosen = [f"{name}={environ[name]}" for name in (POLICY_VARIABLE, SPIN_VARIABLE) if environ.get(name)]
+    return f"{', '.join(chosen)} (from the environment)" if chosen else None
 
 
 def choose_spin(shared_cpu: bool, environ: Optional[MutableMapping[str, str]] = None,
                 torch_loaded: Optional[bool] = None) -> str:
     """With ``shared_cpu``, set ``GOMP_SPINCOUNT`` to :data:`SHORT_SPIN` unless the user chose a wait
-    policy or torch (and with it libgomp) is already loaded; returns the line the trainer and
-    ``bench`` report."""
+    policy or torch (and with it libgomp) is already loaded (then a warning says it cannot); returns
+    the line the trainer and ``bench`` report. On the process's own environment it decides once: a
+    second call (the trainer after the command line) returns the first decision."""
     global _decided
-    environ = os.environ if environ is None else environ
+    own = environ is None
+    if own and _decided is not None:
+        return _decided
+    environ = os.environ if own else environ
     loaded = "torch" in sys.modules if torch_loaded is None else torch_loaded
-    chosen = [f"{name}={environ[name]}" for name in _USERS if name in environ]
-    if chosen:
-        _decided = f"{', '.join(chosen)} (from the environment)"
-    elif not shared_cpu:
-        _decided = "libgomp's default spin"
-    elif loaded:
-        _decided = "libgomp's default spin (--shared-cpu came after torch was loaded: it cannot change it)"
-    else:
+    decided = users_setting(environ)
+    if decided is None and not shared_cpu:
+        decided = "libgomp's default spin"
+    elif decided is None and loaded:
+        decided = "libgomp's default spin (--shared-cpu came after torch was loaded: it cannot change it)"
+        warnings.warn(f"--shared-cpu has no effect here: torch was loaded before it could set {SPIN_VARIABLE}; "
+                      f"set {SPIN_VARIABLE}={SHORT_SPIN} in the environment before starting Python")
+    elif decided is None:
         environ[SPIN_VARIABLE] = SHORT_SPIN
-        _decided = f"{SPIN_VARIABLE}={SHORT_SPIN} (--shared-cpu: a short spin)"
-    return _decided
+        decided = f"{SPIN_VARIABLE}={SHORT_SPIN} (--shared-cpu: a short spin)"
+    if own:
+        _decided = decided
+    return decided
 
 
 def wait_policy() -> str:
     """What torch's OpenMP threads do between parallel regions in this process, in words."""
-    if _decided is not None:
-        return _decided
-    chosen = [f"{name}={os.environ[name]}" for name in _USERS if name in os.environ]
-    return f"{', '.join(chosen)} (from the environment)" if chosen else "libgomp's default spin"
+    return _decided or users_setting(os.environ) or "libgomp's default spin"

@@ -27,7 +27,7 @@ from torch import nn
 from ..allocator import keep_freed_memory, malloc_setting
 from ..io import checkpoint as ckpt
 from ..masks import random_visible
-from ..openmp import wait_policy
+from ..openmp import choose_spin
 from ..precision import amp_dtype, autocast
 from ..choices import routing_from_env
 from ..routing import cache_path, check_routing, get_routing, routing_mode, tuning_stats
@@ -86,6 +86,7 @@ class Trainer:
         self.threads = plan_threads(self.device.type, self.procs.local_world, args.workers,
                                     os.environ.get("OMP_NUM_THREADS"), default_threads=torch.get_num_threads())
         torch.set_num_threads(self.threads.compute_threads)
+        self.openmp_wait = choose_spin(getattr(args, "shared_cpu", False))  # the command line's choice, if it ran
         workers = self.threads.workers
         if args.data:  # a large tree on a network file system takes a while to list
             self.log(f"looking for images under {args.data} ...")
@@ -324,7 +325,7 @@ class Trainer:
                 f"warm-up {self.schedule.warmup_steps} steps, peak lr {self.schedule.peak_lr:.3e}, {a.opt}, "
                 f"wd {a.wd}→{a.wd_end}, clip {a.clip}, amp {self.amp or 'off'}"
                 f"{''.join(f', {part} checkpointing' for part in recomputed)}\n"
-                f"  threads: {self.threads.describe()}; OpenMP wait: {wait_policy()}\n"
+                f"  threads: {self.threads.describe()}; OpenMP wait: {self.openmp_wait}\n"
                 f"  malloc: {self.memory}\n"
                 f"  routing: {self._routing_line()}\n"
                 f"  output: {os.path.abspath(self.out)} (run {self.run_id})")
