@@ -17,6 +17,7 @@ from spark_sparse.benchmarks.contenders import make_inputs
 from spark_sparse.benchmarks.memory import cpu_peak_rss_supported
 from spark_sparse.cli import main
 from spark_sparse.flops import sparse_macs
+from spark_sparse.openmp import wait_policy
 from spark_sparse.step_timer import PHASES
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -29,6 +30,8 @@ def test_quick_run_writes_valid_results(tmp_path, capsys):
     schema.validate(doc)
     env = doc["environment"]
     assert env["versions"]["torch"] == torch.__version__ and env["cpu"]["torch_threads"] == torch.get_num_threads()
+    assert env["cpu"]["openmp_wait"] == wait_policy()  # what torch's idle threads do, said in results.md too
+    assert f"OpenMP wait: {wait_policy()}" in (out / "results.md").read_text()
 
     # both quick models are sparsifiable today: every one ran, none was skipped (the skip path has its
     # own test in test_bench_units.py)
