@@ -16,9 +16,9 @@ So the short spin is a choice, not the default.
 
 libgomp reads its setting once, when torch is loaded, so the command line sets it before any
 command loads torch. A program that imports torch itself sets ``GOMP_SPINCOUNT`` in its own
-environment. A wait policy the user set (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) is always kept. Only GNU
-OpenMP reads ``GOMP_SPINCOUNT`` (torch's Linux wheels use it; builds on LLVM's or Intel's OpenMP do
-not).
+environment. A wait policy the user set (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) is always kept.
+Only GNU OpenMP reads ``GOMP_SPINCOUNT`` (torch's Linux wheels use it; builds on LLVM's or Intel's
+OpenMP do not).
 """
 from __future__ import annotations
 
