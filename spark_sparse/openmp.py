@@ -30,6 +30,7 @@ from typing import Mapping, MutableMapping, Optional
 SPIN_VARIABLE = "GOMP_SPINCOUNT"
 POLICY_VARIABLE = "OMP_WAIT_POLICY"
 SHORT_SPIN = "10000"
+DEFAULT_SPIN = "libgomp's default spin"
 
 _decided: Optional[str] = None  # what choose_spin did in this process
 
@@ -54,9 +55,9 @@ def choose_spin(shared_cpu: bool, environ: Optional[MutableMapping[str, str]] = 
     loaded = "torch" in sys.modules if torch_loaded is None else torch_loaded
     decided = users_setting(environ)
     if decided is None and not shared_cpu:
-        decided = "libgomp's default spin"
+        decided = DEFAULT_SPIN
     elif decided is None and loaded:
-        decided = "libgomp's default spin (--shared-cpu came after torch was loaded: it cannot change it)"
+        decided = f"{DEFAULT_SPIN} (--shared-cpu came after torch was loaded: it cannot change it)"
         warnings.warn(f"--shared-cpu has no effect here: torch was loaded before it could set {SPIN_VARIABLE}; "
                       f"set {SPIN_VARIABLE}={SHORT_SPIN} in the environment before starting Python")
     elif decided is None:
@@ -69,4 +70,4 @@ def choose_spin(shared_cpu: bool, environ: Optional[MutableMapping[str, str]] = 
 
 def wait_policy() -> str:
     """What torch's OpenMP threads do between parallel regions in this process, in words."""
-    return _decided or users_setting(os.environ) or "libgomp's default spin"
+    return _decided or users_setting(os.environ) or DEFAULT_SPIN

@@ -162,7 +162,7 @@ def candidates(spec: LayerSpec, r: int, device: torch.device, dtype: torch.dtype
         if impl == "depthwise-triton" and device.type != "cuda":
             continue
         if impl == "gather-conv" and device.type == "cpu" and dtype != torch.float32:
-            continue  # bf16 matmuls already run in oneDNN; fp64 has no oneDNN kernels (slow loops)
+            continue
         if unsupported(impl, spec, r, device, dtype) is None:
             out.append(impl)
     return out
